@@ -1,0 +1,144 @@
+"""What every command shares: one-line errors, option resolution, progress and tables."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ntlab.errors import NtlabError
+from ntlab.presets import DEFAULT_PRESET, PRESETS
+from ntlab.runs import RunDir
+
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXPLICIT = {"COMMANDLINE", "ENVIRONMENT"}  # parameter sources the user typed or exported
+
+
+def die(message: str, code: int = 2) -> None:
+    """End the command with one line on stderr (no traceback)."""
+    err_console.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def guarded(run: RunDir | None = None) -> Iterator[None]:
+    """Turn input errors into exit 2 and record any failure in the run's status.json."""
+    try:
+        yield
+    except NtlabError as exc:
+        if run is not None:
+            run.fail(str(exc))
+        die(str(exc))
+    except KeyboardInterrupt:
+        if run is not None:
+            run.fail("interrupted")
+        die("interrupted", code=130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if run is not None:
+            run.fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise NtlabError(f"--config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise NtlabError(f"--config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_options(
+    ctx: typer.Context, values: dict[str, Any], config: Path | None
+) -> dict[str, Any]:
+    """Built-in defaults < preset < --config file < options given on the command line."""
+    file_cfg = load_config_file(config)
+    unknown = sorted(set(file_cfg) - set(values))
+    if unknown:
+        raise NtlabError(
+            f"--config file {config} has unknown keys {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(values))}"
+        )
+
+    def explicit(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in EXPLICIT
+
+    preset_name = (
+        values.get("preset") if explicit("preset") else file_cfg.get("preset", values.get("preset"))
+    )
+    preset_name = preset_name or DEFAULT_PRESET
+    if preset_name not in PRESETS:
+        raise NtlabError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+    resolved = {}
+    for name, value in values.items():
+        if explicit(name):
+            resolved[name] = value
+        elif name in file_cfg:
+            resolved[name] = file_cfg[name]
+        elif value is None and name in PRESETS[preset_name]:
+            resolved[name] = PRESETS[preset_name][name]
+        else:
+            resolved[name] = value
+    resolved["preset"] = preset_name
+    return resolved
+
+
+def preset_help(name: str) -> str:
+    values = ", ".join(f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v)
+    return f"[default: from --preset ({values})]"
+
+
+def default_out(*parts: str) -> Path:
+    return Path("runs") / ("-".join(parts) + "-" + time.strftime("%Y%m%d-%H%M%S"))
+
+
+class StepProgress:
+    """A rich progress bar over training steps; silent when quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        )
+        self.quiet = quiet
+
+    def __enter__(self) -> StepProgress:
+        if not self.quiet:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def callback(self, description: str, total: int):
+        """A per-step callback for one training, redrawn every few steps."""
+        if self.quiet:
+            return None
+        task = self.progress.add_task(description, total=total)
+
+        def on_step(step: int) -> None:
+            if step % 10 == 0 or step == total:
+                self.progress.update(task, completed=step)
+
+        return on_step

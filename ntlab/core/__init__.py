@@ -1,0 +1,1 @@
+"""The shared training core: state, loop, evaluation, and the config-to-run path."""

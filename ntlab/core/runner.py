@@ -1,0 +1,275 @@
+"""From a resolved config to a trained, evaluated run — the path every command shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ntlab import __version__
+from ntlab.core.evaluate import evaluate
+from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
+from ntlab.core.train import LossTerm, active_terms, attach_sources, train
+from ntlab.data import TaskData, get_benchmark
+from ntlab.errors import NtlabError
+from ntlab.methods import get_method
+from ntlab.metrics import transfer_gain
+from ntlab.models import BACKBONES, MultiTaskModel
+from ntlab.paths import runs_cache_dir
+from ntlab.runs import read_json, write_json
+
+CORE_VERSION = 1  # bump when a change to the core changes trained numbers (invalidates caches)
+
+
+@dataclass
+class TrainConfig:
+    """Every option that decides what a training computes."""
+
+    target: str
+    method: str = "stl"
+    aux: list[str] = field(default_factory=list)
+    lam: float = 1.0
+    benchmark: str = "digits"
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    backbone: str = "cnn"
+    width: int = 16
+    weights: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 100
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(self.optimizer, self.lr, self.weight_decay, schedule=self.schedule)
+
+    def terms(self) -> list[LossTerm]:
+        return get_method(self.method).terms(self.target, self.aux, self.lam)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NtlabError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise NtlabError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | None) -> list[str]:
+    """`all`/None → every other task; a comma list is checked against the benchmark."""
+    if target not in benchmark_tasks:
+        raise NtlabError(f"unknown target {target!r}; choose one of: {', '.join(benchmark_tasks)}")
+    if aux is None or aux == "all" or aux == ["all"]:
+        return [t for t in benchmark_tasks if t != target]
+    names = [a.strip() for a in aux.split(",")] if isinstance(aux, str) else list(aux)
+    names = [a for a in names if a]
+    if not names:
+        raise NtlabError("--aux is empty; give task names separated by commas, or `all`")
+    for name in names:
+        if name not in benchmark_tasks:
+            raise NtlabError(
+                f"unknown auxiliary task {name!r}; choose from: {', '.join(benchmark_tasks)}"
+            )
+    if target in names:
+        raise NtlabError(f"--target {target} is also listed in --aux; remove it from --aux")
+    if len(set(names)) != len(names):
+        raise NtlabError("--aux lists a task twice")
+    return names
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible numbers and unknown names before any work is done."""
+    get_method(cfg.method)
+    BACKBONES.get(cfg.backbone)
+    if cfg.steps <= 0:
+        raise NtlabError(f"--steps must be a positive number of steps, got {cfg.steps}")
+    if cfg.batch_size <= 0:
+        raise NtlabError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise NtlabError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.lam < 0:
+        raise NtlabError(f"--lam must be ≥ 0 (λ weighs the auxiliary loss), got {cfg.lam}")
+    if cfg.weight_decay < 0:
+        raise NtlabError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
+    if cfg.eval_every <= 0:
+        raise NtlabError(f"--eval-every must be positive, got {cfg.eval_every}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise NtlabError(
+            f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+        )
+    if cfg.schedule not in SCHEDULES:
+        raise NtlabError(
+            f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+        )
+    if get_method(cfg.method).uses_aux and not cfg.aux:
+        raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise NtlabError(f"--weights file {cfg.weights} does not exist")
+    resolve_device(cfg.device)
+
+
+def build_model(
+    cfg: TrainConfig, data: dict[str, TaskData], device: torch.device
+) -> MultiTaskModel:
+    """Backbone then heads (target first), seeded: STL and joint runs start from the same θ_0."""
+    torch.manual_seed(cfg.seed)
+    image_size = next(iter(data.values())).x("train").shape[-1]
+    backbone = BACKBONES.get(cfg.backbone)(
+        image_size=image_size, width=cfg.width, weights=cfg.weights
+    )
+    classes = {name: task.num_classes for name, task in data.items()}
+    return MultiTaskModel(backbone, classes).to(device)
+
+
+@dataclass
+class TrainOutcome:
+    state: TrainState
+    data: dict[str, TaskData]
+    metrics: list[dict]
+    results: dict
+
+
+def metric_rows(step: int, task: str, split: str, values: dict[str, float]) -> list[dict]:
+    return [
+        {"step": step, "task": task, "split": split, "metric": k, "value": v}
+        for k, v in values.items()
+    ]
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+) -> TrainOutcome:
+    """Train `cfg` from scratch and evaluate every trained task on val and test."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    terms = active_terms(cfg.terms())
+    tasks = list(dict.fromkeys(t for term in terms for t in term.tasks))  # target first
+    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    state = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
+    attach_sources(state, terms, data, cfg.batch_size, cfg.seed)
+    rows: list[dict] = []
+
+    def log(step: int, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            rows.append(
+                {"step": step, "task": name, "split": "train", "metric": "loss", "value": value}
+            )
+
+    while state.step < cfg.steps:
+        chunk = min(cfg.eval_every, cfg.steps - state.step)
+        train(state, terms, chunk, log_every=min(50, cfg.eval_every), on_log=log, on_step=on_step)
+        if state.step < cfg.steps:
+            rows += metric_rows(
+                state.step,
+                cfg.target,
+                "val",
+                {"acc": evaluate(state.model, data[cfg.target], "val")["acc"]},
+            )
+        if checkpoint is not None:
+            state.save(checkpoint)
+    per_task = {}
+    for name in tasks:
+        per_task[name] = {}
+        for split in ("val", "test"):
+            values = evaluate(state.model, data[name], split)
+            rows += metric_rows(state.step, name, split, values)
+            per_task[name][f"{split}_acc"] = values["acc"]
+    results = {
+        "target": cfg.target,
+        "method": cfg.method,
+        "aux": cfg.aux if get_method(cfg.method).uses_aux else [],
+        "steps": state.step,
+        "val_acc": per_task[cfg.target]["val_acc"],
+        "test_acc": per_task[cfg.target]["test_acc"],
+        "tasks": per_task,
+    }
+    return TrainOutcome(state, data, rows, results)
+
+
+# --- the STL baseline, shared through a cache -----------------------------------------
+
+
+def stl_config(cfg: TrainConfig) -> TrainConfig:
+    """The single-task run with the same budget, optimiser, model and seed as `cfg`."""
+    return TrainConfig(**{**asdict(cfg), "method": "stl", "aux": [], "lam": 1.0})
+
+
+def cache_key(cfg: TrainConfig) -> str:
+    """Identical keys ⇔ identical trainings (same data, code version, config, device type)."""
+    payload = {
+        **asdict(cfg),
+        "device": resolve_device(cfg.device).type,
+        "data": get_benchmark(cfg.benchmark).fingerprint(),
+        "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
+        "core": CORE_VERSION,
+        "ntlab": __version__,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _file_md5(path: str) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def stl_cache_dir(cfg: TrainConfig) -> Path:
+    return runs_cache_dir() / "stl" / cache_key(stl_config(cfg))
+
+
+def cached_stl(cfg: TrainConfig) -> dict | None:
+    path = stl_cache_dir(cfg) / "results.json"
+    return read_json(path) if path.is_file() else None
+
+
+def store_stl(cfg: TrainConfig, outcome: TrainOutcome) -> None:
+    """Keep an STL run's results and weights for every later command that needs the baseline."""
+    final = stl_cache_dir(cfg)
+    if final.exists():
+        return
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
+    tmp.mkdir(parents=True)
+    torch.save(outcome.state.model.state_dict(), tmp / "model.pt")
+    write_json(tmp / "config.json", asdict(stl_config(cfg)))
+    write_json(tmp / "results.json", outcome.results)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process stored the same run meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stl_baseline(
+    cfg: TrainConfig, on_step: Callable[[int], None] | None = None
+) -> tuple[dict, str]:
+    """(STL results, "cache" | "run") for the budget and seed of `cfg`."""
+    hit = cached_stl(cfg)
+    if hit is not None:
+        return hit, "cache"
+    outcome = run_training(stl_config(cfg), on_step=on_step)
+    store_stl(cfg, outcome)
+    return outcome.results, "run"
+
+
+def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
+    return {
+        **results,
+        "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},
+        "transfer_gain": transfer_gain(results["test_acc"], stl["test_acc"]),
+        "transfer_gain_val": transfer_gain(results["val_acc"], stl["val_acc"]),
+    }

@@ -1,0 +1,115 @@
+"""The training state: model, optimiser, schedule, step, samplers; forkable, checkpointable."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ntlab.data.sampler import BatchSource
+from ntlab.errors import NtlabError
+from ntlab.models.multitask import MultiTaskModel
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "constant"
+
+
+class Schedule:
+    """Learning-rate multiplier as a function of the global step (picklable, unlike a lambda)."""
+
+    def __init__(self, kind: str, total_steps: int) -> None:
+        if kind not in SCHEDULES:
+            raise NtlabError(f"unknown schedule {kind!r}; choose one of: {', '.join(SCHEDULES)}")
+        self.kind, self.total_steps = kind, max(1, total_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return 1.0
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    raise NtlabError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class TrainState:
+    """Everything a training needs to continue exactly where it stopped."""
+
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    sources: dict[str, BatchSource] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: MultiTaskModel, optim: OptimConfig, total_steps: int) -> TrainState:
+        optimizer = build_optimizer(model, optim)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, Schedule(optim.schedule, total_steps)
+        )
+        return cls(model, optimizer, scheduler)
+
+    def fork(self) -> TrainState:
+        """An independent copy: own parameters, optimiser moments and sampler positions.
+
+        Model, optimiser and scheduler are deep-copied together so that the copied
+        optimiser points at the copied parameters; the (large) data tensors are shared.
+        """
+        model, optimizer, scheduler = copy.deepcopy((self.model, self.optimizer, self.scheduler))
+        sources = {name: src.fork() for name, src in self.sources.items()}
+        return TrainState(model, optimizer, scheduler, self.step, sources)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "sources": {name: src.state_dict() for name, src in self.sources.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        for name, src_state in state["sources"].items():
+            if name in self.sources:
+                self.sources[name].load_state_dict(src_state)
+
+    def save(self, path: Path) -> None:
+        """Checkpoint atomically (temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(
+            torch.load(path, map_location=next(self.model.parameters()).device, weights_only=False)
+        )

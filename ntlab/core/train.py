@@ -1,0 +1,114 @@
+"""The one training loop: steps on Σ_k ν_k L_k, one mini-batch per loss term."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ntlab.core.state import TrainState
+from ntlab.data.benchmark import TaskData
+from ntlab.data.sampler import BatchSource, seeded_generator
+from ntlab.errors import NtlabError
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A weighted loss on the union of some tasks' training data (one task, or a mixture)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    weight: float
+
+
+def images_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] → float in [-1, 1]."""
+    return x.float().mul_(2 / 255).sub_(1)
+
+
+def active_terms(terms: list[LossTerm]) -> list[LossTerm]:
+    """The terms that take part in training: weight 0 means the task is not even loaded."""
+    for term in terms:
+        if term.weight < 0:
+            raise NtlabError(f"the weight of {term.name} is {term.weight}; weights must be ≥ 0")
+    return [t for t in terms if t.weight > 0]
+
+
+def attach_sources(
+    state: TrainState, terms: list[LossTerm], data: dict[str, TaskData], batch_size: int, seed: int
+) -> None:
+    """Create the batch source of each active term that the state does not have yet.
+
+    Each source's stream depends only on (seed, term name), so the target sees the same
+    batches whether it is trained alone or with auxiliary tasks.
+    """
+    for term in active_terms(terms):
+        if term.name in state.sources:
+            continue
+        tasks = [data[t] for t in term.tasks]
+        heads = [state.model.head_index(t) for t in term.tasks]
+        state.sources[term.name] = BatchSource(
+            tasks, heads, batch_size, seeded_generator(seed, term.name)
+        )
+
+
+Rule = Callable[[torch.Tensor, TrainState], torch.Tensor]
+
+
+def weighted_sum(weights: torch.Tensor) -> Rule:
+    """The static rule Σ_k ν_k L_k."""
+    return lambda losses, _state: (weights * losses).sum()
+
+
+def train(
+    state: TrainState,
+    terms: list[LossTerm],
+    steps: int,
+    rule: Rule | None = None,
+    *,
+    log_every: int = 50,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainState:
+    """Take `steps` optimiser steps from `state` (in place) and return it."""
+    terms = active_terms(terms)
+    if not terms:
+        raise NtlabError("every task weight is 0: nothing to train")
+    missing = [t.name for t in terms if t.name not in state.sources]
+    if missing:
+        raise RuntimeError(f"no batch source for {missing}; call attach_sources first")
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    sources = [state.sources[t.name] for t in terms]
+    present = [[model.head_index(task) for task in t.tasks] for t in terms]
+    device = next(model.parameters()).device
+    weights = torch.tensor([t.weight for t in terms], device=device)
+    rule = rule or weighted_sum(weights)
+    running = torch.zeros(len(terms), device=device)
+    seen = 0
+    model.train()
+    for i in range(steps):
+        batches = [src.next() for src in sources]
+        x = images_to_float(
+            torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
+        )
+        features = model.features(x).split([len(b[1]) for b in batches])
+        losses = torch.stack(
+            [model.routed_loss(f, b[1], b[2], p) for f, b, p in zip(features, batches, present)]
+        )
+        loss = rule(losses, state)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        running += losses.detach()
+        seen += 1
+        if on_log and (state.step % log_every == 0 or i == steps - 1):
+            means = (running / seen).tolist()
+            on_log(state.step, {t.name: v for t, v in zip(terms, means)})
+            running.zero_()
+            seen = 0
+        if on_step:
+            on_step(state.step)
+    return state

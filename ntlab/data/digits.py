@@ -1,0 +1,419 @@
+"""The embedded `digits` benchmark: five digit domains, two real and three generated.
+
+Everything is built deterministically from a seed, from files that ship with ntlab's
+dependencies (matplotlib's fonts, scikit-learn's digits and photos) and the real MNIST files.
+Each domain is built on a 28×28 canvas and then resized to the stored resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
+from ntlab.data.mnist import load_mnist
+from ntlab.errors import NtlabError
+from ntlab.paths import datasets_dir, downloads_dir
+
+CANVAS = 28
+FORMAT_VERSION = 1
+
+DOMAINS: dict[str, tuple[str, str]] = {
+    "mnist": ("real", "MNIST (LeCun & Cortes), the original IDX files"),
+    "optdigits": ("real", "UCI optdigits 8×8 (scikit-learn load_digits), framed like MNIST"),
+    "syn": ("generated", "digits in matplotlib's bundled fonts: colours, rotation, blur"),
+    "mnistm": ("generated", "MNIST-M style: MNIST strokes blended over scikit-learn's photos"),
+    "permlo": ("generated", "far shift: MNIST with its pixel positions permuted (fixed)"),
+}
+DEFAULT_TRAIN = {"mnist": 500, "optdigits": 300, "syn": 500, "mnistm": 500, "permlo": 2000}
+MNIST_DOMAINS = ("mnist", "mnistm", "permlo")  # disjoint slices of the MNIST files
+FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "cmti10.ttf",
+    "cmmi10.ttf",
+)
+
+
+@dataclass
+class DigitsConfig:
+    """How the benchmark is built; stored in the manifest and part of its fingerprint."""
+
+    seed: int = 0
+    size: int = 16
+    train: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+    val: int = 1000
+    test: int = 2000
+
+    def validate(self) -> None:
+        if not 8 <= self.size <= 64:
+            raise NtlabError(f"--size must be between 8 and 64 pixels, got {self.size}")
+        for name, n in self.train.items():
+            if name not in DOMAINS:
+                raise NtlabError(
+                    f"unknown digits domain {name!r}; choose from {', '.join(DOMAINS)}"
+                )
+            if n < 10:
+                raise NtlabError(f"training size of {name} must be at least 10, got {n}")
+        if self.val < 10 or self.test < 10:
+            raise NtlabError("--val and --test must be at least 10 images each")
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"v": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _generator(seed: int, salt: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+def _split_counts(cfg: DigitsConfig, name: str) -> dict[str, int]:
+    return {"train": cfg.train.get(name, DEFAULT_TRAIN[name]), "val": cfg.val, "test": cfg.test}
+
+
+# --- the domains -------------------------------------------------------------------------
+
+
+def _mnist_slices(
+    cfg: DigitsConfig, mnist: tuple[np.ndarray, ...]
+) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Disjoint MNIST slices per derived domain: train/val from MNIST-train, test from t10k."""
+    x_tr, y_tr, x_te, y_te = (torch.from_numpy(np.array(a)) for a in mnist)
+    g = _generator(cfg.seed, "mnist-slices")
+    perm_tr, perm_te = (
+        torch.randperm(len(y_tr), generator=g),
+        torch.randperm(len(y_te), generator=g),
+    )
+    need_tr = sum(_split_counts(cfg, d)["train"] + cfg.val for d in MNIST_DOMAINS)
+    need_te = cfg.test * len(MNIST_DOMAINS)
+    if need_tr > len(y_tr) or need_te > len(y_te):
+        raise NtlabError(
+            f"MNIST has {len(y_tr)} training and {len(y_te)} test images, but the splits of "
+            f"{', '.join(MNIST_DOMAINS)} need {need_tr} and {need_te}; lower --train/--val/--test"
+        )
+    out, a, b = {}, 0, 0
+    for name in MNIST_DOMAINS:
+        n_tr = _split_counts(cfg, name)["train"]
+        idx = {"train": perm_tr[a : a + n_tr], "val": perm_tr[a + n_tr : a + n_tr + cfg.val]}
+        a += n_tr + cfg.val
+        parts = {s: (x_tr[i], y_tr[i]) for s, i in idx.items()}
+        parts["test"] = (x_te[perm_te[b : b + cfg.test]], y_te[perm_te[b : b + cfg.test]])
+        b += cfg.test
+        out[name] = {s: (x.float().div(255).unsqueeze(1), y) for s, (x, y) in parts.items()}
+    return out
+
+
+def build_mnist(cfg: DigitsConfig, split: dict) -> dict:
+    return {s: (_to_uint8(_grey_to_rgb(_resize(x, cfg.size))), y) for s, (x, y) in split.items()}
+
+
+def build_permlo(cfg: DigitsConfig, split: dict) -> dict:
+    """MNIST resized first, then a fixed permutation of pixel positions (keeps the digits)."""
+    perm = torch.randperm(cfg.size * cfg.size, generator=_generator(cfg.seed, "permlo"))
+    out = {}
+    for s, (x, y) in split.items():
+        small = _resize(x, cfg.size).flatten(1)[:, perm].view(-1, 1, cfg.size, cfg.size)
+        out[s] = (_to_uint8(_grey_to_rgb(small)), y)
+    return out
+
+
+def build_mnistm(cfg: DigitsConfig, split: dict) -> dict:
+    """|photo crop − digit| per channel, the MNIST-M recipe, with scikit-learn's photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.stack([torch.from_numpy(im) for im in load_sample_images().images])
+    photos = photos.float().div(255)  # [P, H, W, 3]
+    g = _generator(cfg.seed, "mnistm")
+    out = {}
+    for s, (x, y) in split.items():
+        n, (_, h, w, _) = len(y), photos.shape
+        which = torch.randint(len(photos), (n,), generator=g)
+        top = torch.randint(h - CANVAS, (n,), generator=g)
+        left = torch.randint(w - CANVAS, (n,), generator=g)
+        r = torch.arange(CANVAS)
+        crops = photos[
+            which[:, None, None], (top[:, None] + r)[:, :, None], (left[:, None] + r)[:, None, :]
+        ]
+        blended = (crops.permute(0, 3, 1, 2) - x).abs()
+        out[s] = (_to_uint8(_resize(blended, cfg.size)), y)
+    return out
+
+
+def build_optdigits(cfg: DigitsConfig) -> dict:
+    """The 1,797 UCI digits: 8×8 upsampled into a 20×20 box centred in a 28×28 frame."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float().div(16).unsqueeze(1)
+    y = torch.from_numpy(bunch.target).long()
+    x = F.pad(F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))
+    perm = torch.randperm(len(y), generator=_generator(cfg.seed, "optdigits"))
+    n_tr = _split_counts(cfg, "optdigits")["train"]
+    if n_tr > len(y) - 200:
+        raise NtlabError(
+            f"optdigits has {len(y)} images; its training size must be ≤ {len(y) - 200}"
+        )
+    rest = len(y) - n_tr
+    n_val = min(cfg.val, rest // 2)
+    n_te = min(cfg.test, rest - n_val)
+    bounds = {
+        "train": (0, n_tr),
+        "val": (n_tr, n_tr + n_val),
+        "test": (n_tr + n_val, n_tr + n_val + n_te),
+    }
+    out = {}
+    for s, (lo, hi) in bounds.items():
+        idx = perm[lo:hi]
+        out[s] = (_to_uint8(_grey_to_rgb(_resize(x[idx].clamp(0, 1), cfg.size))), y[idx])
+    return out
+
+
+def _glyph_bank(canvas: int = 64, points: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred alpha masks [F, 10, canvas, canvas] of each digit per bundled font, and heights."""
+    import matplotlib
+    from matplotlib.ft2font import FT2Font
+
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    masks, heights = [], []
+    for name in FONT_FILES:
+        if not (font_dir / name).is_file():
+            continue
+        font = FT2Font(str(font_dir / name))
+        row, row_h = [], []
+        for digit in "0123456789":
+            font.set_size(points, 72)
+            font.set_text(digit, 0.0)
+            font.draw_glyphs_to_bitmap(antialiased=True)
+            img = np.asarray(font.get_image(), dtype=np.float32) / 255
+            ys, xs = np.nonzero(img > 0.1)
+            img = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            gh, gw = img.shape
+            mask = np.zeros((canvas, canvas), np.float32)
+            top, left = (canvas - gh) // 2, (canvas - gw) // 2
+            mask[top : top + gh, left : left + gw] = img[: canvas - top, : canvas - left]
+            row.append(torch.from_numpy(mask))
+            row_h.append(float(gh))
+        masks.append(torch.stack(row))
+        heights.append(torch.tensor(row_h))
+    if len(masks) < 3:
+        raise NtlabError(
+            f"found only {len(masks)} of matplotlib's fonts in {font_dir}; reinstall it"
+        )
+    return torch.stack(masks), torch.stack(heights)
+
+
+def _luminance(c: torch.Tensor) -> torch.Tensor:
+    return c @ torch.tensor([0.299, 0.587, 0.114])
+
+
+def build_syn(cfg: DigitsConfig) -> dict:
+    """Rendered digits: random font, height, ±15° rotation, shift, colours, noise and blur."""
+    bank, heights = _glyph_bank()
+    n_fonts, canvas = bank.shape[0], bank.shape[-1]
+    g = _generator(cfg.seed, "syn")
+    blur_kernel = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).div(16).expand(3, 1, 3, 3)
+    out = {}
+    for s, n in _split_counts(cfg, "syn").items():
+        y = torch.randint(10, (n,), generator=g)
+        font = torch.randint(n_fonts, (n,), generator=g)
+        frac = 0.55 + 0.3 * torch.rand(n, generator=g)  # glyph height / frame height
+        angle = torch.deg2rad(30 * torch.rand(n, generator=g) - 15)
+        shift = (torch.rand(n, 2, generator=g) - 0.5) * 0.25
+        k = heights[font, y] / canvas / frac  # input units per output unit
+        cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        )
+        grid = F.affine_grid(theta, [n, 1, CANVAS, CANVAS], align_corners=False)
+        alpha = F.grid_sample(bank[font, y].unsqueeze(1), grid, align_corners=False)
+        bg, fg = torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g)
+        low = (_luminance(fg) - _luminance(bg)).abs() < 0.35
+        fg[low] = (_luminance(bg[low]) < 0.5).float()[:, None].expand(-1, 3)
+        img = bg[:, :, None, None] * (1 - alpha) + fg[:, :, None, None] * alpha
+        img = img + 0.04 * torch.randn(img.shape, generator=g)
+        blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), blur_kernel, groups=3)
+        use_blur = (torch.rand(n, generator=g) < 0.5)[:, None, None, None]
+        img = torch.where(use_blur, blurred, img)
+        out[s] = (_to_uint8(_resize(img.clamp(0, 1), cfg.size)), y)
+    return out
+
+
+def build_digits(
+    cfg: DigitsConfig, mnist_dir: Path | None = None, verify_mnist: bool = True, progress=None
+) -> dict[str, dict]:
+    """Every domain's splits as {domain: {split: (uint8 images, labels)}}."""
+    cfg.validate()
+    mnist = load_mnist(mnist_dir, downloads_dir(), verify=verify_mnist)
+    slices = _mnist_slices(cfg, mnist)
+    builders = {
+        "mnist": lambda: build_mnist(cfg, slices["mnist"]),
+        "optdigits": lambda: build_optdigits(cfg),
+        "syn": lambda: build_syn(cfg),
+        "mnistm": lambda: build_mnistm(cfg, slices["mnistm"]),
+        "permlo": lambda: build_permlo(cfg, slices["permlo"]),
+    }
+    out = {}
+    for name, build in builders.items():
+        if progress:
+            progress(name)
+        out[name] = build()
+    return out
+
+
+# --- the cache on disk -----------------------------------------------------------------
+
+
+def digits_root() -> Path:
+    return datasets_dir() / "digits"
+
+
+def read_manifest(root: Path | None = None) -> dict | None:
+    path = (root or digits_root()) / "manifest.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def prepare_digits(
+    cfg: DigitsConfig,
+    mnist_dir: Path | None = None,
+    verify_mnist: bool = True,
+    force: bool = False,
+    progress=None,
+) -> tuple[Path, bool]:
+    """Build the cache unless an identical one exists; returns (folder, whether it was built)."""
+    cfg.validate()
+    root = digits_root()
+    manifest = read_manifest(root)
+    if manifest and manifest["fingerprint"] == cfg.fingerprint() and not force:
+        return root, False
+    data = build_digits(cfg, mnist_dir, verify_mnist, progress)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".digits-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    domains = {}
+    for name, splits in data.items():
+        torch.save({s: {"x": x, "y": y} for s, (x, y) in splits.items()}, tmp / f"{name}.pt")
+        kind, desc = DOMAINS[name]
+        domains[name] = {
+            "kind": kind,
+            "description": desc,
+            "file": f"{name}.pt",
+            "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
+        }
+    manifest = {
+        "benchmark": "digits",
+        "format": FORMAT_VERSION,
+        "fingerprint": cfg.fingerprint(),
+        "config": asdict(cfg),
+        "num_classes": 10,
+        "shape": [3, cfg.size, cfg.size],
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "domains": domains,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    old = root.parent / f".digits-old-{os.getpid()}-{time.time_ns()}"
+    if root.exists():
+        root.rename(old)
+    tmp.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    return root, True
+
+
+@BENCHMARKS.register("digits")
+class DigitsBenchmark:
+    """The embedded default benchmark (see module docstring)."""
+
+    name = "digits"
+    description = "10-class digits in 5 domains (2 real, 3 generated), built locally"
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or digits_root()
+
+    def manifest(self) -> dict:
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            raise NtlabError(
+                "the digits benchmark is not prepared; run `ntlab data prepare digits`"
+            )
+        return manifest
+
+    def prepared(self) -> bool:
+        return read_manifest(self.root) is not None
+
+    def tasks(self) -> list[str]:
+        return list(DOMAINS)
+
+    def fingerprint(self) -> str:
+        return self.manifest()["fingerprint"]
+
+    def load(self, tasks: list[str], device: torch.device | str = "cpu") -> dict[str, TaskData]:
+        manifest = self.manifest()
+        out = {}
+        for name in tasks:
+            entry = manifest["domains"].get(name)
+            if entry is None:
+                raise NtlabError(
+                    f"unknown task {name!r} in digits; choose from {', '.join(manifest['domains'])}"
+                )
+            blob = torch.load(self.root / entry["file"], map_location=device, weights_only=True)
+            splits = {s: (blob[s]["x"], blob[s]["y"]) for s in SPLITS}
+            out[name] = TaskData(name, manifest["num_classes"], splits)
+        return out
+
+    def describe(self) -> list[dict]:
+        manifest = read_manifest(self.root)
+        rows = []
+        for name, (kind, desc) in DOMAINS.items():
+            entry = (manifest or {}).get("domains", {}).get(name)
+            rows.append(
+                {
+                    "task": name,
+                    "kind": kind,
+                    "description": desc,
+                    "splits": entry["splits"] if entry else None,
+                    "path": str(self.root / entry["file"]) if entry else None,
+                }
+            )
+        return rows

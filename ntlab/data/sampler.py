@@ -1,0 +1,75 @@
+"""Mini-batches by indexing tensors that already live on the training device."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ntlab.data.benchmark import TaskData
+
+
+def seeded_generator(seed: int, salt: str) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, salt)."""
+    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class BatchSource:
+    """Shuffled epochs over the union of some tasks' training sets.
+
+    Each sample keeps the index of its task, so a mixed batch can be routed to each
+    task's own head. The data tensors are shared between forks; only the position in the
+    epoch and the generator are copied, so forking is cheap.
+    """
+
+    def __init__(
+        self,
+        tasks: list[TaskData],
+        head_ids: list[int],
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.x = torch.cat([t.x("train") for t in tasks]) if len(tasks) > 1 else tasks[0].x("train")
+        self.y = torch.cat([t.y("train") for t in tasks]) if len(tasks) > 1 else tasks[0].y("train")
+        device = self.y.device
+        self.head = torch.cat(
+            [
+                torch.full((t.size("train"),), h, dtype=torch.long, device=device)
+                for t, h in zip(tasks, head_ids)
+            ]
+        )
+        self.batch_size = min(batch_size, len(self.y))
+        self.generator = generator
+        self.batches_drawn = 0
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._pos + self.batch_size > len(self._perm):
+            self._perm = torch.randperm(len(self.y), generator=self.generator).to(self.y.device)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        self.batches_drawn += 1
+        return self.x[idx], self.y[idx], self.head[idx]
+
+    def fork(self) -> BatchSource:
+        twin = object.__new__(BatchSource)
+        twin.__dict__.update(self.__dict__)
+        twin.generator = torch.Generator().set_state(self.generator.get_state())
+        return twin
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "perm": self._perm.cpu(),
+            "pos": self._pos,
+            "batches_drawn": self.batches_drawn,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._perm = state["perm"].to(self.y.device)
+        self._pos = state["pos"]
+        self.batches_drawn = state["batches_drawn"]
