@@ -11,6 +11,7 @@ from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
+from ntlab.models.multitask import MultiTaskModel
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,23 @@ def attach_sources(
         )
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
 Rule = Callable[[torch.Tensor, TrainState], torch.Tensor]
+
+
+def term_losses(
+    model: MultiTaskModel, batches: list[Batch], heads: list[list[int]]
+) -> torch.Tensor:
+    """One loss per term: a single backbone pass over all terms' batches, then each term's heads.
+
+    Concatenating is exact with the per-sample normalisation of the default backbone
+    (GroupNorm); a BatchNorm backbone would see the terms' batches pooled.
+    """
+    x = images_to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
+    features = model.features(x).split([len(b[1]) for b in batches])
+    return torch.stack(
+        [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(features, batches, heads)]
+    )
 
 
 def weighted_sum(weights: torch.Tensor) -> Rule:
@@ -88,14 +105,7 @@ def train(
     seen = 0
     model.train()
     for i in range(steps):
-        batches = [src.next() for src in sources]
-        x = images_to_float(
-            torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
-        )
-        features = model.features(x).split([len(b[1]) for b in batches])
-        losses = torch.stack(
-            [model.routed_loss(f, b[1], b[2], p) for f, b, p in zip(features, batches, present)]
-        )
+        losses = term_losses(model, [src.next() for src in sources], present)
         loss = rule(losses, state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -162,7 +162,7 @@ def build_mnistm(cfg: DigitsConfig, split: dict) -> dict:
     """|photo crop − digit| per channel, the MNIST-M recipe, with scikit-learn's photos."""
     from sklearn.datasets import load_sample_images
 
-    photos = torch.stack([torch.from_numpy(im) for im in load_sample_images().images])
+    photos = torch.stack([torch.from_numpy(np.array(im)) for im in load_sample_images().images])
     photos = photos.float().div(255)  # [P, H, W, 3]
     g = _generator(cfg.seed, "mnistm")
     out = {}

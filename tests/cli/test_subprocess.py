@@ -1,0 +1,66 @@
+"""The real console script in a subprocess: the README's commands, one-line errors."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every `ntlab …` line in the README's usage examples (```console blocks), in order."""
+    blocks = re.findall(r"```console\n(.*?)```", README.read_text(), flags=re.S)
+    return [
+        line[2:].strip() for b in blocks for line in b.splitlines() if line.startswith("$ ntlab ")
+    ]
+
+
+def run(args, cwd, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "ntlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200", **env},
+    )
+
+
+def test_readme_has_usage_examples():
+    cmds = readme_commands()
+    assert any(c.startswith("ntlab train") for c in cmds) and any(
+        c.startswith("ntlab data list") for c in cmds
+    )
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(tiny_digits, tmp_path):
+    """Each README example, verbatim, except `data prepare` (the fixture built tiny data)."""
+    for command in readme_commands():
+        args = shlex.split(command)[1:]
+        if args[:2] == ["data", "prepare"]:
+            continue
+        proc = run(args, cwd=tmp_path)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+    finished = sorted(tmp_path.glob("runs/*/results.json"))
+    assert finished, "the README examples wrote no run"
+    for path in finished:
+        assert json.loads((path.parent / "status.json").read_text())["state"] == "completed"
+
+
+def test_usage_error_is_one_line_on_stderr(tmp_path):
+    proc = run(["train", "--target", "mnist", "--no-such-option"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: No such option")
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_and_module_entry_point(tmp_path):
+    proc = run(["--version"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("ntlab ")
