@@ -15,6 +15,8 @@ import json
 import statistics
 import time
 
+import torch
+
 from ntlab.core.runner import TrainConfig, run_training, stl_baseline
 from ntlab.data import get_benchmark
 from ntlab.presets import PRESETS
@@ -33,22 +35,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="mnist,mnistm,permlo")
     parser.add_argument("--lams", default="0.0625,0.25,1,2")
+    parser.add_argument("--method", default="fixed", choices=["fixed", "ew"], help="ew: λ=1 only")
+    parser.add_argument("--aux", default="all", help="auxiliary tasks (comma list) or all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--schedule", default=None, help="override the learning-rate schedule")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args()
     tasks = get_benchmark("digits").tasks()
-    lams = [float(x) for x in args.lams.split(",")]
+    lams = [1.0] if args.method == "ew" else [float(x) for x in args.lams.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    preset = {k: v for k, v in PRESETS[args.preset].items()}
+    preset = dict(PRESETS[args.preset])
+    if args.schedule:
+        preset["schedule"] = args.schedule
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     start = time.time()
     for target in args.targets.split(","):
-        aux = [t for t in tasks if t != target]
+        aux = [t for t in tasks if t != target] if args.aux == "all" else args.aux.split(",")
         tg: dict[float, list[float]] = {lam: [] for lam in lams}
         stl_accs = []
         for seed in seeds:
-            base = TrainConfig(target=target, method="fixed", aux=aux, seed=seed, **preset)
+            base = TrainConfig(target=target, method=args.method, aux=aux, seed=seed, **preset)
             stl, _ = stl_baseline(base)
             stl_accs.append(stl["test_acc"])
             for lam in lams:

@@ -86,7 +86,7 @@ def list_benchmarks() -> None:
             bench = get_benchmark(name)
             rows = bench.describe()
             table = Table(title=f"{name}: {bench.description}", title_justify="left")
-            for col in ("task", "kind", "train", "val", "test", "description", "file"):
+            for col in ("task", "kind", "train", "val", "test", "file", "description"):
                 table.add_column(
                     col, justify="right" if col in ("train", "val", "test") else "left"
                 )
@@ -96,9 +96,12 @@ def list_benchmarks() -> None:
                     row["task"],
                     row["kind"],
                     *(str(splits.get(s, "-")) for s in ("train", "val", "test")),
+                    Path(row["path"]).name if row["path"] else "-",
                     row["description"],
-                    row["path"] or "not prepared",
                 )
             console.print(table)
-            if not any(r["splits"] for r in rows):
-                console.print(f"  not prepared: run `ntlab data prepare {name}`")
+            folders = sorted({str(Path(r["path"]).parent) for r in rows if r["path"]})
+            if folders:
+                console.print(f"files in: {', '.join(folders)}", soft_wrap=True, highlight=False)
+            else:
+                console.print(f"not prepared: run `ntlab data prepare {name}`")

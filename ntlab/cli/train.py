@@ -54,7 +54,10 @@ def train_command(
     lr: float | None = typer.Option(None, help=f"Learning rate. {preset_help('lr')}"),
     optimizer: str = typer.Option("adam", help="Optimiser: adam or sgd (nesterov momentum 0.9)."),
     weight_decay: float = typer.Option(0.0, help="Weight decay (L2) of the optimiser."),
-    schedule: str = typer.Option("constant", help="Learning-rate schedule: constant or cosine."),
+    schedule: str | None = typer.Option(
+        None,
+        help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}",
+    ),
     backbone: str = typer.Option("cnn", help="Backbone: cnn (small, fast on CPU) or resnet18."),
     width: int = typer.Option(16, help="Channels of the cnn backbone's first layer."),
     weights: Path | None = typer.Option(

@@ -26,6 +26,7 @@ from ntlab.paths import runs_cache_dir
 from ntlab.runs import read_json, write_json
 
 CORE_VERSION = 1  # bump when a change to the core changes trained numbers (invalidates caches)
+NOT_IN_KEY = {"eval_every"}  # options that never change the trained weights
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: str = "cosine"
     backbone: str = "cnn"
     width: int = 16
     weights: str | None = None
@@ -214,7 +215,7 @@ def stl_config(cfg: TrainConfig) -> TrainConfig:
 def cache_key(cfg: TrainConfig) -> str:
     """Identical keys ⇔ identical trainings (same data, code version, config, device type)."""
     payload = {
-        **asdict(cfg),
+        **{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY},
         "device": resolve_device(cfg.device).type,
         "data": get_benchmark(cfg.benchmark).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,

@@ -114,5 +114,5 @@ class TrainState:
 
     def load(self, path: Path) -> None:
         self.load_state_dict(
-            torch.load(path, map_location=next(self.model.parameters()).device, weights_only=False)
+            torch.load(path, map_location=next(self.model.parameters()).device, weights_only=True)
         )

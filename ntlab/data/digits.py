@@ -34,7 +34,7 @@ DOMAINS: dict[str, tuple[str, str]] = {
     "mnistm": ("generated", "MNIST-M style: MNIST strokes blended over scikit-learn's photos"),
     "permlo": ("generated", "far shift: MNIST with its pixel positions permuted (fixed)"),
 }
-DEFAULT_TRAIN = {"mnist": 500, "optdigits": 300, "syn": 500, "mnistm": 500, "permlo": 2000}
+DEFAULT_TRAIN = {"mnist": 250, "optdigits": 100, "syn": 500, "mnistm": 250, "permlo": 2000}
 MNIST_DOMAINS = ("mnist", "mnistm", "permlo")  # disjoint slices of the MNIST files
 FONT_FILES = (
     "DejaVuSans.ttf",
@@ -315,26 +315,10 @@ def read_manifest(root: Path | None = None) -> dict | None:
     return json.loads(path.read_text())
 
 
-def prepare_digits(
-    cfg: DigitsConfig,
-    mnist_dir: Path | None = None,
-    verify_mnist: bool = True,
-    force: bool = False,
-    progress=None,
-) -> tuple[Path, bool]:
-    """Build the cache unless an identical one exists; returns (folder, whether it was built)."""
-    cfg.validate()
-    root = digits_root()
-    manifest = read_manifest(root)
-    if manifest and manifest["fingerprint"] == cfg.fingerprint() and not force:
-        return root, False
-    data = build_digits(cfg, mnist_dir, verify_mnist, progress)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".digits-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
+def _write_build(folder: Path, cfg: DigitsConfig, data: dict[str, dict]) -> None:
     domains = {}
     for name, splits in data.items():
-        torch.save({s: {"x": x, "y": y} for s, (x, y) in splits.items()}, tmp / f"{name}.pt")
+        torch.save({s: {"x": x, "y": y} for s, (x, y) in splits.items()}, folder / f"{name}.pt")
         kind, desc = DOMAINS[name]
         domains[name] = {
             "kind": kind,
@@ -352,12 +336,35 @@ def prepare_digits(
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "domains": domains,
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    old = root.parent / f".digits-old-{os.getpid()}-{time.time_ns()}"
-    if root.exists():
-        root.rename(old)
-    tmp.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def prepare_digits(
+    cfg: DigitsConfig,
+    mnist_dir: Path | None = None,
+    verify_mnist: bool = True,
+    force: bool = False,
+    progress=None,
+) -> tuple[Path, bool]:
+    """Build the cache unless an identical one exists; returns (folder, whether it was built)."""
+    cfg.validate()
+    root = digits_root()
+    manifest = read_manifest(root)
+    if manifest and manifest["fingerprint"] == cfg.fingerprint() and not force:
+        return root, False
+    data = build_digits(cfg, mnist_dir, verify_mnist, progress)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".digits-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        _write_build(tmp, cfg, data)
+        old = root.parent / f".digits-old-{os.getpid()}-{time.time_ns()}"
+        if root.exists():
+            root.rename(old)
+        tmp.rename(root)  # readers see the old build or the new one, never half of one
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root, True
 
 

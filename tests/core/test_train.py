@@ -93,6 +93,15 @@ def test_same_config_and_seed_give_identical_results(tiny_digits):
     assert c.metrics != a.metrics
 
 
+def test_evaluation_frequency_does_not_change_training(tiny_digits):
+    a = run_training(TrainConfig(target="syn", steps=9, eval_every=2))
+    b = run_training(TrainConfig(target="syn", steps=9, eval_every=9))
+    assert a.results == b.results
+    assert runner.cache_key(a_cfg := TrainConfig(target="syn", eval_every=2)) == runner.cache_key(
+        TrainConfig(**{**a_cfg.__dict__, "eval_every": 9})
+    )
+
+
 def test_target_batches_do_not_depend_on_the_auxiliary_tasks(tiny_digits):
     stl = run_training(TrainConfig(target="mnist", steps=2))
     ew = run_training(TrainConfig(target="mnist", method="ew", aux=["syn"], steps=2))
