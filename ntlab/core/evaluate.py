@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ntlab.core.train import images_to_float
 from ntlab.data.benchmark import TaskData
+from ntlab.metrics import accuracy
 from ntlab.models.multitask import MultiTaskModel
 
 
@@ -29,7 +30,7 @@ def evaluate(model: MultiTaskModel, data: TaskData, split: str) -> dict[str, flo
     y = data.y(split)
     probs = logits.softmax(1)
     return {
-        "acc": (logits.argmax(1) == y).float().mean().item() * 100,
+        "acc": accuracy(logits, y),
         "loss": F.cross_entropy(logits, y).item(),
         "confidence": probs.max(1).values.mean().item(),
     }

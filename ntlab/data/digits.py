@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.data.mnist import load_mnist
+from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
 
@@ -89,11 +90,6 @@ class DigitsConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _generator(seed: int, salt: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
@@ -120,7 +116,7 @@ def _mnist_slices(
 ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Disjoint MNIST slices per derived domain: train/val from MNIST-train, test from t10k."""
     x_tr, y_tr, x_te, y_te = (torch.from_numpy(np.array(a)) for a in mnist)
-    g = _generator(cfg.seed, "mnist-slices")
+    g = seeded_generator(cfg.seed, "mnist-slices")
     perm_tr, perm_te = (
         torch.randperm(len(y_tr), generator=g),
         torch.randperm(len(y_te), generator=g),
@@ -150,7 +146,7 @@ def build_mnist(cfg: DigitsConfig, split: dict) -> dict:
 
 def build_permlo(cfg: DigitsConfig, split: dict) -> dict:
     """MNIST resized first, then a fixed permutation of pixel positions (keeps the digits)."""
-    perm = torch.randperm(cfg.size * cfg.size, generator=_generator(cfg.seed, "permlo"))
+    perm = torch.randperm(cfg.size * cfg.size, generator=seeded_generator(cfg.seed, "permlo"))
     out = {}
     for s, (x, y) in split.items():
         small = _resize(x, cfg.size).flatten(1)[:, perm].view(-1, 1, cfg.size, cfg.size)
@@ -164,7 +160,7 @@ def build_mnistm(cfg: DigitsConfig, split: dict) -> dict:
 
     photos = torch.stack([torch.from_numpy(np.array(im)) for im in load_sample_images().images])
     photos = photos.float().div(255)  # [P, H, W, 3]
-    g = _generator(cfg.seed, "mnistm")
+    g = seeded_generator(cfg.seed, "mnistm")
     out = {}
     for s, (x, y) in split.items():
         n, (_, h, w, _) = len(y), photos.shape
@@ -188,7 +184,7 @@ def build_optdigits(cfg: DigitsConfig) -> dict:
     x = torch.from_numpy(bunch.images).float().div(16).unsqueeze(1)
     y = torch.from_numpy(bunch.target).long()
     x = F.pad(F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))
-    perm = torch.randperm(len(y), generator=_generator(cfg.seed, "optdigits"))
+    perm = torch.randperm(len(y), generator=seeded_generator(cfg.seed, "optdigits"))
     n_tr = _split_counts(cfg, "optdigits")["train"]
     if n_tr > len(y) - 200:
         raise NtlabError(
@@ -251,7 +247,7 @@ def build_syn(cfg: DigitsConfig) -> dict:
     """Rendered digits: random font, height, ±15° rotation, shift, colours, noise and blur."""
     bank, heights = _glyph_bank()
     n_fonts, canvas = bank.shape[0], bank.shape[-1]
-    g = _generator(cfg.seed, "syn")
+    g = seeded_generator(cfg.seed, "syn")
     blur_kernel = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).div(16).expand(3, 1, 3, 3)
     out = {}
     for s, n in _split_counts(cfg, "syn").items():
