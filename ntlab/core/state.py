@@ -60,37 +60,48 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 @dataclass
 class TrainState:
-    """Everything a training needs to continue exactly where it stopped."""
+    """Everything a training needs to continue exactly where it stopped.
+
+    The learning rate of step t is `initial_lr × schedule(t)` (LambdaLR's rule), set by
+    `apply_schedule()`: no torch scheduler object, so nothing patches the optimiser and a
+    fork or a checkpoint is just the model, the optimiser, the step and the samplers.
+    """
 
     model: MultiTaskModel
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: Schedule
     step: int = 0
     sources: dict[str, BatchSource] = field(default_factory=dict)
 
     @classmethod
     def create(cls, model: MultiTaskModel, optim: OptimConfig, total_steps: int) -> TrainState:
         optimizer = build_optimizer(model, optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, Schedule(optim.schedule, total_steps)
-        )
-        return cls(model, optimizer, scheduler)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        state = cls(model, optimizer, Schedule(optim.schedule, total_steps))
+        state.apply_schedule()
+        return state
+
+    def apply_schedule(self) -> None:
+        """Set the learning rate of the coming step."""
+        factor = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
 
     def fork(self) -> TrainState:
         """An independent copy: own parameters, optimiser moments and sampler positions.
 
-        Model, optimiser and scheduler are deep-copied together so that the copied
-        optimiser points at the copied parameters; the (large) data tensors are shared.
+        Model and optimiser are deep-copied together so that the copied optimiser points
+        at the copied parameters; the (large) data tensors are shared.
         """
-        model, optimizer, scheduler = copy.deepcopy((self.model, self.optimizer, self.scheduler))
+        model, optimizer = copy.deepcopy((self.model, self.optimizer))
         sources = {name: src.fork() for name, src in self.sources.items()}
-        return TrainState(model, optimizer, scheduler, self.step, sources)
+        return TrainState(model, optimizer, self.schedule, self.step, sources)
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "sources": {name: src.state_dict() for name, src in self.sources.items()},
         }
@@ -98,11 +109,11 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         for name, src_state in state["sources"].items():
             if name in self.sources:
                 self.sources[name].load_state_dict(src_state)
+        self.apply_schedule()
 
     def save(self, path: Path) -> None:
         """Checkpoint atomically (temp file, then rename)."""

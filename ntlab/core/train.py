@@ -95,7 +95,7 @@ def train(
     missing = [t.name for t in terms if t.name not in state.sources]
     if missing:
         raise RuntimeError(f"no batch source for {missing}; call attach_sources first")
-    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    model, optimizer = state.model, state.optimizer
     sources = [state.sources[t.name] for t in terms]
     present = [[model.head_index(task) for task in t.tasks] for t in terms]
     device = next(model.parameters()).device
@@ -110,8 +110,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         state.step += 1
+        state.apply_schedule()
         running += losses.detach()
         seen += 1
         if on_log and (state.step % log_every == 0 or i == steps - 1):

@@ -1,0 +1,310 @@
+"""ForkMerge (PAPER.md §4, Algorithms 1–3) as a thin layer on the shared core.
+
+Each round, every branch trains Δt steps on its own task weights with the one training
+loop; then Λ* is searched on target validation accuracy of Σ_b Λ_b θ_b, and θ* is loaded
+into every branch (θ at t + Δt is merged, as in the paper, not a best-so-far checkpoint).
+
+State at a merge, decided:
+- parameters and float buffers are merged; integer buffers come from the heaviest branch
+  (`ntlab.core.merge`);
+- each branch keeps its own optimiser moments and its own batch stream across rounds (the
+  authors' code and our prototype do the same: a branch's Adam state describes the
+  curvature of its own objective); the learning-rate schedule follows the global step,
+  which every branch shares.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ntlab.core.evaluate import evaluate, predict
+from ntlab.core.merge import MergeSpace
+from ntlab.core.runner import TrainConfig, build_model, metric_rows, resolve_device
+from ntlab.core.search import (
+    SearchResult,
+    binary_search,
+    greedy_search,
+    grid_search,
+    prune_branches,
+)
+from ntlab.core.state import TrainState
+from ntlab.core.train import LossTerm, active_terms, attach_sources, train
+from ntlab.data import get_benchmark
+from ntlab.data.sampler import seeded_generator
+from ntlab.errors import NtlabError
+from ntlab.methods import AUX_TERM
+from ntlab.metrics import accuracy
+
+BRANCH_MODES = ("joint", "per-task")
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """A branch: its loss terms (task weights ν^b). Branch 0 is the target alone."""
+
+    terms: tuple[LossTerm, ...]
+
+    def describe(self) -> str:
+        return ",".join(f"{'+'.join(t.tasks)}={t.weight:g}" for t in self.terms)
+
+
+def joint_branches(target: str, aux: list[str]) -> list[BranchSpec]:
+    """Algorithm 1: the target alone, and the target + all auxiliary tasks mixed (λ = 1)."""
+    tgt = LossTerm(target, (target,), 1.0)
+    return [BranchSpec((tgt,)), BranchSpec((tgt, LossTerm(AUX_TERM, tuple(aux), 1.0)))]
+
+
+def per_task_branches(target: str, aux: list[str]) -> list[BranchSpec]:
+    """Eq. 12: the target alone plus one branch per auxiliary task."""
+    tgt = LossTerm(target, (target,), 1.0)
+    return [BranchSpec((tgt,))] + [BranchSpec((tgt, LossTerm(a, (a,), 1.0))) for a in aux]
+
+
+def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
+    """`"mnist=1,syn=0.5"` → one term per task with its weight (Eq. 13's ν^b)."""
+    terms = []
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            raise NtlabError(
+                f"--branch expects TASK=WEIGHT pairs separated by commas, got {text!r}"
+            )
+        if name not in tasks:
+            raise NtlabError(
+                f"unknown task {name!r} in --branch {text!r}; choose from: {', '.join(tasks)}"
+            )
+        try:
+            weight = float(value)
+        except ValueError:
+            raise NtlabError(
+                f"weight {value!r} of {name} in --branch {text!r} is not a number"
+            ) from None
+        if weight < 0:
+            raise NtlabError(
+                f"weight of {name} in --branch {text!r} is negative; weights must be ≥ 0"
+            )
+        terms.append(LossTerm(name, (name,), weight))
+    if len({t.name for t in terms}) != len(terms):
+        raise NtlabError(f"--branch {text!r} names a task twice")
+    if not active_terms(terms):
+        raise NtlabError(f"--branch {text!r} gives every task weight 0")
+    return BranchSpec(tuple(terms))
+
+
+@dataclass
+class ForkMergeOptions:
+    merge_every: int
+    search: str = "auto"  # grid for two branches, greedy above
+    grid_step: float = 0.1
+    val_samples: int | None = None
+    merge_margin: float = 0.0
+    prune: int | None = None
+
+    def search_for(self, branches: int) -> str:
+        if self.search == "auto":
+            return "grid" if branches <= 2 else "greedy"
+        return self.search
+
+
+def validate_forkmerge(
+    cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
+) -> None:
+    if len(branches) < 2:
+        raise NtlabError("ForkMerge needs at least two branches")
+    if not 0 < opts.merge_every <= cfg.steps:
+        raise NtlabError(
+            f"--merge-every must be between 1 and --steps ({cfg.steps}), got {opts.merge_every}"
+        )
+    if opts.search not in ("auto", "grid", "greedy", "binary"):
+        raise NtlabError(f"unknown search {opts.search!r}; choose one of: grid, greedy, binary")
+    if opts.search_for(len(branches)) == "binary" and len(branches) != 2:
+        raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
+    if opts.prune is not None and opts.prune < 1:
+        raise NtlabError(f"--prune must keep at least 1 branch, got {opts.prune}")
+    if opts.val_samples is not None and opts.val_samples < 1:
+        raise NtlabError(f"--val-samples must be positive, got {opts.val_samples}")
+    if opts.merge_margin < 0:
+        raise NtlabError(f"--merge-margin must be ≥ 0 accuracy points, got {opts.merge_margin}")
+    if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
+        raise NtlabError(f"the first branch must be the target alone ({cfg.target}=1)")
+
+
+@dataclass
+class ForkMergeOutcome:
+    model: torch.nn.Module
+    merges: list[dict] = field(default_factory=list)
+    search: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+
+
+def _weights_text(weights) -> str:
+    return ";".join(f"{w:.4f}" for w in weights)
+
+
+def run_forkmerge(
+    cfg: TrainConfig,
+    branches: list[BranchSpec],
+    opts: ForkMergeOptions,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> ForkMergeOutcome:
+    """Train the target with ForkMerge; checkpoint after every merge, resume from the last."""
+    validate_forkmerge(cfg, branches, opts)
+    device = resolve_device(cfg.device)
+    terms = [t for b in branches for t in active_terms(list(b.terms))]
+    tasks = list(dict.fromkeys(task for t in terms for task in t.tasks))
+    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    base = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
+    attach_sources(base, terms, data, cfg.batch_size, cfg.seed)
+    states = [base.fork() for _ in branches]
+    probe = copy.deepcopy(base.model)
+    target = data[cfg.target]
+    x_val, y_val = target.x("val"), target.y("val")
+    if opts.val_samples is not None and opts.val_samples < len(y_val):
+        pick = torch.randperm(len(y_val), generator=seeded_generator(cfg.seed, "val-samples"))
+        pick = pick[: opts.val_samples].to(y_val.device)
+        x_val, y_val = x_val[pick], y_val[pick]
+
+    def val_score(model: torch.nn.Module) -> float:
+        return accuracy(predict(model, cfg.target, x_val), y_val)
+
+    out = ForkMergeOutcome(model=states[0].model)
+    kept = list(range(len(branches)))
+    round_index = 0
+    if resume and checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        kept, round_index = saved["kept"], saved["round"]
+        for b in kept:
+            states[b].load_state_dict(saved["states"][b])
+        out.merges, out.search, out.metrics = saved["merges"], saved["search"], saved["metrics"]
+    step = states[kept[0]].step
+    while step < cfg.steps:
+        dt = min(opts.merge_every, cfg.steps - step)
+        for b in kept:
+
+            def log(s: int, losses: dict[str, float], b: int = b) -> None:
+                out.metrics.extend(
+                    {
+                        "step": s,
+                        "task": f"branch{b}/{name}",
+                        "split": "train",
+                        "metric": "loss",
+                        "value": v,
+                    }
+                    for name, v in losses.items()
+                )
+
+            train(
+                states[b],
+                list(branches[b].terms),
+                dt,
+                log_every=min(50, dt),
+                on_log=log,
+                on_step=on_step,
+            )
+        step += dt
+        own = {b: val_score(states[b].model) for b in kept}
+        space = MergeSpace([states[b].model.state_dict() for b in kept])
+
+        def score(weights, space: MergeSpace = space) -> float:
+            space.load_into(probe, weights)
+            return val_score(probe)
+
+        result = _search(score, [own[b] for b in kept], opts)
+        for b in kept:
+            space.load_into(states[b].model, result.weights)
+        for i, b in enumerate(kept):
+            out.merges.append(
+                {
+                    "round": round_index,
+                    "step": step,
+                    "branch": b,
+                    "task_weights": branches[b].describe(),
+                    "val_acc": own[b],
+                    "lambda": result.weights[i],
+                }
+            )
+        for c, (weights, s) in enumerate(result.candidates):
+            full = [0.0] * len(branches)
+            for i, b in enumerate(kept):
+                full[b] = weights[i]
+            out.search.append(
+                {
+                    "round": round_index,
+                    "step": step,
+                    "candidate": c,
+                    "weights": _weights_text(full),
+                    "val_acc": s,
+                    "chosen": tuple(weights) == tuple(result.weights),
+                }
+            )
+        out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
+        if opts.prune is not None and round_index == 0 and opts.prune < len(kept):
+            kept = [kept[i] for i in prune_branches(result.weights, opts.prune, protected=0)]
+        round_index += 1
+        if checkpoint is not None:
+            _save(checkpoint, states, kept, round_index, out)
+    final = states[kept[0]].model
+    out.model = final
+    per_split = {split: evaluate(final, target, split) for split in ("val", "test")}
+    for split, values in per_split.items():
+        out.metrics += metric_rows(step, cfg.target, split, values)
+    out.results = {
+        "target": cfg.target,
+        "method": "forkmerge",
+        "aux": cfg.aux,
+        "steps": step,
+        "rounds": round_index,
+        "branches": [b.describe() for b in branches],
+        "val_acc": per_split["val"]["acc"],
+        "test_acc": per_split["test"]["acc"],
+        "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
+    }
+    return out
+
+
+def _search(score, own_scores: list[float], opts: ForkMergeOptions) -> SearchResult:
+    branches = len(own_scores)
+    if branches == 1:
+        return SearchResult((1.0,), score((1.0,)), [((1.0,), score((1.0,)))])
+    kind = opts.search_for(branches)
+    if kind == "grid":
+        return grid_search(score, branches, opts.grid_step, opts.merge_margin)
+    if kind == "binary":
+        return binary_search(score, margin=opts.merge_margin)
+    return greedy_search(score, own_scores, round(1 / opts.grid_step), opts.merge_margin)
+
+
+def _lambda_per_round(merges: list[dict], branches: int) -> list[list[float]]:
+    rounds: dict[int, list[float]] = {}
+    for row in merges:
+        rounds.setdefault(row["round"], [0.0] * branches)[row["branch"]] = row["lambda"]
+    return [rounds[r] for r in sorted(rounds)]
+
+
+def _save(
+    path: Path, states: list[TrainState], kept: list[int], round_index: int, out: ForkMergeOutcome
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(
+        {
+            "round": round_index,
+            "kept": kept,
+            "states": {b: states[b].state_dict() for b in kept},
+            "merges": out.merges,
+            "search": out.search,
+            "metrics": out.metrics,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
