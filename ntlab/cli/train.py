@@ -4,31 +4,29 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import typer
 from rich.table import Table
 
+from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
     console,
     default_out,
     guarded,
-    preset_help,
     resolve_options,
 )
 from ntlab.core.runner import (
-    TrainConfig,
-    resolve_aux,
     run_training,
     stl_baseline,
     store_stl,
     validate,
     with_transfer_gain,
 )
-from ntlab.data import BENCHMARKS, get_benchmark
+from ntlab.data import get_benchmark
 from ntlab.methods import METHODS
-from ntlab.presets import PRESETS
 from ntlab.runs import RunDir
 
 METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS)
@@ -36,54 +34,39 @@ METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS)
 
 def train_command(
     ctx: typer.Context,
-    target: str = typer.Option(
-        ..., "--target", "-t", help="The target task (a domain of the benchmark)."
-    ),
-    method: str = typer.Option("stl", "--method", "-m", help=f"Weighting method. {METHOD_HELP}."),
-    aux: str = typer.Option(
-        "all", help="Auxiliary tasks, comma-separated, or `all` (every other domain)."
-    ),
-    lam: float = typer.Option(
-        1.0, "--lam", help="λ of `fixed`: the weight of the mixed auxiliary loss (≥ 0)."
-    ),
-    benchmark: str = typer.Option("digits", help=f"Benchmark: {', '.join(BENCHMARKS)}."),
-    steps: int | None = typer.Option(None, help=f"Optimiser steps. {preset_help('steps')}"),
-    batch_size: int | None = typer.Option(
-        None, help=f"Mini-batch size per loss term. {preset_help('batch_size')}"
-    ),
-    lr: float | None = typer.Option(None, help=f"Learning rate. {preset_help('lr')}"),
-    optimizer: str = typer.Option("adam", help="Optimiser: adam or sgd (nesterov momentum 0.9)."),
-    weight_decay: float = typer.Option(0.0, help="Weight decay (L2) of the optimiser."),
-    schedule: str | None = typer.Option(
-        None,
-        help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}",
-    ),
-    backbone: str = typer.Option("cnn", help="Backbone: cnn (small, fast on CPU) or resnet18."),
-    width: int = typer.Option(16, help="Channels of the cnn backbone's first layer."),
-    weights: Path | None = typer.Option(
-        None, help="A local state-dict file for the backbone (no download)."
-    ),
-    seed: int = typer.Option(0, help="Seed of initialisation and batch order."),
-    device: str = typer.Option("auto", help="auto (cuda if available), cpu, or cuda[:N]."),
-    eval_every: int | None = typer.Option(
-        None, help=f"Steps between target validation checks. {preset_help('eval_every')}"
-    ),
-    preset: str | None = typer.Option(
-        None, help=f"Option bundle: {', '.join(PRESETS)} [default: default]."
-    ),
-    config: Path | None = typer.Option(
-        None, help="A TOML file of options (keys as option names); the command line wins."
-    ),
-    out: Path | None = typer.Option(
-        None, help="Run directory [default: runs/train-METHOD-TARGET-TIME]."
-    ),
-    overwrite: bool = typer.Option(False, help="Replace a finished run in --out."),
-    baseline: bool = typer.Option(
-        True, help="Compute transfer gain against the STL run (cached) of the same budget."
-    ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress bar or table; print the run directory."
-    ),
+    target: opt.Target,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help=f"Weighting method. {METHOD_HELP}.")
+    ] = "stl",
+    aux: opt.Aux = "all",
+    lam: Annotated[
+        float,
+        typer.Option("--lam", help="λ of `fixed`: the weight of the mixed auxiliary loss (≥ 0)."),
+    ] = 1.0,
+    benchmark: opt.Benchmark = "digits",
+    steps: opt.Steps = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.LR = None,
+    optimizer: opt.Optimizer = "adam",
+    weight_decay: opt.WeightDecay = 0.0,
+    schedule: opt.Schedule = None,
+    backbone: opt.Backbone = "cnn",
+    width: opt.Width = 16,
+    weights: opt.Weights = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    eval_every: opt.EvalEvery = None,
+    preset: opt.Preset = None,
+    config: opt.Config = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory [default: runs/train-METHOD-TARGET-TIME].")
+    ] = None,
+    overwrite: opt.Overwrite = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(help="Compute transfer gain against the STL run (cached) of the same budget."),
+    ] = True,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Train the target with a weighting method and report its transfer gain over STL.
 
@@ -94,14 +77,7 @@ def train_command(
     with guarded():
         opts = resolve_options(ctx, {k: v for k, v in locals().items() if k != "ctx"}, config)
         bench = get_benchmark(opts["benchmark"])
-        tasks = bench.tasks()
-        cfg_fields = set(TrainConfig.__dataclass_fields__)
-        cfg = TrainConfig(
-            **{k: v for k, v in opts.items() if k in cfg_fields and k != "aux"},
-            aux=resolve_aux(tasks, opts["target"], opts["aux"]),
-        )
-        if cfg.weights is not None:
-            cfg.weights = str(cfg.weights)
+        cfg = opt.train_config(opts, bench.tasks())
         validate(cfg)
         bench.fingerprint()  # fails early, with the fix, when the data is not prepared
         run = RunDir(

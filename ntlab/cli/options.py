@@ -1,0 +1,69 @@
+"""Options shared by the training commands, declared once (typing.Annotated aliases).
+
+Options whose default comes from `--preset` default to None here; `resolve_options`
+fills them in (built-in default < preset < --config file < command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ntlab.cli.common import preset_help
+from ntlab.core.runner import TrainConfig, resolve_aux
+from ntlab.data import BENCHMARKS
+from ntlab.presets import PRESETS
+
+Target = Annotated[
+    str, typer.Option("--target", "-t", help="The target task (a domain of the benchmark).")
+]
+Aux = Annotated[
+    str, typer.Option(help="Auxiliary tasks, comma-separated, or `all` (every other domain).")
+]
+Benchmark = Annotated[str, typer.Option(help=f"Benchmark: {', '.join(BENCHMARKS)}.")]
+Steps = Annotated[int | None, typer.Option(help=f"Optimiser steps. {preset_help('steps')}")]
+BatchSize = Annotated[
+    int | None, typer.Option(help=f"Mini-batch size per loss term. {preset_help('batch_size')}")
+]
+LR = Annotated[float | None, typer.Option(help=f"Learning rate. {preset_help('lr')}")]
+Optimizer = Annotated[str, typer.Option(help="Optimiser: adam or sgd (nesterov momentum 0.9).")]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay (L2) of the optimiser.")]
+Schedule = Annotated[
+    str | None,
+    typer.Option(help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}"),
+]
+Backbone = Annotated[str, typer.Option(help="Backbone: cnn (small, fast on CPU) or resnet18.")]
+Width = Annotated[int, typer.Option(help="Channels of the cnn backbone's first layer.")]
+Weights = Annotated[
+    Path | None, typer.Option(help="A local state-dict file for the backbone (no download).")
+]
+Seed = Annotated[int, typer.Option(help="Seed of initialisation and batch order.")]
+Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, or cuda[:N].")]
+EvalEvery = Annotated[
+    int | None,
+    typer.Option(help=f"Steps between target validation checks. {preset_help('eval_every')}"),
+]
+Preset = Annotated[
+    str | None, typer.Option(help=f"Option bundle: {', '.join(PRESETS)} [default: default].")
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(help="A TOML file of options (keys as option names); the command line wins."),
+]
+Overwrite = Annotated[bool, typer.Option(help="Replace a finished run in --out.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run directory.")
+]
+
+
+def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:
+    """The TrainConfig of resolved options (aux checked against the benchmark's tasks)."""
+    names = {f.name for f in fields(TrainConfig)} - {"aux"}
+    values = {k: v for k, v in opts.items() if k in names}
+    values.update(overrides)
+    if values.get("weights") is not None:
+        values["weights"] = str(values["weights"])
+    return TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
