@@ -21,7 +21,7 @@ from ntlab.cli.common import (
 from ntlab.core.runner import (
     run_training,
     stl_baseline,
-    store_stl,
+    store_run,
     validate,
     with_transfer_gain,
 )
@@ -92,9 +92,8 @@ def train_command(
                 cfg, on_step=progress.callback(f"{cfg.method} → {cfg.target}", cfg.steps)
             )
             results = outcome.results
-            if cfg.method == "stl":
-                store_stl(cfg, outcome)
-            elif opts["baseline"]:
+            store_run(cfg, outcome)
+            if cfg.method != "stl" and opts["baseline"]:
                 stl, source = stl_baseline(
                     cfg, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
                 )

@@ -204,7 +204,7 @@ def run_training(
     return TrainOutcome(state, data, rows, results)
 
 
-# --- the STL baseline, shared through a cache -----------------------------------------
+# --- trainings shared through a cache (above all the STL baselines) ---------------------
 
 
 def stl_config(cfg: TrainConfig) -> TrainConfig:
@@ -213,9 +213,13 @@ def stl_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def cache_key(cfg: TrainConfig) -> str:
-    """Identical keys ⇔ identical trainings (same data, code version, config, device type)."""
+    """Identical keys ⇔ identical trainings (same data, code version, config, device type);
+    options a method ignores (λ outside `fixed`, the auxiliary tasks of `stl`) are left out."""
+    method = get_method(cfg.method)
     payload = {
         **{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY},
+        "aux": cfg.aux if method.uses_aux else [],
+        "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,
         "data": get_benchmark(cfg.benchmark).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
@@ -230,24 +234,24 @@ def _file_md5(path: str) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def stl_cache_dir(cfg: TrainConfig) -> Path:
-    return runs_cache_dir() / "stl" / cache_key(stl_config(cfg))
+def run_cache_dir(cfg: TrainConfig) -> Path:
+    return runs_cache_dir() / "runs" / cache_key(cfg)
 
 
-def cached_stl(cfg: TrainConfig) -> dict | None:
-    path = stl_cache_dir(cfg) / "results.json"
+def cached_results(cfg: TrainConfig) -> dict | None:
+    path = run_cache_dir(cfg) / "results.json"
     return read_json(path) if path.is_file() else None
 
 
-def store_stl(cfg: TrainConfig, outcome: TrainOutcome) -> None:
-    """Keep an STL run's results and weights for every later command that needs the baseline."""
-    final = stl_cache_dir(cfg)
+def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
+    """Keep a run's results and weights for every later command that needs the same training."""
+    final = run_cache_dir(cfg)
     if final.exists():
         return
     tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
     tmp.mkdir(parents=True)
     torch.save(outcome.state.model.state_dict(), tmp / "model.pt")
-    write_json(tmp / "config.json", asdict(stl_config(cfg)))
+    write_json(tmp / "config.json", asdict(cfg))
     write_json(tmp / "results.json", outcome.results)
     try:
         tmp.rename(final)
@@ -255,19 +259,25 @@ def store_stl(cfg: TrainConfig, outcome: TrainOutcome) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cached_run(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> tuple[dict, str]:
+    """(results, "cache" | "run"): an identical training is reused, otherwise trained and kept."""
+    hit = cached_results(cfg)
+    if hit is not None:
+        return hit, "cache"
+    outcome = run_training(cfg, on_step=on_step)
+    store_run(cfg, outcome)
+    return outcome.results, "run"
+
+
 def stl_baseline(
     cfg: TrainConfig, on_step: Callable[[int], None] | None = None
 ) -> tuple[dict, str]:
     """(STL results, "cache" | "run") for the budget and seed of `cfg`."""
-    hit = cached_stl(cfg)
-    if hit is not None:
-        return hit, "cache"
-    outcome = run_training(stl_config(cfg), on_step=on_step)
-    store_stl(cfg, outcome)
-    return outcome.results, "run"
+    return cached_run(stl_config(cfg), on_step)
 
 
 def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
+    """Add the STL baseline and TG = P(method) − P(STL) on test (and on val)."""
     return {
         **results,
         "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},

@@ -20,6 +20,7 @@ class Method:
     summary: str
     uses_aux: bool
     build_terms: Callable[[str, list[str], float], list[LossTerm]]
+    uses_lam: bool = False
 
     def terms(self, target: str, aux: list[str], lam: float = 1.0) -> list[LossTerm]:
         return self.build_terms(target, aux if self.uses_aux else [], lam)
@@ -28,9 +29,9 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, summary: str, uses_aux: bool = True):
+def register_method(name: str, summary: str, uses_aux: bool = True, uses_lam: bool = False):
     def decorator(fn: Callable[[str, list[str], float], list[LossTerm]]):
-        METHODS.register(name)(Method(name, summary, uses_aux, fn))
+        METHODS.register(name)(Method(name, summary, uses_aux, fn, uses_lam))
         return fn
 
     return decorator
@@ -52,7 +53,11 @@ def _ew(target: str, aux: list[str], lam: float) -> list[LossTerm]:
     return [target_term(target)] + [LossTerm(a, (a,), 1.0) for a in aux]
 
 
-@register_method("fixed", "Eq. 1: target (weight 1) + the auxiliary tasks mixed into one, weight λ")
+@register_method(
+    "fixed",
+    "Eq. 1: target (weight 1) + the auxiliary tasks mixed into one, weight λ",
+    uses_lam=True,
+)
 def _fixed(target: str, aux: list[str], lam: float) -> list[LossTerm]:
     return [target_term(target), LossTerm(AUX_TERM, tuple(aux), lam)]
 
