@@ -8,6 +8,7 @@ import typer
 
 from ntlab import __version__
 from ntlab.cli import data as data_cli
+from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli.common import err_console
 from ntlab.cli.train import train_command
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(forkmerge_cli.app, name="forkmerge")
 app.command("train")(train_command)
 
 

@@ -125,11 +125,16 @@ def test_stl_baseline_is_reused_from_the_cache(tiny_digits):
 
 
 def test_the_cache_key_ignores_what_a_method_ignores(tiny_digits):
+    key = runner.cache_key
+
+    def variant(cfg, **changes):
+        return TrainConfig(**{**cfg.__dict__, **changes})
+
     stl = TrainConfig(target="syn", method="stl", aux=["mnist"], lam=0.3)
-    assert runner.cache_key(stl) == runner.cache_key(TrainConfig(target="syn", method="stl"))
+    assert key(stl) == key(TrainConfig(target="syn", method="stl"))
     ew = TrainConfig(target="syn", method="ew", aux=["mnist"])
-    assert runner.cache_key(ew) == runner.cache_key(TrainConfig(**{**ew.__dict__, "lam": 0.5}))
-    assert runner.cache_key(ew) != runner.cache_key(TrainConfig(**{**ew.__dict__, "aux": ["permlo"]}))
+    assert key(ew) == key(variant(ew, lam=0.5))
+    assert key(ew) != key(variant(ew, aux=["permlo"]))
     fixed = TrainConfig(target="syn", method="fixed", aux=["mnist"], lam=0.25)
-    assert runner.cache_key(fixed) != runner.cache_key(TrainConfig(**{**fixed.__dict__, "lam": 0.5}))
-    assert runner.cache_key(fixed) != runner.cache_key(TrainConfig(**{**fixed.__dict__, "steps": 7}))
+    assert key(fixed) != key(variant(fixed, lam=0.5))
+    assert key(fixed) != key(variant(fixed, steps=7))

@@ -1,0 +1,245 @@
+"""`ntlab forkmerge train`: ForkMerge on the shared core, with STL and EW for comparison."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from ntlab.cli import options as opt
+from ntlab.cli.common import (
+    StepProgress,
+    console,
+    default_out,
+    guarded,
+    preset_help,
+    resolve_options,
+)
+from ntlab.core.forkmerge import (
+    BRANCH_MODES,
+    ForkMergeOptions,
+    joint_branches,
+    parse_branch,
+    per_task_branches,
+    run_forkmerge,
+    validate_forkmerge,
+)
+from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate, with_transfer_gain
+from ntlab.data import get_benchmark
+from ntlab.errors import NtlabError
+from ntlab.metrics import transfer_gain
+from ntlab.report.figures import lambda_figure
+from ntlab.runs import RunDir, read_json
+
+app = typer.Typer(
+    help="ForkMerge: fork the model into branches with different task weights, "
+    "merge them by validation.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+CHECKPOINT = Path("checkpoints") / "forkmerge.pt"
+
+
+@app.command("train")
+def forkmerge_train(
+    ctx: typer.Context,
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    branches: Annotated[
+        str,
+        typer.Option(
+            help="joint: target alone + target with all auxiliary tasks mixed (Algorithm 1); "
+            "per-task: target alone + one branch per auxiliary task (Eq. 12). "
+            "Ignored with --branch."
+        ),
+    ] = "joint",
+    branch: Annotated[
+        list[str],
+        typer.Option(
+            "--branch",
+            help="An explicit branch as task weights, e.g. `mnist=1,syn=0.5` (Eq. 13); repeat it. "
+            "The first must be the target alone (`TARGET=1`).",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    merge_every: Annotated[
+        int | None, typer.Option(help=f"Δt: steps between merges. {preset_help('merge_every')}")
+    ] = None,
+    search: Annotated[
+        str,
+        typer.Option(
+            help="Merge search: grid, greedy (Algorithm 3) or binary; "
+            "auto = grid for 2 branches, greedy above."
+        ),
+    ] = "auto",
+    grid_step: Annotated[float, typer.Option(help="Grid step of Λ (must divide 1).")] = 0.1,
+    val_samples: Annotated[
+        int | None,
+        typer.Option(help="Estimate P̂ on a fixed random subset of this many validation images."),
+    ] = None,
+    merge_margin: Annotated[
+        float,
+        typer.Option(
+            help="Accuracy points a merge must gain to move weight away from the "
+            "target-alone branch."
+        ),
+    ] = 0.0,
+    prune: Annotated[
+        int | None,
+        typer.Option(help="After the first merge keep this many branches (the target's always)."),
+    ] = None,
+    benchmark: opt.Benchmark = "digits",
+    steps: opt.Steps = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.LR = None,
+    optimizer: opt.Optimizer = "adam",
+    weight_decay: opt.WeightDecay = 0.0,
+    schedule: opt.Schedule = None,
+    backbone: opt.Backbone = "cnn",
+    width: opt.Width = 16,
+    weights: opt.Weights = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    eval_every: opt.EvalEvery = None,
+    preset: opt.Preset = None,
+    config: opt.Config = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory [default: runs/forkmerge-TARGET-TIME].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the unfinished run in --out from its last merge.")
+    ] = False,
+    overwrite: opt.Overwrite = False,
+    baselines: Annotated[
+        bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")
+    ] = True,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Train the target with ForkMerge and compare it with STL and EW.
+
+    Writes merges.csv (round, step, branch, task weights, its val accuracy, its Λ*),
+    search.csv (every candidate Λ with its val accuracy), metrics.csv, lambda.png and
+    results.json; a checkpoint after every merge lets --resume continue a killed run.
+    """
+    with guarded():
+        opts = resolve_options(ctx, {k: v for k, v in locals().items() if k != "ctx"}, config)
+        bench = get_benchmark(opts["benchmark"])
+        cfg = opt.train_config(opts, bench.tasks(), method="ew")
+        validate(cfg)
+        specs = _branches(opts, cfg, bench.tasks())
+        fm = ForkMergeOptions(
+            merge_every=opts["merge_every"],
+            search=opts["search"],
+            grid_step=opts["grid_step"],
+            val_samples=opts["val_samples"],
+            merge_margin=opts["merge_margin"],
+            prune=opts["prune"],
+        )
+        validate_forkmerge(cfg, specs, fm)
+        bench.fingerprint()
+        record = {
+            "train": asdict(cfg),
+            "forkmerge": asdict(fm),
+            "branches": [b.describe() for b in specs],
+            "preset": opts["preset"],
+            "data": bench.fingerprint(),
+        }
+        path = opts["out"] or default_out("forkmerge", cfg.target)
+        if opts["resume"]:
+            _check_resumable(Path(path), record)
+        run = RunDir(path, overwrite=opts["overwrite"])
+    with guarded(run):
+        run.start("forkmerge train", record)
+        checkpoint = run.path / CHECKPOINT
+        if not opts["resume"]:
+            checkpoint.unlink(missing_ok=True)
+        with StepProgress(opts["quiet"]) as progress:
+            total = cfg.steps * len(specs)
+            counter = progress.callback(f"forkmerge → {cfg.target} ({len(specs)} branches)", total)
+            ticks = {"n": 0}
+
+            def on_step(_: int) -> None:
+                ticks["n"] += 1
+                if counter:
+                    counter(ticks["n"])
+
+            outcome = run_forkmerge(
+                cfg, specs, fm, on_step=on_step, checkpoint=checkpoint, resume=opts["resume"]
+            )
+            results = outcome.results
+            if opts["baselines"]:
+                stl, source = cached_run(
+                    stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
+                )
+                results = with_transfer_gain(results, stl, source)
+                ew, ew_source = cached_run(cfg, progress.callback(f"ew → {cfg.target}", cfg.steps))
+                results["ew"] = {
+                    "val_acc": ew["val_acc"],
+                    "test_acc": ew["test_acc"],
+                    "source": ew_source,
+                    "transfer_gain": transfer_gain(ew["test_acc"], stl["test_acc"]),
+                }
+        merges = pd.DataFrame(outcome.merges)
+        run.write_table("merges.csv", merges)
+        run.write_table("search.csv", pd.DataFrame(outcome.search))
+        run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
+        figure = lambda_figure(merges)
+        figure.savefig(run.path / "lambda.png", dpi=120)
+        run.finish(results)
+        _print_summary(results, run.path, opts["quiet"])
+
+
+def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
+    if opts["branch"]:
+        return [parse_branch(text, tasks) for text in opts["branch"]]
+    if opts["branches"] not in BRANCH_MODES:
+        raise NtlabError(
+            f"unknown --branches {opts['branches']!r}; choose one of: {', '.join(BRANCH_MODES)}"
+        )
+    build = joint_branches if opts["branches"] == "joint" else per_task_branches
+    return build(cfg.target, cfg.aux)
+
+
+def _check_resumable(path: Path, record: dict) -> None:
+    if not (path / CHECKPOINT).is_file():
+        raise NtlabError(f"nothing to resume in {path}: no checkpoint; run without --resume")
+    saved = read_json(path / "config.json")
+    if any(saved.get(k) != v for k, v in record.items()):
+        raise NtlabError(
+            f"--resume with other options than the run in {path}; use the same options"
+        )
+
+
+def _print_summary(results: dict, path: Path, quiet: bool) -> None:
+    if quiet:
+        console.print(str(path))
+        return
+    table = Table(
+        title=f"forkmerge → {results['target']} ({results['steps']} steps, "
+        f"{results['rounds']} merges)",
+        title_justify="left",
+    )
+    for col in ("model", "val acc", "test acc", "TG (test)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    if "stl" in results:
+        stl, ew = results["stl"], results["ew"]
+        table.add_row(
+            f"stl ({stl['source']})", f"{stl['val_acc']:.2f}", f"{stl['test_acc']:.2f}", "0"
+        )
+        table.add_row(
+            f"ew ({ew['source']})",
+            f"{ew['val_acc']:.2f}",
+            f"{ew['test_acc']:.2f}",
+            f"{ew['transfer_gain']:+.2f}",
+        )
+    tg = f"{results['transfer_gain']:+.2f}" if "transfer_gain" in results else ""
+    table.add_row("forkmerge", f"{results['val_acc']:.2f}", f"{results['test_acc']:.2f}", tg)
+    console.print(table)
+    lams = ", ".join(
+        "(" + ", ".join(f"{w:.1f}" for w in r) + ")" for r in results["lambda_per_round"]
+    )
+    console.print(f"Λ* per round: {lams}")
+    console.print(f"run directory: {path}")

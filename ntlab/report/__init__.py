@@ -1,0 +1,1 @@
+"""Figures (pure functions: DataFrame → matplotlib Figure) and, later, the HTML report."""
