@@ -11,7 +11,7 @@ from ntlab.metrics import accuracy
 from ntlab.models.multitask import MultiTaskModel
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: MultiTaskModel, task: str, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Logits of `task`'s head for uint8 images `x`."""
     was_training = model.training

@@ -27,6 +27,7 @@ from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace
 from ntlab.core.runner import TrainConfig, build_model, metric_rows, resolve_device
 from ntlab.core.search import (
+    RecordingScore,
     SearchResult,
     binary_search,
     greedy_search,
@@ -212,13 +213,17 @@ def run_forkmerge(
                 on_step=on_step,
             )
         step += dt
-        own = {b: val_score(states[b].model) for b in kept}
         space = MergeSpace([states[b].model.state_dict() for b in kept])
 
         def score(weights, space: MergeSpace = space) -> float:
             space.load_into(probe, weights)
             return val_score(probe)
 
+        # A branch's own score is the score of Λ = e_b (load_into is exact there): one
+        # memoised scorer serves both, so the search never evaluates a corner twice.
+        score = RecordingScore(score)
+        corners = [tuple(float(i == j) for j in range(len(kept))) for i in range(len(kept))]
+        own = {b: score(corner) for b, corner in zip(kept, corners)}
         result = _search(score, [own[b] for b in kept], opts)
         for b in kept:
             space.load_into(states[b].model, result.weights)
