@@ -91,6 +91,12 @@ def forkmerge_train(
         int | None,
         typer.Option(help="After the first merge keep this many branches (the target's always)."),
     ] = None,
+    bn_recalibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Re-estimate BatchNorm statistics on target training batches after a merge."
+        ),
+    ] = False,
     benchmark: opt.Benchmark = "digits",
     steps: opt.Steps = None,
     batch_size: opt.BatchSize = None,
@@ -137,6 +143,7 @@ def forkmerge_train(
             val_samples=opts["val_samples"],
             merge_margin=opts["merge_margin"],
             prune=opts["prune"],
+            bn_recalibrate=opts["bn_recalibrate"],
         )
         validate_forkmerge(cfg, specs, fm)
         bench.fingerprint()

@@ -7,6 +7,9 @@ into every branch (θ at t + Δt is merged, as in the paper, not a best-so-far c
 State at a merge, decided:
 - parameters and float buffers are merged; integer buffers come from the heaviest branch
   (`ntlab.core.merge`);
+- BatchNorm running statistics are averaged like any float buffer; `bn_recalibrate`
+  re-estimates them on target training batches after the merge (the chosen merge only:
+  candidates are scored with averaged statistics);
 - each branch keeps its own optimiser moments and its own batch stream across rounds (the
   authors' code and our prototype do the same: a branch's Adam state describes the
   curvature of its own objective); the learning-rate schedule follows the global step,
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ntlab.core.evaluate import evaluate, predict
-from ntlab.core.merge import MergeSpace
+from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
 from ntlab.core.runner import TrainConfig, build_model, metric_rows, resolve_device
 from ntlab.core.search import (
     RecordingScore,
@@ -35,7 +38,7 @@ from ntlab.core.search import (
     prune_branches,
 )
 from ntlab.core.state import TrainState
-from ntlab.core.train import LossTerm, active_terms, attach_sources, train
+from ntlab.core.train import LossTerm, active_terms, attach_sources, images_to_float, train
 from ntlab.data import get_benchmark
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
@@ -106,6 +109,8 @@ class ForkMergeOptions:
     val_samples: int | None = None
     merge_margin: float = 0.0
     prune: int | None = None
+    bn_recalibrate: bool = False
+    bn_batches: int = 20
 
     def search_for(self, branches: int) -> str:
         if self.search == "auto":
@@ -227,6 +232,12 @@ def run_forkmerge(
         result = _search(score, [own[b] for b in kept], opts)
         for b in kept:
             space.load_into(states[b].model, result.weights)
+            if opts.bn_recalibrate:
+                recalibrate_batchnorm(
+                    states[b].model,
+                    _target_batches(target, cfg, opts, round_index),
+                    forward=lambda x, m=states[b].model: m.features(images_to_float(x)),
+                )
         for i, b in enumerate(kept):
             out.merges.append(
                 {
@@ -275,6 +286,15 @@ def run_forkmerge(
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
     }
     return out
+
+
+def _target_batches(target, cfg: TrainConfig, opts: ForkMergeOptions, round_index: int):
+    """The same target training batches for every branch of a round (own seeded stream)."""
+    g = seeded_generator(cfg.seed, f"bn-recalibrate-{round_index}")
+    x = target.x("train")
+    for _ in range(opts.bn_batches):
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=g).to(x.device)
+        yield x[idx]
 
 
 def _search(score, own_scores: list[float], opts: ForkMergeOptions) -> SearchResult:

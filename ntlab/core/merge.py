@@ -7,7 +7,7 @@ meaningless, so they are taken from the branch with the largest weight.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -77,3 +77,31 @@ class MergeSpace:
 def merge_state_dicts(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
     """Σ_b Λ_b θ_b over float tensors; integer buffers from the heaviest branch."""
     return MergeSpace(states).combine(weights)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor], forward: Callable | None = None
+) -> int:
+    """Re-estimate every BatchNorm's running statistics on `batches` (exact averages).
+
+    A merged model's averaged statistics do not describe its merged weights; this resets
+    them and accumulates fresh ones (momentum None = cumulative average). Returns the
+    number of BatchNorm layers updated (0: nothing to do, e.g. the GroupNorm backbone).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    run = forward or model
+    for x in batches:
+        run(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)

@@ -112,3 +112,12 @@ def test_binary_search_needs_two_branches():
         validate_forkmerge(
             c, per_task_branches(c.target, c.aux), ForkMergeOptions(merge_every=5, search="binary")
         )
+
+
+def test_forkmerge_with_a_batchnorm_backbone_and_recalibration(tiny_digits):
+    c = TrainConfig(target="optdigits", aux=["mnist"], steps=4, batch_size=8, backbone="resnet18")
+    opts = ForkMergeOptions(merge_every=2, bn_recalibrate=True, bn_batches=2)
+    out = run_forkmerge(c, joint_branches(c.target, c.aux), opts)
+    bn = out.model.backbone.bn1
+    assert int(bn.num_batches_tracked) == 2  # recalibrated after the last merge: 2 batches
+    assert out.results["rounds"] == 2

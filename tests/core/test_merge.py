@@ -71,3 +71,27 @@ def test_bad_weights_are_rejected(weights):
     states = [net(0).state_dict(), net(1).state_dict()]
     with pytest.raises(NtlabError):
         merge_state_dicts(states, weights)
+
+
+def test_batchnorm_recalibration_gives_the_exact_batch_statistics():
+    from ntlab.core.merge import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(5.0)  # stale, as after averaging
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(3)]
+    model.eval()
+    assert recalibrate_batchnorm(model, batches) == 1
+    conv_out = torch.cat([model[0](x) for x in batches])
+    assert torch.allclose(model[1].running_mean, conv_out.mean((0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training  # restored
+
+
+def test_recalibration_is_a_no_op_without_batchnorm():
+    from ntlab.core.merge import recalibrate_batchnorm
+    from ntlab.models import SmallCNN
+
+    model = SmallCNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert recalibrate_batchnorm(model, [torch.randn(2, 3, 16, 16)]) == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
