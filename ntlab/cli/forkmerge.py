@@ -97,6 +97,10 @@ def forkmerge_train(
             help="Re-estimate BatchNorm statistics on target training batches after a merge."
         ),
     ] = False,
+    optimizer_state: Annotated[
+        str,
+        typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
+    ] = "keep",
     benchmark: opt.Benchmark = "digits",
     steps: opt.Steps = None,
     batch_size: opt.BatchSize = None,
@@ -144,6 +148,7 @@ def forkmerge_train(
             merge_margin=opts["merge_margin"],
             prune=opts["prune"],
             bn_recalibrate=opts["bn_recalibrate"],
+            optimizer_state=opts["optimizer_state"],
         )
         validate_forkmerge(cfg, specs, fm)
         bench.fingerprint()

@@ -12,8 +12,9 @@ State at a merge, decided:
   candidates are scored with averaged statistics);
 - each branch keeps its own optimiser moments and its own batch stream across rounds (the
   authors' code and our prototype do the same: a branch's Adam state describes the
-  curvature of its own objective); the learning-rate schedule follows the global step,
-  which every branch shares.
+  curvature of its own objective); `optimizer_state="reset"` clears the moments after
+  every merge instead. The learning-rate schedule follows the global step, which every
+  branch shares.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
 
 BRANCH_MODES = ("joint", "per-task")
+OPTIMIZER_STATES = ("keep", "reset")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class ForkMergeOptions:
     prune: int | None = None
     bn_recalibrate: bool = False
     bn_batches: int = 20
+    optimizer_state: str = "keep"  # or "reset": fresh optimiser moments after every merge
 
     def search_for(self, branches: int) -> str:
         if self.search == "auto":
@@ -135,6 +138,11 @@ def validate_forkmerge(
         raise NtlabError(f"--prune must keep at least 1 branch, got {opts.prune}")
     if opts.val_samples is not None and opts.val_samples < 1:
         raise NtlabError(f"--val-samples must be positive, got {opts.val_samples}")
+    if opts.optimizer_state not in OPTIMIZER_STATES:
+        raise NtlabError(
+            f"unknown --optimizer-state {opts.optimizer_state!r}; choose one of: "
+            + ", ".join(OPTIMIZER_STATES)
+        )
     if opts.merge_margin < 0:
         raise NtlabError(f"--merge-margin must be ≥ 0 accuracy points, got {opts.merge_margin}")
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
@@ -144,6 +152,7 @@ def validate_forkmerge(
 @dataclass
 class ForkMergeOutcome:
     model: torch.nn.Module
+    branch_states: list[TrainState] = field(default_factory=list)
     merges: list[dict] = field(default_factory=list)
     search: list[dict] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
@@ -232,6 +241,8 @@ def run_forkmerge(
         result = _search(score, [own[b] for b in kept], opts)
         for b in kept:
             space.load_into(states[b].model, result.weights)
+            if opts.optimizer_state == "reset":
+                states[b].optimizer.state.clear()
             if opts.bn_recalibrate:
                 recalibrate_batchnorm(
                     states[b].model,
@@ -271,6 +282,7 @@ def run_forkmerge(
             _save(checkpoint, states, kept, round_index, out)
     final = states[kept[0]].model
     out.model = final
+    out.branch_states = [states[b] for b in kept]
     per_split = {split: evaluate(final, target, split) for split in ("val", "test")}
     for split, values in per_split.items():
         out.metrics += metric_rows(step, cfg.target, split, values)

@@ -98,6 +98,7 @@ def test_bad_branches_are_rejected(text, message):
         (ForkMergeOptions(merge_every=4, prune=0), "--prune must keep at least 1"),
         (ForkMergeOptions(merge_every=4, search="nope"), "unknown search"),
         (ForkMergeOptions(merge_every=4, merge_margin=-1), "--merge-margin"),
+        (ForkMergeOptions(merge_every=4, optimizer_state="merge"), "unknown --optimizer-state"),
     ],
 )
 def test_bad_options_are_rejected(opts, message):
@@ -121,3 +122,24 @@ def test_forkmerge_with_a_batchnorm_backbone_and_recalibration(tiny_digits):
     bn = out.model.backbone.bn1
     assert int(bn.num_batches_tracked) == 2  # recalibrated after the last merge: 2 batches
     assert out.results["rounds"] == 2
+
+
+def test_optimizer_state_is_kept_or_reset_at_a_merge(tiny_digits):
+    import torch
+
+    c = cfg(steps=6)
+    runs = {
+        mode: run_forkmerge(
+            c,
+            joint_branches(c.target, c.aux),
+            ForkMergeOptions(merge_every=4, optimizer_state=mode),
+        )
+        for mode in ("keep", "reset")
+    }
+    # merges at steps 4 and 6: Adam's own step counter shows the moments survived both merges ...
+    kept = runs["keep"].branch_states[0].optimizer.state_dict()["state"]
+    assert int(next(iter(kept.values()))["step"]) == 6
+    # ... or were cleared by them, which changes the second round's updates
+    assert runs["reset"].branch_states[0].optimizer.state_dict()["state"] == {}
+    a, b = runs["keep"].model.state_dict(), runs["reset"].model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
