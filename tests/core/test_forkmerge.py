@@ -143,3 +143,14 @@ def test_optimizer_state_is_kept_or_reset_at_a_merge(tiny_digits):
     assert runs["reset"].branch_states[0].optimizer.state_dict()["state"] == {}
     a, b = runs["keep"].model.state_dict(), runs["reset"].model.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_val_samples_scores_candidates_on_a_fixed_subset(tiny_digits):
+    c = cfg(steps=6)
+    out = run_forkmerge(
+        c, joint_branches(c.target, c.aux), ForkMergeOptions(merge_every=3, val_samples=10)
+    )
+    scores = [row["val_acc"] for row in out.search]
+    assert all(abs(s / 10 - round(s / 10)) < 1e-6 for s in scores)  # 10 images: steps of 10 points
+    full = [r for r in out.metrics if r["split"] == "val" and r["metric"] == "loss"]
+    assert full  # the final model is evaluated on the whole validation split
