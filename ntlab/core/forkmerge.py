@@ -31,6 +31,7 @@ from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
 from ntlab.core.runner import TrainConfig, build_model, metric_rows, resolve_device
 from ntlab.core.search import (
+    SEARCHES,
     RecordingScore,
     SearchResult,
     binary_search,
@@ -130,8 +131,8 @@ def validate_forkmerge(
         raise NtlabError(
             f"--merge-every must be between 1 and --steps ({cfg.steps}), got {opts.merge_every}"
         )
-    if opts.search not in ("auto", "grid", "greedy", "binary"):
-        raise NtlabError(f"unknown search {opts.search!r}; choose one of: grid, greedy, binary")
+    if opts.search not in ("auto", *SEARCHES):
+        raise NtlabError(f"unknown search {opts.search!r}; choose one of: {', '.join(SEARCHES)}")
     if opts.search_for(len(branches)) == "binary" and len(branches) != 2:
         raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
     if opts.prune is not None and opts.prune < 1:

@@ -29,10 +29,6 @@ class TaskData:
     def size(self, split: str) -> int:
         return int(self.splits[split][1].shape[0])
 
-    def to(self, device: torch.device | str) -> TaskData:
-        moved = {s: (x.to(device), y.to(device)) for s, (x, y) in self.splits.items()}
-        return TaskData(self.name, self.num_classes, moved)
-
 
 class Benchmark(Protocol):
     """What the training core needs from a benchmark."""

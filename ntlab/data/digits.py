@@ -382,9 +382,6 @@ class DigitsBenchmark:
             )
         return manifest
 
-    def prepared(self) -> bool:
-        return read_manifest(self.root) is not None
-
     def tasks(self) -> list[str]:
         return list(DOMAINS)
 
