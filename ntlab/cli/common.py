@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ntlab.errors import NtlabError
-from ntlab.presets import DEFAULT_PRESET, PRESETS
+from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
 from ntlab.runs import RunDir
 
 console = Console()
@@ -62,10 +62,9 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_options(
-    ctx: typer.Context, values: dict[str, Any], config: Path | None
-) -> dict[str, Any]:
+def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     """Built-in defaults < preset < --config file < options given on the command line."""
+    config = values.get("config")
     file_cfg = load_config_file(config)
     unknown = sorted(set(file_cfg) - set(values))
     if unknown:
@@ -90,8 +89,8 @@ def resolve_options(
             resolved[name] = value
         elif name in file_cfg:
             resolved[name] = file_cfg[name]
-        elif value is None and name in PRESETS[preset_name]:
-            resolved[name] = PRESETS[preset_name][name]
+        elif value is None and preset_value(preset_name, name) is not None:
+            resolved[name] = preset_value(preset_name, name)
         else:
             resolved[name] = value
     resolved["preset"] = preset_name
@@ -99,7 +98,9 @@ def resolve_options(
 
 
 def preset_help(name: str) -> str:
-    values = ", ".join(f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v)
+    values = ", ".join(
+        f"{p}: {preset_value(p, name)}" for p in PRESETS if preset_value(p, name) is not None
+    )
     return f"[default: from --preset ({values})]"
 
 
@@ -115,7 +116,7 @@ class StepProgress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("steps"),
+            TextColumn("{task.fields[unit]}"),
             TimeRemainingColumn(),
             console=console,
             transient=True,
@@ -131,14 +132,14 @@ class StepProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def callback(self, description: str, total: int):
-        """A per-step callback for one training, redrawn every few steps."""
+    def callback(self, description: str, total: int, unit: str = "steps", every: int = 10):
+        """A per-step callback for one loop (a training by default), redrawn every few steps."""
         if self.quiet:
             return None
-        task = self.progress.add_task(description, total=total)
+        task = self.progress.add_task(description, total=total, unit=unit)
 
         def on_step(step: int) -> None:
-            if step % 10 == 0 or step == total:
+            if step % every == 0 or step == total:
                 self.progress.update(task, completed=step)
 
         return on_step

@@ -28,7 +28,15 @@ from ntlab.core.forkmerge import (
     run_forkmerge,
     validate_forkmerge,
 )
-from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate, with_transfer_gain
+from ntlab.core.runner import (
+    MODEL_FILE,
+    TrainConfig,
+    cached_run,
+    save_model,
+    stl_config,
+    validate,
+    with_transfer_gain,
+)
 from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.metrics import transfer_gain
@@ -44,9 +52,7 @@ app = typer.Typer(
 CHECKPOINT = Path("checkpoints") / "forkmerge.pt"
 
 
-@app.command("train")
-def forkmerge_train(
-    ctx: typer.Context,
+def _forkmerge_options(
     target: opt.Target,
     aux: opt.Aux = "all",
     branches: Annotated[
@@ -101,41 +107,27 @@ def forkmerge_train(
         str,
         typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
     ] = "keep",
-    benchmark: opt.Benchmark = "digits",
-    steps: opt.Steps = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.LR = None,
-    optimizer: opt.Optimizer = "adam",
-    weight_decay: opt.WeightDecay = 0.0,
-    schedule: opt.Schedule = None,
-    backbone: opt.Backbone = "cnn",
-    width: opt.Width = 16,
-    weights: opt.Weights = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "auto",
-    eval_every: opt.EvalEvery = None,
-    preset: opt.Preset = None,
-    config: opt.Config = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory [default: runs/forkmerge-TARGET-TIME].")
-    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the unfinished run in --out from its last merge.")
     ] = False,
-    overwrite: opt.Overwrite = False,
     baselines: Annotated[
         bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")
     ] = True,
-    quiet: opt.Quiet = False,
-) -> None:
+) -> None: ...
+
+
+@app.command("train")
+@opt.command(_forkmerge_options, opt.training_options, opt.run_options)
+def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     """Train the target with ForkMerge and compare it with STL and EW.
 
     Writes merges.csv (round, step, branch, task weights, its val accuracy, its Λ*),
-    search.csv (every candidate Λ with its val accuracy), metrics.csv, lambda.png and
-    results.json; a checkpoint after every merge lets --resume continue a killed run.
+    search.csv (every candidate Λ with its val accuracy), metrics.csv, lambda.png, model.pt
+    (the merged model) and results.json; a checkpoint after every merge lets --resume
+    continue a killed run.
     """
     with guarded():
-        opts = resolve_options(ctx, {k: v for k, v in locals().items() if k != "ctx"}, config)
+        opts = resolve_options(ctx, values)
         bench = get_benchmark(opts["benchmark"])
         cfg = opt.train_config(opts, bench.tasks(), method="ew")
         validate(cfg)
@@ -200,6 +192,7 @@ def forkmerge_train(
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
         figure = lambda_figure(merges)
         figure.savefig(run.path / "lambda.png", dpi=120)
+        save_model(run.path / MODEL_FILE, outcome.model, cfg)
         run.finish(results)
         _print_summary(results, run.path, opts["quiet"])
 

@@ -1,11 +1,17 @@
-"""Options shared by the training commands, declared once (typing.Annotated aliases).
+"""Options shared by the commands, declared once.
 
-Options whose default comes from `--preset` default to None here; `resolve_options`
-fills them in (built-in default < preset < --config file < command line).
+Each group of options is the signature of a template function (`training_options`,
+`run_options`); `@command(own_options, training_options, run_options)` gives a command all
+of them, and the command receives them as one dict. Options whose default comes from
+`--preset` default to None here; `resolve_options` fills them in (built-in default <
+preset < --config file < command line).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,8 +35,16 @@ BatchSize = Annotated[
     int | None, typer.Option(help=f"Mini-batch size per loss term. {preset_help('batch_size')}")
 ]
 LR = Annotated[float | None, typer.Option(help=f"Learning rate. {preset_help('lr')}")]
-Optimizer = Annotated[str, typer.Option(help="Optimiser: adam or sgd (nesterov momentum 0.9).")]
-WeightDecay = Annotated[float, typer.Option(help="Weight decay (L2) of the optimiser.")]
+Optimizer = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Optimiser: adam or sgd (nesterov momentum 0.9). {preset_help('optimizer')}"
+    ),
+]
+WeightDecay = Annotated[
+    float | None,
+    typer.Option(help=f"Weight decay (L2) of the optimiser. {preset_help('weight_decay')}"),
+]
 Schedule = Annotated[
     str | None,
     typer.Option(help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}"),
@@ -54,6 +68,10 @@ Config = Annotated[
     typer.Option(help="A TOML file of options (keys as option names); the command line wins."),
 ]
 Overwrite = Annotated[bool, typer.Option(help="Replace a finished run in --out.")]
+Out = Annotated[
+    Path | None,
+    typer.Option(help="Run directory [default: a new folder runs/COMMAND-…-TIME]."),
+]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run directory.")
 ]
@@ -67,3 +85,51 @@ def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> Tr
     if values.get("weights") is not None:
         values["weights"] = str(values["weights"])
     return TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
+
+
+def training_options(
+    benchmark: Benchmark = "digits",
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: LR = None,
+    optimizer: Optimizer = None,
+    weight_decay: WeightDecay = None,
+    schedule: Schedule = None,
+    backbone: Backbone = "cnn",
+    width: Width = 16,
+    weights: Weights = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    eval_every: EvalEvery = None,
+) -> None:
+    """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
+
+
+def run_options(
+    preset: Preset = None,
+    config: Config = None,
+    out: Out = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Where a command writes and how it talks."""
+
+
+def command(*templates: Callable[..., None]):
+    """Give a command the options of `templates`; it is called as `fn(ctx, values)`."""
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    ]
+    for template in templates:
+        for p in inspect.signature(template, eval_str=True).parameters.values():
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    def decorate(fn: Callable[[typer.Context, dict[str, Any]], None]):
+        @functools.wraps(fn)
+        def wrapper(ctx: typer.Context, **values: Any) -> None:
+            return fn(ctx, values)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -19,7 +19,9 @@ from ntlab.cli.common import (
     resolve_options,
 )
 from ntlab.core.runner import (
+    MODEL_FILE,
     run_training,
+    save_model,
     stl_baseline,
     store_run,
     validate,
@@ -32,8 +34,7 @@ from ntlab.runs import RunDir
 METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS)
 
 
-def train_command(
-    ctx: typer.Context,
+def _train_options(
     target: opt.Target,
     method: Annotated[
         str, typer.Option("--method", "-m", help=f"Weighting method. {METHOD_HELP}.")
@@ -43,39 +44,24 @@ def train_command(
         float,
         typer.Option("--lam", help="λ of `fixed`: the weight of the mixed auxiliary loss (≥ 0)."),
     ] = 1.0,
-    benchmark: opt.Benchmark = "digits",
-    steps: opt.Steps = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.LR = None,
-    optimizer: opt.Optimizer = "adam",
-    weight_decay: opt.WeightDecay = 0.0,
-    schedule: opt.Schedule = None,
-    backbone: opt.Backbone = "cnn",
-    width: opt.Width = 16,
-    weights: opt.Weights = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "auto",
-    eval_every: opt.EvalEvery = None,
-    preset: opt.Preset = None,
-    config: opt.Config = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory [default: runs/train-METHOD-TARGET-TIME].")
-    ] = None,
-    overwrite: opt.Overwrite = False,
     baseline: Annotated[
         bool,
         typer.Option(help="Compute transfer gain against the STL run (cached) of the same budget."),
     ] = True,
-    quiet: opt.Quiet = False,
-) -> None:
+) -> None: ...
+
+
+@opt.command(_train_options, opt.training_options, opt.run_options)
+def train_command(ctx: typer.Context, values: dict) -> None:
     """Train the target with a weighting method and report its transfer gain over STL.
 
-    Writes config.json, status.json, metrics.csv (step, task, split, metric, value) and
-    results.json (target accuracy; for methods other than stl, `transfer_gain` = test
-    accuracy minus that of the STL run with the same budget and seed, reused from the cache).
+    Writes config.json, status.json, metrics.csv (step, task, split, metric, value),
+    model.pt (the final model) and results.json (target accuracy; for methods other than
+    stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
+    seed, reused from the cache).
     """
     with guarded():
-        opts = resolve_options(ctx, {k: v for k, v in locals().items() if k != "ctx"}, config)
+        opts = resolve_options(ctx, values)
         bench = get_benchmark(opts["benchmark"])
         cfg = opt.train_config(opts, bench.tasks())
         validate(cfg)
@@ -99,6 +85,7 @@ def train_command(
                 )
                 results = with_transfer_gain(results, stl, source)
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
+        save_model(run.path / MODEL_FILE, outcome.state.model, cfg)
         run.finish(results)
         print_summary(results, run.path, opts["quiet"])
 

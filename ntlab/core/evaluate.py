@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ntlab.core.train import images_to_float
 from ntlab.data.benchmark import TaskData
-from ntlab.metrics import accuracy
+from ntlab.metrics import accuracy, confidence_score_discrepancy
 from ntlab.models.multitask import MultiTaskModel
 
 
@@ -25,12 +25,14 @@ def predict(model: MultiTaskModel, task: str, x: torch.Tensor, chunk: int = 4096
 
 
 def evaluate(model: MultiTaskModel, data: TaskData, split: str) -> dict[str, float]:
-    """Accuracy (percentage points), mean cross-entropy and mean max-softmax confidence."""
+    """Accuracy (percentage points), mean cross-entropy, mean max-softmax confidence and
+    the confidence score discrepancy (Eq. 4: one minus that confidence)."""
     logits = predict(model, data.name, data.x(split))
     y = data.y(split)
-    probs = logits.softmax(1)
+    csd = confidence_score_discrepancy(logits.softmax(1))
     return {
         "acc": accuracy(logits, y),
         "loss": F.cross_entropy(logits, y).item(),
-        "confidence": probs.max(1).values.mean().item(),
+        "confidence": 1.0 - csd,
+        "csd": csd,
     }

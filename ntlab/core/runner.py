@@ -25,7 +25,7 @@ from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.paths import runs_cache_dir
 from ntlab.runs import read_json, write_json
 
-CORE_VERSION = 1  # bump when a change to the core changes trained numbers (invalidates caches)
+CORE_VERSION = 2  # bump when a change to the core changes trained numbers (invalidates caches)
 NOT_IN_KEY = {"eval_every"}  # options that never change the trained weights
 
 
@@ -161,7 +161,7 @@ def run_training(
     validate(cfg)
     device = resolve_device(cfg.device)
     terms = active_terms(cfg.terms())
-    tasks = list(dict.fromkeys(t for term in terms for t in term.tasks))  # target first
+    tasks = trained_tasks(cfg)
     data = get_benchmark(cfg.benchmark).load(tasks, device)
     state = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
     attach_sources(state, terms, data, cfg.batch_size, cfg.seed)
@@ -192,6 +192,7 @@ def run_training(
             values = evaluate(state.model, data[name], split)
             rows += metric_rows(state.step, name, split, values)
             per_task[name][f"{split}_acc"] = values["acc"]
+            per_task[name][f"{split}_csd"] = values["csd"]
     results = {
         "target": cfg.target,
         "method": cfg.method,
@@ -259,6 +260,60 @@ def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_weights(model: MultiTaskModel, state: dict, tasks: list[str]) -> None:
+    """Load a trained state (whose heads belong to `tasks`, in order) into `model`.
+
+    The backbone must match; `model` may have more heads than the state (they keep their
+    initialisation), which lets an STL model be measured against auxiliary tasks.
+    """
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith("heads."):
+            _, index, rest = key.split(".", 2)
+            key = f"heads.{model.head_index(tasks[int(index)])}.{rest}"
+        mapped[key] = value
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected or any(not k.startswith("heads.") for k in missing):
+        raise NtlabError(
+            "the saved weights do not fit this model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); train it again"
+        )
+
+
+def trained_tasks(cfg: TrainConfig) -> list[str]:
+    """The tasks a training of `cfg` loads, target first (its model's heads, in order)."""
+    return list(dict.fromkeys(t for term in active_terms(cfg.terms()) for t in term.tasks))
+
+
+def trained_model(
+    cfg: TrainConfig,
+    tasks: list[str] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[MultiTaskModel, dict[str, TaskData], dict, str]:
+    """(model, data, results, "cache" | "run") of the training `cfg`, trained once and kept.
+
+    The model gets a head for each of `tasks` (default: the tasks `cfg` trains); heads the
+    training did not have keep their seeded initialisation.
+    """
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    own = trained_tasks(cfg)
+    tasks = list(dict.fromkeys(own + list(tasks or [])))
+    cache = run_cache_dir(cfg)
+    if (cache / "model.pt").is_file() and (cache / "results.json").is_file():
+        results, source = read_json(cache / "results.json"), "cache"
+        state = torch.load(cache / "model.pt", map_location=device, weights_only=True)
+    else:
+        outcome = run_training(cfg, on_step=on_step)
+        store_run(cfg, outcome)
+        results, source = outcome.results, "run"
+        state = outcome.state.model.state_dict()
+    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    model = build_model(cfg, data, device)
+    load_weights(model, state, own)
+    return model, data, results, source
+
+
 def cached_run(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> tuple[dict, str]:
     """(results, "cache" | "run"): an identical training is reused, otherwise trained and kept."""
     hit = cached_results(cfg)
@@ -284,3 +339,40 @@ def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
         "transfer_gain": transfer_gain(results["test_acc"], stl["test_acc"]),
         "transfer_gain_val": transfer_gain(results["val_acc"], stl["val_acc"]),
     }
+
+
+# --- a run directory's final model --------------------------------------------------------
+
+MODEL_FILE = "model.pt"
+
+
+def save_model(path: Path, model: MultiTaskModel, cfg: TrainConfig) -> None:
+    """The final model of a run, with what is needed to rebuild it (atomic)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state": state, "tasks": model.task_names, "train": asdict(cfg)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(
+    run_dir: Path, tasks: list[str] | None = None, device: str | None = None
+) -> tuple[MultiTaskModel, dict[str, TaskData], TrainConfig]:
+    """(model, data, config) of a finished run directory that saved its model."""
+    run_dir = Path(run_dir)
+    status = run_dir / "status.json"
+    if not status.is_file() or read_json(status).get("state") != "completed":
+        raise NtlabError(f"{run_dir} is not a finished ntlab run (no completed status.json)")
+    if not (run_dir / MODEL_FILE).is_file():
+        raise NtlabError(
+            f"{run_dir} has no {MODEL_FILE}; use a `ntlab train` or `ntlab forkmerge train` run"
+        )
+    saved = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**saved["train"])
+    if device is not None:
+        cfg = TrainConfig(**{**asdict(cfg), "device": device})
+    target_device = resolve_device(cfg.device)
+    names = list(dict.fromkeys(saved["tasks"] + list(tasks or [])))
+    data = get_benchmark(cfg.benchmark).load(names, target_device)
+    model = build_model(cfg, data, target_device)
+    load_weights(model, saved["state"], saved["tasks"])
+    return model, data, cfg

@@ -73,3 +73,25 @@ class BatchSource:
         self._perm = state["perm"].to(self.y.device)
         self._pos = state["pos"]
         self.batches_drawn = state["batches_drawn"]
+
+
+def aux_share(lam: float) -> float:
+    """The auxiliary share of the interpolated training distribution (Eq. 3): λ / (1 + λ)."""
+    if lam < 0:
+        raise ValueError(f"λ must be ≥ 0, got {lam}")
+    return lam / (1.0 + lam)
+
+
+def interpolated_draw(
+    n: int, lam: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3: n draws of T_inter = (1 − Z)·T_tgt + Z·T_aux with Z ~ Bernoulli(λ/(1+λ)).
+
+    Returns (is_aux, rank): whether each draw is auxiliary, and its rank among the draws of
+    its own source (0, 1, 2, … in order), so that taking the first ranks of a shuffled pool of
+    each source gives the sample without replacement and without per-sample Python.
+    """
+    is_aux = torch.rand(n, generator=generator) < aux_share(lam)
+    aux_rank = torch.cumsum(is_aux.long(), 0) - 1
+    tgt_rank = torch.cumsum((~is_aux).long(), 0) - 1
+    return is_aux, torch.where(is_aux, aux_rank, tgt_rank)

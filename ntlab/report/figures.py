@@ -36,3 +36,121 @@ def lambda_figure(merges: pd.DataFrame) -> Figure:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
     ax.set_title("ForkMerge: merge weights per round", fontsize=10)
     return fig
+
+
+def _lam_colors(lams: list[float]) -> dict[float, str]:
+    return {lam: PALETTE[i % len(PALETTE)] for i, lam in enumerate(sorted(lams))}
+
+
+def gcs_figure(table: pd.DataFrame) -> Figure:
+    """GCS vs one-step TG per λ > 0 (from `gcs.csv`), with a cubic fit per λ (paper Fig. 2)."""
+    import numpy as np
+
+    lams = sorted(lam for lam in table["lam"].unique() if lam > 0)
+    colors = _lam_colors(lams)
+    kind = table["aux_kind"].iloc[0]
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
+    for lam in lams:
+        group = table[table["lam"] == lam]
+        ax.scatter(
+            group["gcs"], group["tg"], s=14, alpha=0.55, color=colors[lam], label=f"λ={lam:g}"
+        )
+        if group["gcs"].nunique() >= 4:
+            coef = np.polyfit(group["gcs"], group["tg"], 3)
+            grid = np.linspace(group["gcs"].min(), group["gcs"].max(), 100)
+            ax.plot(grid, np.polyval(coef, grid), color=colors[lam], linewidth=1.6)
+    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
+    ax.axvline(0, color="0.4", linewidth=0.8, linestyle="--")
+    aux = "weight decay (½‖θ‖²)" if kind == "weight-decay" else "auxiliary tasks"
+    ax.set_xlabel(f"gradient cosine similarity, target vs {aux}")
+    ax.set_ylabel("TG of one step (val accuracy points)")
+    ax.set_title("Gradient conflict vs transfer gain (left of 0: conflicting)", fontsize=10)
+    ax.legend(title="λ (cubic fit)", fontsize=8, title_fontsize=8, loc="best", frameon=False)
+    return fig
+
+
+def csd_figure(table: pd.DataFrame) -> Figure:
+    """CSD vs TG per λ, mean ± seed std (from `csd.csv`; paper Fig. 3b)."""
+    grouped = table.groupby("lam")[["csd", "tg"]]
+    mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
+    ax.plot(mean["csd"], mean["tg"], color="0.6", linewidth=1, zorder=1)
+    ax.errorbar(
+        mean["csd"],
+        mean["tg"],
+        xerr=std["csd"],
+        yerr=std["tg"],
+        fmt="o",
+        color=PALETTE[0],
+        ecolor="0.5",
+        capsize=3,
+        zorder=2,
+    )
+    for lam, row in mean.iterrows():
+        ax.annotate(
+            f"λ={lam:g}",
+            (row["csd"], row["tg"]),
+            textcoords="offset points",
+            xytext=(6, 5),
+            fontsize=8,
+        )
+    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("confidence score discrepancy on target test (1 − mean max-softmax)")
+    ax.set_ylabel("TG vs λ = 0 (test accuracy points)")
+    seeds = table["seed"].nunique()
+    ax.set_title(
+        f"Distribution shift vs transfer gain (mean ± std over {seeds} seed"
+        f"{'s' if seeds > 1 else ''})",
+        fontsize=10,
+    )
+    ax.margins(x=0.15, y=0.15)
+    return fig
+
+
+MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">"]
+SOURCE_COLORS = {"target-train": PALETTE[0], "aux-train": PALETTE[1], "target-test": PALETTE[2]}
+
+
+def tsne_figure(table: pd.DataFrame) -> Figure:
+    """One t-SNE panel per λ (from `tsne.csv`): source by colour, class by marker (Fig. 3a)."""
+    lams = sorted(table["lam"].unique())
+    labels = sorted(table["label"].unique())
+    marker = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(labels)}
+    fig, axes = plt.subplots(
+        1, len(lams), figsize=(3.3 * len(lams), 3.9), layout="constrained", squeeze=False
+    )
+    for ax, lam in zip(axes[0], lams):
+        panel = table[table["lam"] == lam]
+        for source in ("target-test", "target-train", "aux-train"):
+            part = panel[panel["source"] == source]
+            for label, group in part.groupby("label"):
+                ax.scatter(
+                    group["x"],
+                    group["y"],
+                    s=9,
+                    marker=marker[label],
+                    color=SOURCE_COLORS[source],
+                    alpha=0.35 if source == "target-test" else 0.7,
+                    linewidths=0,
+                )
+        share = lam / (1 + lam)
+        ax.set_title(f"λ={lam:g} (aux share {share:.0%})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in SOURCE_COLORS.items()
+    ]
+    handles += [
+        Line2D([], [], marker=marker[c], linestyle="", color="0.3", label=f"class {c}")
+        for c in labels
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 7),
+        fontsize=8,
+        frameon=False,
+    )
+    return fig

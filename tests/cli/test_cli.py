@@ -40,7 +40,7 @@ def test_help_lists_every_train_option_with_its_default():
         "--config",
     ):
         assert option in text
-    assert "default: from --preset (quick: 300, default: 500)" in text
+    assert "default: from --preset (quick: 300, default: 500, paper: 50000)" in text
     for method in ("stl:", "ew:", "fixed:"):
         assert method in text
 

@@ -1,0 +1,224 @@
+"""Gradient cosine similarity versus transfer gain of one step (paper Fig. 2, Eqs. 14–15).
+
+From a model θ_T trained on the target alone, for each sampled pair of mini-batches:
+GCS(g_tgt, g_aux) on the shared parameters, and for every λ the one-step model
+θ_{T+1}(λ) = θ_T − η (g_tgt + λ g_aux) with TG(λ) = P̂(θ_{T+1}(λ)) − P̂(θ_{T+1}(0)).
+
+The one-step models are never built as modules: their parameters are computed as one
+stacked tensor per parameter, and each is evaluated with `torch.func.functional_call` on
+the validation split, which stays on the device, converted to float once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ntlab.core.state import OptimConfig, TrainState
+from ntlab.core.train import LossTerm, attach_sources, images_to_float, term_losses, train
+from ntlab.data.benchmark import TaskData
+from ntlab.data.sampler import BatchSource, seeded_generator
+from ntlab.errors import NtlabError
+from ntlab.metrics import gradient_cosine
+from ntlab.models.multitask import MultiTaskModel
+
+AUX_KINDS = ("task", "weight-decay")
+DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class GcsOptions:
+    lams: tuple[float, ...] = DEFAULT_LAMS
+    batches: int = 64
+    eta: float = 0.05
+    aux_kind: str = "task"
+    batch_size: int = 64
+    probe_steps: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.aux_kind not in AUX_KINDS:
+            raise NtlabError(
+                f"unknown --aux-kind {self.aux_kind!r}; choose one of: {', '.join(AUX_KINDS)}"
+            )
+        if self.batches <= 0:
+            raise NtlabError(f"--batches must be a positive number of batches, got {self.batches}")
+        if not self.eta > 0:
+            raise NtlabError(f"--eta must be a positive step size, got {self.eta}")
+        if self.probe_steps < 0:
+            raise NtlabError(f"--probe-steps must be ≥ 0, got {self.probe_steps}")
+        if 0.0 not in self.lams:
+            raise NtlabError("--lams must contain 0: TG(λ) is measured against the λ = 0 step")
+
+
+def fit_heads(
+    model: MultiTaskModel,
+    data: dict[str, TaskData],
+    tasks: list[str],
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 1e-2,
+) -> None:
+    """Fit the heads of `tasks` on the frozen backbone (a linear probe), with the core's loop.
+
+    An STL model's auxiliary heads are untrained; their gradients on the backbone would say
+    more about a random head than about the auxiliary task.
+    """
+    if steps == 0 or not tasks:
+        return
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    try:
+        state = TrainState.create(model, OptimConfig("adam", lr), steps)
+        terms = [LossTerm(f"probe:{t}", (t,), 1.0) for t in tasks]
+        attach_sources(state, terms, data, batch_size, seed)
+        train(state, terms, steps)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def gcs_table(
+    model: MultiTaskModel,
+    data: dict[str, TaskData],
+    target: str,
+    aux: list[str],
+    opts: GcsOptions,
+    on_batch: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """One row per (batch, λ): gcs, tg, val_acc, val_loss, aux_kind."""
+    opts.check()
+    lams = sorted(opts.lams)
+    shared = [n for n, _ in model.named_parameters() if n.startswith("backbone.")]
+    head = model.head_index(target)
+    updated = shared + [n for n, _ in model.named_parameters() if n.startswith(f"heads.{head}.")]
+    params = dict(model.named_parameters())
+    device = params[shared[0]].device
+    target_batches = BatchSource(
+        [data[target]], [head], opts.batch_size, seeded_generator(opts.seed, f"gcs:{target}")
+    )
+    aux_batches = None
+    if opts.aux_kind == "task":
+        aux_heads = [model.head_index(a) for a in aux]
+        aux_batches = BatchSource(
+            [data[a] for a in aux],
+            aux_heads,
+            opts.batch_size,
+            seeded_generator(opts.seed, "gcs:aux"),
+        )
+    x_val = images_to_float(data[target].x("val"))
+    y_val = data[target].y("val")
+    lam_t = torch.tensor(lams, device=device)
+    rows = []
+    model.train()
+    for b in range(opts.batches):
+        g_tgt = _grads(model, term_losses(model, [target_batches.next()], [[head]])[0], updated)
+        if aux_batches is not None:
+            aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0]
+            g_aux = _grads(model, aux_loss, shared)
+            g_aux.update({n: torch.zeros_like(params[n]) for n in updated if n not in shared})
+        else:  # the regulariser ½‖θ‖²: its gradient is θ itself
+            g_aux = {n: params[n].detach() for n in updated}
+        cos = gradient_cosine(_flat(g_tgt, shared), _flat(g_aux, shared)).item()
+        stacked = {
+            n: params[n].detach()
+            - opts.eta * (g_tgt[n] + lam_t.view(-1, *[1] * g_aux[n].dim()) * g_aux[n])
+            for n in updated
+        }
+        acc, loss = one_step_scores(model, head, stacked, x_val, y_val)
+        for i, lam in enumerate(lams):
+            rows.append(
+                {
+                    "batch": b,
+                    "lam": lam,
+                    "gcs": cos,
+                    "tg": acc[i] - acc[lams.index(0.0)],
+                    "val_acc": acc[i],
+                    "val_loss": loss[i],
+                    "aux_kind": opts.aux_kind,
+                }
+            )
+        if on_batch:
+            on_batch(b + 1)
+    return pd.DataFrame(rows)
+
+
+def _grads(model: MultiTaskModel, loss: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    return dict(zip(names, grads))
+
+
+def _flat(grads: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([grads[n].reshape(-1) for n in names])
+
+
+@torch.no_grad()
+def one_step_scores(
+    model: MultiTaskModel,
+    head: int,
+    stacked: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int = 2048,
+) -> tuple[list[float], list[float]]:
+    """Accuracy (points) and mean loss on (x, y) of the models whose parameters are stacked
+    along dim 0 of `stacked` (names as in `model`; the others are the model's own).
+
+    A loop over the models with `functional_call`: on the CPU it measured 3× faster than
+    `vmap` over the stack (which turns convolutions into grouped ones).
+    """
+    was_training = model.training
+    model.eval()
+    prefix = f"heads.{head}."
+    n_models = len(next(iter(stacked.values())))
+    acc, losses = [], []
+    for i in range(n_models):
+        backbone = {
+            k.removeprefix("backbone."): v[i]
+            for k, v in stacked.items()
+            if k.startswith("backbone.")
+        }
+        head_params = {
+            k.removeprefix(prefix): v[i] for k, v in stacked.items() if k.startswith(prefix)
+        }
+        correct, total = 0.0, 0.0
+        for xs, ys in zip(x.split(chunk), y.split(chunk)):
+            features = functional_call(model.backbone, backbone, (xs,))
+            out = functional_call(model.heads[head], head_params, (features,))
+            correct += (out.argmax(1) == ys).sum().item()
+            total += F.cross_entropy(out, ys, reduction="sum").item()
+        acc.append(correct / len(y) * 100)
+        losses.append(total / len(y))
+    model.train(was_training)
+    return acc, losses
+
+
+def gcs_summary(table: pd.DataFrame) -> dict:
+    """Share of conflicting pairs, per-λ mean TG and correlation of GCS with TG, best λ."""
+    per_batch = table.drop_duplicates("batch")
+    per_lam = {}
+    for lam, group in table[table["lam"] > 0].groupby("lam"):
+        corr = group["gcs"].corr(group["tg"]) if group["tg"].std() > 0 else float("nan")
+        per_lam[f"{lam:g}"] = {
+            "mean_tg": float(group["tg"].mean()),
+            "share_tg_positive": float((group["tg"] > 0).mean()),
+            "corr_gcs_tg": None if pd.isna(corr) else float(corr),
+        }
+    means = table.groupby("lam")["tg"].mean()
+    best = float(means.idxmax())
+    return {
+        "batches": int(len(per_batch)),
+        "share_conflicting": float((per_batch["gcs"] < 0).mean()),
+        "mean_gcs": float(per_batch["gcs"].mean()),
+        "per_lam": per_lam,
+        "best_lam": best,
+        "best_mean_tg": float(means.max()),
+    }

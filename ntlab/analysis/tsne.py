@@ -1,0 +1,139 @@
+"""t-SNE of the interpolated training distribution (paper Fig. 3a, Eq. 3).
+
+Features of one model for the target test points and, for each λ, training points drawn
+from T_inter = (1 − Z)·T_tgt + Z·T_aux, Z ~ Bernoulli(λ/(1+λ)). The panels share one
+embedding: every distinct point is embedded once, so panels are comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.manifold import TSNE
+
+from ntlab.core.train import images_to_float
+from ntlab.data.benchmark import TaskData
+from ntlab.data.sampler import interpolated_draw, seeded_generator
+from ntlab.errors import NtlabError
+from ntlab.models.multitask import MultiTaskModel
+
+DEFAULT_LAMS = (0.0, 0.0625, 0.25, 1.0)
+SOURCES = ("target-train", "aux-train", "target-test")
+
+
+def top_classes(labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
+    """The k most frequent labels (ties to the smaller label), sorted."""
+    if not 0 < k <= num_classes:
+        raise NtlabError(f"--classes must be between 1 and {num_classes} (the label set), got {k}")
+    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    order = sorted(range(num_classes), key=lambda c: (-int(counts[c]), c))
+    return torch.tensor(sorted(order[:k]))
+
+
+def _pool(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator):
+    mask = torch.isin(y.cpu(), keep)
+    idx = torch.nonzero(mask).flatten()
+    idx = idx[torch.randperm(len(idx), generator=gen)]
+    return x[idx.to(x.device)], y[idx.to(y.device)]
+
+
+@torch.no_grad()
+def features_of(model: MultiTaskModel, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model.features(images_to_float(part)) for part in x.split(chunk)])
+    model.train(was_training)
+    return out.float().cpu()
+
+
+def tsne_table(
+    model: MultiTaskModel,
+    data: dict[str, TaskData],
+    target: str,
+    aux: list[str],
+    lams: Sequence[float],
+    *,
+    classes: int = 10,
+    max_points: int = 1500,
+    seed: int = 0,
+    perplexity: float = 30.0,
+) -> pd.DataFrame:
+    """One row per point shown in a panel: lam, x, y, source, label."""
+    if max_points < 30:
+        raise NtlabError(f"--max-points must be at least 30, got {max_points}")
+    tgt = data[target]
+    num_classes = tgt.num_classes
+    keep = top_classes(torch.cat([tgt.y("train"), tgt.y("test")]), classes, num_classes)
+    gen = seeded_generator(seed, "tsne")
+    pools = {
+        "target-test": _pool(tgt.x("test"), tgt.y("test"), keep, gen),
+        "target-train": _pool(tgt.x("train"), tgt.y("train"), keep, gen),
+        "aux-train": _pool(
+            torch.cat([data[a].x("train") for a in aux]),
+            torch.cat([data[a].y("train") for a in aux]),
+            keep,
+            gen,
+        ),
+    }
+    per_part = max_points // 3  # test points + draws per panel + the extra auxiliary points
+    n_test = min(per_part, len(pools["target-test"][1]))
+    draws = []
+    for lam in lams:
+        is_aux, rank = interpolated_draw(per_part, lam, gen)
+        draws.append((lam, is_aux, rank))
+    # The distinct points: first ranks of each shuffled pool (wrapping if a pool is small).
+    need = {
+        "target-test": n_test,
+        "target-train": max(int((~a).sum()) for _, a, _ in draws),
+        "aux-train": max(int(a.sum()) for _, a, _ in draws),
+    }
+    sizes = {s: min(need[s], len(pools[s][1])) for s in SOURCES}
+    xs = torch.cat([pools[s][0][: sizes[s]] for s in SOURCES if sizes[s]])
+    offsets = dict(zip(SOURCES, np.cumsum([0] + [sizes[s] for s in SOURCES])[:-1]))
+    feats = features_of(model, xs).numpy()
+    embedding = TSNE(
+        n_components=2,
+        init="pca",
+        perplexity=min(perplexity, (len(feats) - 1) / 3),
+        random_state=seed,
+    ).fit_transform(feats)
+
+    frames = []
+    for lam, is_aux, rank in draws:
+        parts = [("target-test", torch.arange(n_test))]
+        parts.append(("target-train", rank[~is_aux]))
+        parts.append(("aux-train", rank[is_aux]))
+        for source, ranks in parts:
+            if not len(ranks) or not sizes[source]:
+                continue
+            local = (ranks % sizes[source]).numpy()
+            rows = offsets[source] + local
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "lam": lam,
+                        "x": embedding[rows, 0],
+                        "y": embedding[rows, 1],
+                        "source": source,
+                        "label": pools[source][1][: sizes[source]].cpu().numpy()[local],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def tsne_summary(table: pd.DataFrame) -> dict:
+    """Per λ: how many points of each source, and the auxiliary share of training points."""
+    per_lam = {}
+    for lam, group in table.groupby("lam"):
+        counts = group["source"].value_counts().to_dict()
+        train = counts.get("target-train", 0) + counts.get("aux-train", 0)
+        per_lam[f"{lam:g}"] = {
+            "points": {s: int(counts.get(s, 0)) for s in SOURCES},
+            "aux_share": counts.get("aux-train", 0) / train if train else 0.0,
+            "expected_aux_share": lam / (1 + lam),
+        }
+    return {"per_lam": per_lam, "classes": sorted(int(c) for c in table["label"].unique())}
