@@ -80,17 +80,25 @@ def tsne_table(
     }
     per_part = max_points // 3  # test points + draws per panel + the extra auxiliary points
     n_test = min(per_part, len(pools["target-test"][1]))
+    pool_size = {s: len(pools[s][1]) for s in SOURCES}
     draws = []
     for lam in lams:
-        is_aux, rank = interpolated_draw(per_part, lam, gen)
-        draws.append((lam, is_aux, rank))
-    # The distinct points: first ranks of each shuffled pool (wrapping if a pool is small).
-    need = {
+        # As many draws as the pools allow without repeating a point, at most per_part.
+        share = lam / (1 + lam)
+        n = per_part
+        if share < 1:
+            n = min(n, int(pool_size["target-train"] / (1 - share)))
+        if share > 0:
+            n = min(n, int(pool_size["aux-train"] / share))
+        is_aux, rank = interpolated_draw(n, lam, gen)
+        src_size = torch.where(is_aux, pool_size["aux-train"], pool_size["target-train"])
+        fits = rank < src_size  # the rare draw past the end of a pool is dropped
+        draws.append((lam, is_aux[fits], rank[fits]))
+    sizes = {
         "target-test": n_test,
         "target-train": max(int((~a).sum()) for _, a, _ in draws),
         "aux-train": max(int(a.sum()) for _, a, _ in draws),
     }
-    sizes = {s: min(need[s], len(pools[s][1])) for s in SOURCES}
     xs = torch.cat([pools[s][0][: sizes[s]] for s in SOURCES if sizes[s]])
     offsets = dict(zip(SOURCES, np.cumsum([0] + [sizes[s] for s in SOURCES])[:-1]))
     feats = features_of(model, xs).numpy()
@@ -109,7 +117,7 @@ def tsne_table(
         for source, ranks in parts:
             if not len(ranks) or not sizes[source]:
                 continue
-            local = (ranks % sizes[source]).numpy()
+            local = ranks.numpy()
             rows = offsets[source] + local
             frames.append(
                 pd.DataFrame(

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ntlab import __version__
+from ntlab.cli import analysis as analysis_cli
 from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli.common import err_console
@@ -24,6 +25,9 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(forkmerge_cli.app, name="forkmerge")
 app.command("train")(train_command)
+app.command("gcs")(analysis_cli.gcs_command)
+app.command("csd")(analysis_cli.csd_command)
+app.command("tsne")(analysis_cli.tsne_command)
 
 
 def _version(value: bool) -> None:

@@ -97,6 +97,27 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     return resolved
 
 
+def parse_numbers(text: str, option: str, kind: type = float) -> list:
+    """`0,0.25,1` → [0.0, 0.25, 1.0]; a clear error naming the option otherwise."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise NtlabError(f"{option} is empty; give values separated by commas")
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not _parses(p, kind))
+        noun = "an integer" if kind is int else "a number"
+        raise NtlabError(f"{option}: {bad!r} is not {noun}") from None
+
+
+def _parses(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
 def preset_help(name: str) -> str:
     values = ", ".join(
         f"{p}: {preset_value(p, name)}" for p in PRESETS if preset_value(p, name) is not None

@@ -77,6 +77,9 @@ Quiet = Annotated[
 ]
 
 
+Lams = Annotated[str, typer.Option(help="λ grid, comma-separated (each ≥ 0).")]
+
+
 def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:
     """The TrainConfig of resolved options (aux checked against the benchmark's tasks)."""
     names = {f.name for f in fields(TrainConfig)} - {"aux"}
@@ -115,14 +118,16 @@ def run_options(
     """Where a command writes and how it talks."""
 
 
-def command(*templates: Callable[..., None]):
-    """Give a command the options of `templates`; it is called as `fn(ctx, values)`."""
+def command(*templates: Callable[..., None], exclude: tuple[str, ...] = ()):
+    """Give a command the options of `templates` (less `exclude`, which the command declares
+    its own way); it is called as `fn(ctx, values)`."""
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
     ]
     for template in templates:
         for p in inspect.signature(template, eval_str=True).parameters.values():
-            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            if p.name not in exclude:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
     def decorate(fn: Callable[[typer.Context, dict[str, Any]], None]):
         @functools.wraps(fn)

@@ -43,29 +43,38 @@ def _lam_colors(lams: list[float]) -> dict[float, str]:
 
 
 def gcs_figure(table: pd.DataFrame) -> Figure:
-    """GCS vs one-step TG per λ > 0 (from `gcs.csv`), with a cubic fit per λ (paper Fig. 2)."""
+    """GCS vs one-step TG per λ > 0 (from `gcs.csv`), with a cubic fit per λ (paper Fig. 2):
+    left in validation accuracy (the paper's TG), right in validation loss."""
     import numpy as np
 
     lams = sorted(lam for lam in table["lam"].unique() if lam > 0)
     colors = _lam_colors(lams)
     kind = table["aux_kind"].iloc[0]
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
-    for lam in lams:
-        group = table[table["lam"] == lam]
-        ax.scatter(
-            group["gcs"], group["tg"], s=14, alpha=0.55, color=colors[lam], label=f"λ={lam:g}"
-        )
-        if group["gcs"].nunique() >= 4:
-            coef = np.polyfit(group["gcs"], group["tg"], 3)
-            grid = np.linspace(group["gcs"].min(), group["gcs"].max(), 100)
-            ax.plot(grid, np.polyval(coef, grid), color=colors[lam], linewidth=1.6)
-    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
-    ax.axvline(0, color="0.4", linewidth=0.8, linestyle="--")
-    aux = "weight decay (½‖θ‖²)" if kind == "weight-decay" else "auxiliary tasks"
-    ax.set_xlabel(f"gradient cosine similarity, target vs {aux}")
-    ax.set_ylabel("TG of one step (val accuracy points)")
-    ax.set_title("Gradient conflict vs transfer gain (left of 0: conflicting)", fontsize=10)
-    ax.legend(title="λ (cubic fit)", fontsize=8, title_fontsize=8, loc="best", frameon=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
+    panels = [
+        ("tg", "TG of one step (val accuracy points)"),
+        ("tg_loss", "TG of one step (val loss decrease)"),
+    ]
+    for ax, (column, ylabel) in zip(axes, panels):
+        for lam in lams:
+            group = table[table["lam"] == lam]
+            ax.scatter(
+                group["gcs"], group[column], s=14, alpha=0.55, color=colors[lam], label=f"λ={lam:g}"
+            )
+            if group["gcs"].nunique() >= 4:
+                coef = np.polyfit(group["gcs"], group[column], 3)
+                grid = np.linspace(group["gcs"].min(), group["gcs"].max(), 100)
+                ax.plot(grid, np.polyval(coef, grid), color=colors[lam], linewidth=1.6)
+        ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.axvline(0, color="0.4", linewidth=0.8, linestyle="--")
+        aux = "weight decay (½‖θ‖²)" if kind == "weight-decay" else "auxiliary tasks"
+        ax.set_xlabel(f"gradient cosine similarity, target vs {aux}")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(title="λ (cubic fit)", fontsize=8, title_fontsize=8, loc="best", frameon=False)
+    fig.suptitle(
+        "Gradient conflict vs transfer gain of one step (left of 0: conflicting; above 0: helps)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -98,11 +107,8 @@ def csd_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("confidence score discrepancy on target test (1 − mean max-softmax)")
     ax.set_ylabel("TG vs λ = 0 (test accuracy points)")
     seeds = table["seed"].nunique()
-    ax.set_title(
-        f"Distribution shift vs transfer gain (mean ± std over {seeds} seed"
-        f"{'s' if seeds > 1 else ''})",
-        fontsize=10,
-    )
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    ax.set_title(f"Distribution shift vs transfer gain ({spread})", fontsize=10)
     ax.margins(x=0.15, y=0.15)
     return fig
 

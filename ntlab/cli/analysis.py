@@ -1,0 +1,359 @@
+"""`ntlab gcs`, `ntlab csd`, `ntlab tsne`: why transfer turns negative (paper Figs. 2, 3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ntlab.analysis import csd as csd_analysis
+from ntlab.analysis import gcs as gcs_analysis
+from ntlab.analysis import tsne as tsne_analysis
+from ntlab.analysis.common import check_lams
+from ntlab.cli import options as opt
+from ntlab.cli.common import (
+    StepProgress,
+    console,
+    default_out,
+    guarded,
+    parse_numbers,
+    preset_help,
+    resolve_options,
+)
+from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
+from ntlab.data import get_benchmark
+from ntlab.errors import NtlabError
+from ntlab.report.figures import csd_figure, gcs_figure, tsne_figure
+from ntlab.runs import RunDir
+
+
+def _lams(text: str) -> list[float]:
+    return check_lams(parse_numbers(text, "--lams"))
+
+
+def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfig, Any]:
+    """Resolve options, check the training they describe and that the data is prepared."""
+    opts = resolve_options(ctx, values)
+    bench = get_benchmark(opts["benchmark"])
+    overrides = {"steps": opts["pretrain_steps"]} if "pretrain_steps" in opts else {}
+    if "seeds" in opts:
+        overrides["seed"] = 0
+    cfg = opt.train_config(opts, bench.tasks(), method="stl", **overrides)
+    validate(cfg)
+    bench.fingerprint()  # fails early, with the fix, when the data is not prepared
+    return opts, cfg, bench
+
+
+def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
+    return RunDir(opts["out"] or default_out(command, cfg.target), overwrite=opts["overwrite"])
+
+
+def _record(opts: dict, cfg: TrainConfig, bench: Any, **extra: Any) -> dict:
+    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
+
+
+# --- gcs ----------------------------------------------------------------------------------
+
+
+def _gcs_options(
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    aux_kind: Annotated[
+        str,
+        typer.Option(
+            help="task: the auxiliary domains, mixed; weight-decay: the regulariser ½‖θ‖² "
+            "as the auxiliary task (Fig. 2c–d)."
+        ),
+    ] = "task",
+    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1",
+    batches: Annotated[
+        int | None,
+        typer.Option(help=f"Sampled mini-batch pairs. {preset_help('batches')}"),
+    ] = None,
+    eta: Annotated[
+        float, typer.Option(help="η of the one-step update θ − η(g_tgt + λ g_aux) (plain SGD).")
+    ] = 0.01,
+    pretrain_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps of the target-alone training θ_T (reused from the cache when one "
+            f"matches). {preset_help('pretrain_steps')}"
+        ),
+    ] = None,
+    probe_steps: Annotated[
+        int,
+        typer.Option(
+            help="Steps fitting the auxiliary heads on the frozen θ_T backbone before measuring "
+            "(an STL model has untrained auxiliary heads)."
+        ),
+    ] = 100,
+) -> None: ...
+
+
+@opt.command(_gcs_options, opt.training_options, opt.run_options, exclude=("steps",))
+def gcs_command(ctx: typer.Context, values: dict) -> None:
+    """Gradient cosine similarity vs the transfer gain of one step (paper Fig. 2).
+
+    Trains θ_T on the target alone, then for each sampled pair of mini-batches measures the
+    cosine of the target and auxiliary gradients on the shared parameters, and for each λ
+    the validation TG of one step θ_T − η(g_tgt + λ g_aux) over the step with λ = 0.
+    Writes gcs.csv (batch, lam, gcs, tg, …), gcs.png and results.json.
+    """
+    with guarded():
+        opts, cfg, bench = _start(ctx, values)
+        gopts = gcs_analysis.GcsOptions(
+            lams=tuple(_lams(opts["lams"])),
+            batches=opts["batches"],
+            eta=opts["eta"],
+            aux_kind=opts["aux_kind"],
+            batch_size=cfg.batch_size,
+            probe_steps=opts["probe_steps"],
+            seed=cfg.seed,
+        )
+        gopts.check()
+        aux = cfg.aux if gopts.aux_kind == "task" else []
+        run = _open_run(opts, "gcs", cfg)
+    with guarded(run):
+        run.start("gcs", _record(opts, cfg, bench, aux=aux, gcs=asdict(gopts)))
+        with StepProgress(opts["quiet"]) as progress:
+            model, data, stl, source = trained_model(
+                cfg, tasks=aux, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
+            )
+            gcs_analysis.fit_heads(
+                model, data, aux, gopts.probe_steps, cfg.batch_size, cfg.seed, lr=10 * cfg.lr
+            )
+            table = gcs_analysis.gcs_table(
+                model,
+                data,
+                cfg.target,
+                aux,
+                gopts,
+                on_batch=progress.callback("one-step updates", gopts.batches, "batches", 1),
+            )
+        run.write_table("gcs.csv", table)
+        gcs_figure(table).savefig(run.path / "gcs.png", dpi=130)
+        summary = gcs_analysis.gcs_summary(table)
+        results = {
+            "target": cfg.target,
+            "aux": aux,
+            "aux_kind": gopts.aux_kind,
+            "eta": gopts.eta,
+            "pretrain": {"steps": cfg.steps, "val_acc": stl["val_acc"], "source": source},
+            **summary,
+        }
+        run.finish(results)
+        if opts["quiet"]:
+            console.print(str(run.path))
+            return
+        table_out = Table(
+            title=f"gcs: {cfg.target} vs {gopts.aux_kind} ({summary['batches']} batches, "
+            f"{summary['share_conflicting']:.0%} conflicting)",
+            title_justify="left",
+        )
+        for col in ("λ", "mean TG", "share TG > 0", "corr(GCS, TG)"):
+            table_out.add_column(col, justify="right")
+        for lam, row in summary["per_lam"].items():
+            corr = row["corr_gcs_tg"]
+            table_out.add_row(
+                lam,
+                f"{row['mean_tg']:+.3f}",
+                f"{row['share_tg_positive']:.0%}",
+                "n/a" if corr is None else f"{corr:+.2f}",
+            )
+        console.print(table_out)
+        console.print(f"run directory: {run.path}")
+
+
+# --- csd ----------------------------------------------------------------------------------
+
+
+def _csd_options(
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            "--seeds", "--seed", help="Seeds, comma-separated; each λ is trained per seed."
+        ),
+    ] = "0",
+) -> None: ...
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = parse_numbers(text, "--seeds", int)
+    if any(s < 0 for s in seeds):
+        raise NtlabError("--seeds must be ≥ 0")
+    if len(set(seeds)) != len(seeds):
+        raise NtlabError("--seeds lists a seed twice")
+    return seeds
+
+
+@opt.command(_csd_options, opt.training_options, opt.run_options, exclude=("seed",))
+def csd_command(ctx: typer.Context, values: dict) -> None:
+    """Confidence score discrepancy vs transfer gain over λ (paper Fig. 3b).
+
+    For each λ (and seed) trains the target jointly with the mixed auxiliary tasks at weight
+    λ (λ = 0 is STL; trainings are cached), then measures CSD = 1 − mean max-softmax
+    confidence on the target test split and TG(λ) = P(θ(λ)) − P(θ(0)). Writes csd.csv,
+    csd.png and results.json with the target's regime (positive, weak_negative or
+    strong_negative).
+    """
+    with guarded():
+        opts, cfg, bench = _start(ctx, values)
+        lams = _lams(opts["lams"])
+        seeds = _seeds(opts["seeds"])
+        if not any(lam > 0 for lam in lams):
+            raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
+        lams = sorted(set(lams) | {0.0})
+        validate(csd_analysis.fixed_config(cfg, max(lams), seeds[0]))
+        run = _open_run(opts, "csd", cfg)
+    with guarded(run):
+        run.start("csd", _record(opts, cfg, bench, lams=lams, seeds=seeds))
+        with StepProgress(opts["quiet"]) as progress:
+
+            def on_run(c: TrainConfig):
+                name = "stl" if c.method == "stl" else f"λ={c.lam:g}"
+                return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
+
+            table = csd_analysis.csd_table(cfg, lams, seeds, on_run)
+        run.write_table("csd.csv", table)
+        csd_figure(table).savefig(run.path / "csd.png", dpi=130)
+        summary = csd_analysis.csd_summary(table)
+        results = {"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary}
+        run.finish(results)
+        if opts["quiet"]:
+            console.print(str(run.path))
+            return
+        out = Table(
+            title=f"csd: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']} "
+            f"(best λ={summary['best_lam']:g}, TG {summary['best_tg']:+.2f})",
+            title_justify="left",
+        )
+        for col in ("λ", "CSD", "TG (test)"):
+            out.add_column(col, justify="right")
+        several = len(seeds) > 1
+        for lam, row in summary["per_lam"].items():
+            out.add_row(
+                lam,
+                f"{row['csd_mean']:.3f}" + (f" ± {row['csd_std']:.3f}" if several else ""),
+                f"{row['tg_mean']:+.2f}" + (f" ± {row['tg_std']:.2f}" if several else ""),
+            )
+        console.print(out)
+        console.print(f"run directory: {run.path}")
+
+
+# --- tsne ---------------------------------------------------------------------------------
+
+
+def _tsne_options(
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    lams: opt.Lams = "0,0.0625,0.25,1",
+    classes: Annotated[int, typer.Option(help="Keep the K most frequent classes.")] = 10,
+    max_points: Annotated[
+        int, typer.Option(help="At most this many distinct points go into the t-SNE.")
+    ] = 1500,
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
+    from_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Use the model of this finished `train`/`forkmerge train` run "
+            "[default: train the target alone (cached)].",
+        ),
+    ] = None,
+) -> None: ...
+
+
+@opt.command(_tsne_options, opt.training_options, opt.run_options)
+def tsne_command(ctx: typer.Context, values: dict) -> None:
+    """t-SNE of the interpolated training distribution and the target test data (Fig. 3a).
+
+    Features of one model (trained on the target alone, or `--from` a run) for the target
+    test points and, for each λ, training points drawn from (1 − Z)·target + Z·auxiliary
+    with Z ~ Bernoulli(λ/(1+λ)). One embedding, one panel per λ. Writes tsne.csv, tsne.png
+    and results.json.
+    """
+    with guarded():
+        opts, cfg, bench = _start(ctx, values)
+        lams = _lams(opts["lams"])
+        if opts["max_points"] < 30:
+            raise NtlabError(f"--max-points must be at least 30, got {opts['max_points']}")
+        num_classes = bench.load([cfg.target])[cfg.target].num_classes
+        if not 0 < opts["classes"] <= num_classes:
+            raise NtlabError(
+                f"--classes must be between 1 and {num_classes} (the label set of "
+                f"{cfg.target}), got {opts['classes']}"
+            )
+        if opts["from_run"] is not None:
+            load_model(opts["from_run"], device=cfg.device)  # checks it before any work
+        run = _open_run(opts, "tsne", cfg)
+    with guarded(run):
+        source = str(opts["from_run"]) if opts["from_run"] else "stl"
+        run.start("tsne", _record(opts, cfg, bench, lams=lams, model=source))
+        with StepProgress(opts["quiet"]) as progress:
+            if opts["from_run"] is not None:
+                model, data, model_cfg = load_model(
+                    opts["from_run"], tasks=[cfg.target, *cfg.aux], device=cfg.device
+                )
+                if cfg.target not in model.task_names:
+                    raise NtlabError(
+                        f"the model of {opts['from_run']} has no head for {cfg.target}; "
+                        f"its tasks are {', '.join(model.task_names)}"
+                    )
+            else:
+                model_cfg = stl_config(cfg)
+                model, data, _, _ = trained_model(
+                    model_cfg,
+                    tasks=cfg.aux,
+                    on_step=progress.callback(f"stl → {cfg.target}", cfg.steps),
+                )
+        status = console.status("t-SNE …") if not opts["quiet"] else None
+        if status:
+            status.start()
+        try:
+            table = tsne_analysis.tsne_table(
+                model,
+                data,
+                cfg.target,
+                cfg.aux,
+                lams,
+                classes=opts["classes"],
+                max_points=opts["max_points"],
+                seed=cfg.seed,
+                perplexity=opts["perplexity"],
+            )
+        finally:
+            if status:
+                status.stop()
+        run.write_table("tsne.csv", table)
+        tsne_figure(table).savefig(run.path / "tsne.png", dpi=130)
+        results = {
+            "target": cfg.target,
+            "aux": cfg.aux,
+            "model": source,
+            "model_train": asdict(model_cfg),
+            **tsne_analysis.tsne_summary(table),
+        }
+        run.finish(results)
+        if opts["quiet"]:
+            console.print(str(run.path))
+            return
+        out = Table(title=f"tsne: {cfg.target} ← {', '.join(cfg.aux)}", title_justify="left")
+        for col in ("λ", "target-train", "aux-train", "target-test", "aux share (expected)"):
+            out.add_column(col, justify="right")
+        for lam, row in results["per_lam"].items():
+            p = row["points"]
+            out.add_row(
+                lam,
+                str(p["target-train"]),
+                str(p["aux-train"]),
+                str(p["target-test"]),
+                f"{row['aux_share']:.2f} ({row['expected_aux_share']:.2f})",
+            )
+        console.print(out)
+        console.print(f"run directory: {run.path}")

@@ -1,0 +1,137 @@
+"""GCS vs one-step TG: the update, the evaluation and the table's invariants."""
+
+import copy
+
+import pytest
+import torch
+
+from ntlab.analysis.gcs import (
+    GcsOptions,
+    fit_heads,
+    gcs_summary,
+    gcs_table,
+    one_step_params,
+    one_step_scores,
+)
+from ntlab.core.evaluate import evaluate
+from ntlab.core.runner import TrainConfig, trained_model
+from ntlab.core.train import images_to_float, term_losses
+from ntlab.data.sampler import BatchSource, seeded_generator
+from ntlab.errors import NtlabError
+
+AUX = ["mnist", "syn"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_digits):
+    cfg = TrainConfig(target="optdigits", steps=15, batch_size=16, device="cpu")
+    model, data, _, _ = trained_model(cfg, tasks=AUX)
+    return model, data
+
+
+def test_one_step_params_match_a_manual_sgd_step(pretrained):
+    model, data = pretrained
+    head = model.head_index("optdigits")
+    source = BatchSource([data["optdigits"]], [head], 16, seeded_generator(0, "t"))
+    aux_source = BatchSource(
+        [data["mnist"]], [model.head_index("mnist")], 16, seeded_generator(0, "a")
+    )
+    params = dict(model.named_parameters())
+    names = [n for n in params if n.startswith("backbone.") or n.startswith(f"heads.{head}.")]
+    g_t = dict(
+        zip(
+            names,
+            torch.autograd.grad(
+                term_losses(model, [source.next()], [[head]])[0], [params[n] for n in names]
+            ),
+        )
+    )
+    aux_loss = term_losses(model, [aux_source.next()], [[model.head_index("mnist")]])[0]
+    g_a = dict(
+        zip(
+            names,
+            torch.autograd.grad(
+                aux_loss, [params[n] for n in names], allow_unused=True, materialize_grads=True
+            ),
+        )
+    )
+    lam, eta = 0.5, 0.1
+    stacked = one_step_params(
+        {n: params[n].detach() for n in names}, g_t, g_a, torch.tensor([0.0, lam]), eta
+    )
+
+    manual = copy.deepcopy(model)
+    sgd = torch.optim.SGD(manual.parameters(), lr=eta)
+    for n, p in manual.named_parameters():
+        p.grad = (g_t[n] + lam * g_a[n]).clone() if n in names else None
+    sgd.step()
+    for n, p in manual.named_parameters():
+        if n in names:
+            assert torch.allclose(stacked[n][1], p, atol=1e-7), n
+            assert torch.allclose(stacked[n][0], params[n] - eta * g_t[n], atol=1e-7), n
+
+    # Scoring the stacked parameters equals evaluating the stepped module.
+    task = data["optdigits"]
+    acc, loss = one_step_scores(model, head, stacked, images_to_float(task.x("val")), task.y("val"))
+    reference = evaluate(manual, task, "val")
+    assert acc[1] == pytest.approx(reference["acc"])
+    assert loss[1] == pytest.approx(reference["loss"], rel=1e-5)
+
+
+def test_gcs_table_invariants_and_reproducibility(pretrained):
+    model, data = pretrained
+    opts = GcsOptions(lams=(0.0, 0.25, 1.0), batches=4, eta=0.05, batch_size=16, seed=0)
+    table = gcs_table(model, data, "optdigits", AUX, opts)
+    assert len(table) == 4 * 3
+    assert (table[table["lam"] == 0]["tg"] == 0).all()
+    assert (table[table["lam"] == 0]["tg_loss"] == 0).all()
+    assert table["gcs"].between(-1, 1).all()
+    # One GCS per batch, shared by every λ of that batch.
+    assert (table.groupby("batch")["gcs"].nunique() == 1).all()
+    again = gcs_table(model, data, "optdigits", AUX, opts)
+    assert table.equals(again)
+    summary = gcs_summary(table)
+    assert summary["batches"] == 4
+    assert 0 <= summary["share_conflicting"] <= 1
+    assert set(summary["per_lam"]) == {"0.25", "1"}
+    assert summary["best_lam"] in (0.0, 0.25, 1.0)
+
+
+def test_weight_decay_gradient_is_the_parameters(pretrained):
+    model, data = pretrained
+    opts = GcsOptions(lams=(0.0, 1.0), batches=2, eta=0.05, aux_kind="weight-decay", batch_size=16)
+    table = gcs_table(model, data, "optdigits", [], opts)
+    # The cosine of g_tgt with θ itself, computed by hand for batch 0.
+    head = model.head_index("optdigits")
+    source = BatchSource([data["optdigits"]], [head], 16, seeded_generator(0, "gcs:optdigits"))
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    grads = torch.autograd.grad(term_losses(model, [source.next()], [[head]])[0], backbone)
+    g = torch.cat([x.reshape(-1) for x in grads])
+    theta = torch.cat([p.detach().reshape(-1) for p in backbone])
+    expected = (g @ theta / (g.norm() * theta.norm())).item()
+    assert table.loc[table["batch"] == 0, "gcs"].iloc[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_fit_heads_trains_only_the_auxiliary_heads(pretrained):
+    model, data = pretrained
+    model = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit_heads(model, data, ["mnist"], steps=5, batch_size=16, seed=0)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    mnist = model.head_index("mnist")
+    assert changed == {f"heads.{mnist}.weight", f"heads.{mnist}.bias"}
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (GcsOptions(batches=0), "--batches"),
+        (GcsOptions(eta=0), "--eta"),
+        (GcsOptions(aux_kind="l1"), "--aux-kind"),
+        (GcsOptions(lams=(0.25, 1.0)), "contain 0"),
+    ],
+)
+def test_bad_options_are_rejected(opts, message):
+    with pytest.raises(NtlabError, match=message):
+        opts.check()

@@ -1,0 +1,128 @@
+"""`ntlab gcs`, `ntlab csd`, `ntlab tsne` as users drive them."""
+
+import json
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ntlab.cli import app
+
+runner = CliRunner()
+BUDGET = ["--target", "optdigits", "--aux", "mnist,syn", "--batch-size", "16", "--eval-every", "5"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def assert_figure(path, min_width=300):
+    image = mpimg.imread(path)
+    assert image.shape[1] >= min_width and image.shape[0] >= 200
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+
+
+@pytest.mark.parametrize("kind", ["task", "weight-decay"])
+def test_gcs_writes_table_figure_and_results(tiny_digits, tmp_path, kind):
+    out = tmp_path / "g"
+    result = invoke(
+        "gcs", *BUDGET, "--pretrain-steps", 10, "--batches", 3, "--lams", "0,0.5,1",
+        "--aux-kind", kind, "--probe-steps", 3, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "gcs.csv")
+    assert list(table.columns[:5]) == ["batch", "lam", "gcs", "tg", "tg_loss"]
+    assert len(table) == 9 and set(table["aux_kind"]) == {kind}
+    assert (table[table["lam"] == 0]["tg"] == 0).all()
+    assert table["gcs"].between(-1, 1).all()
+    results = read(out / "results.json")
+    assert results["batches"] == 3 and results["aux_kind"] == kind
+    assert results["aux"] == (["mnist", "syn"] if kind == "task" else [])
+    per_batch = table.drop_duplicates("batch")
+    assert results["share_conflicting"] == pytest.approx((per_batch["gcs"] < 0).mean())
+    assert results["best_lam"] in (0.0, 0.5, 1.0)
+    assert read(out / "status.json")["state"] == "completed"
+    assert_figure(out / "gcs.png")
+
+
+def test_gcs_reuses_the_cached_stl_training(tiny_digits, tmp_path):
+    args = [*BUDGET, "--pretrain-steps", 11, "--batches", 1, "--probe-steps", 0]
+    assert invoke("gcs", *args, "--out", tmp_path / "a").exit_code == 0
+    assert invoke("gcs", *args, "--out", tmp_path / "b").exit_code == 0
+    assert read(tmp_path / "b" / "results.json")["pretrain"]["source"] == "cache"
+
+
+def test_csd_writes_table_figure_and_regime(tiny_digits, tmp_path):
+    out = tmp_path / "c"
+    result = invoke(
+        "csd", *BUDGET, "--steps", 8, "--lams", "0,0.5,2", "--seeds", "0,1", "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "csd.csv")
+    assert len(table) == 6
+    assert table["csd"].between(0, 1).all()
+    assert (table[table["lam"] == 0]["tg"] == 0).all()
+    results = read(out / "results.json")
+    means = table[table["lam"] > 0].groupby("lam")["tg"].mean()
+    expected = (
+        "strong_negative"
+        if means.max() <= 0
+        else "weak_negative"
+        if means.min() < 0
+        else "positive"
+    )
+    assert results["regime"] == expected
+    assert results["best_lam"] == means.idxmax()
+    assert results["seeds"] == [0, 1]
+    assert_figure(out / "csd.png")
+
+
+def test_tsne_from_a_train_run(tiny_digits, tmp_path):
+    train_out = tmp_path / "train"
+    assert (
+        invoke("train", *BUDGET, "--method", "ew", "--steps", 6, "--out", train_out).exit_code == 0
+    )
+    out = tmp_path / "t"
+    result = invoke(
+        "tsne", *BUDGET, "--lams", "0,1", "--classes", 3, "--max-points", 60,
+        "--from", train_out, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "tsne.csv")
+    assert list(table.columns) == ["lam", "x", "y", "source", "label"]
+    assert table["label"].nunique() == 3
+    assert set(table["source"]) == {"target-train", "aux-train", "target-test"}
+    results = read(out / "results.json")
+    assert results["model"] == str(train_out)
+    assert results["model_train"]["method"] == "ew"
+    assert_figure(out / "tsne.png")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["gcs", "--lams", "0,-0.5"], "every λ must be ≥ 0"),
+        (["gcs", "--lams", ""], "--lams is empty"),
+        (["gcs", "--lams", "0,x"], "'x' is not a number"),
+        (["gcs", "--batches", "0"], "--batches must be a positive"),
+        (["gcs", "--aux-kind", "dropout"], "unknown --aux-kind"),
+        (["csd", "--lams", "0"], "at least one λ > 0"),
+        (["csd", "--seeds", "0,0"], "lists a seed twice"),
+        (["tsne", "--classes", "11"], "--classes must be between 1 and 10"),
+        (["tsne", "--from", "."], "is not a finished ntlab run"),
+        (["tsne", "--target", "nosuch"], "unknown target 'nosuch'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_digits, tmp_path, args, message):
+    out = tmp_path / "bad"
+    command, rest = args[0], args[1:]
+    result = invoke(command, *BUDGET, *rest, "--out", out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (out / "results.json").exists()
