@@ -82,27 +82,26 @@ def csd_figure(table: pd.DataFrame) -> Figure:
     """CSD vs TG per λ, mean ± seed std (from `csd.csv`; paper Fig. 3b)."""
     grouped = table.groupby("lam")[["csd", "tg"]]
     mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
-    ax.plot(mean["csd"], mean["tg"], color="0.6", linewidth=1, zorder=1)
-    ax.errorbar(
-        mean["csd"],
-        mean["tg"],
-        xerr=std["csd"],
-        yerr=std["tg"],
-        fmt="o",
-        color=PALETTE[0],
-        ecolor="0.5",
-        capsize=3,
-        zorder=2,
-    )
+    colors = _lam_colors(list(mean.index))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    ax.plot(mean["csd"], mean["tg"], color="0.7", linewidth=1, zorder=1)
     for lam, row in mean.iterrows():
-        ax.annotate(
-            f"λ={lam:g}",
-            (row["csd"], row["tg"]),
-            textcoords="offset points",
-            xytext=(6, 5),
-            fontsize=8,
+        ax.errorbar(
+            row["csd"],
+            row["tg"],
+            xerr=std.loc[lam, "csd"],
+            yerr=std.loc[lam, "tg"],
+            fmt="o",
+            markersize=7,
+            color=colors[lam],
+            ecolor=colors[lam],
+            elinewidth=1,
+            alpha=0.9,
+            capsize=3,
+            zorder=2,
+            label=f"λ={lam:g}",
         )
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xlabel("confidence score discrepancy on target test (1 − mean max-softmax)")
     ax.set_ylabel("TG vs λ = 0 (test accuracy points)")
