@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -43,6 +43,14 @@ def transfer_regime(tg_by_lam: Mapping[float, float]) -> str:
     values = [tg for lam, tg in tg_by_lam.items() if lam > 0]
     if not values:
         raise ValueError("the transfer regime needs at least one λ > 0")
+    return regime_of_gains(values)
+
+
+def regime_of_gains(gains: Iterable[float]) -> str:
+    """The regime of a set of transfer gains (of several λ, or of several auxiliary tasks)."""
+    values = list(gains)
+    if not values:
+        raise ValueError("the transfer regime needs at least one transfer gain")
     if max(values) <= 0:
         return "strong_negative"
     return "weak_negative" if min(values) < 0 else "positive"

@@ -7,58 +7,26 @@ interpolated training distribution is from the target, and TG(λ) = P(θ_T(λ)) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 
 import pandas as pd
 
-from ntlab.core.runner import TrainConfig, cached_run, stl_config
-from ntlab.metrics import transfer_gain, transfer_regime
+from ntlab.analysis.sweep import DEFAULT_LAMS, OnRun, fixed_config, lam_stats, lambda_grid_table
+from ntlab.core.runner import TrainConfig
+from ntlab.metrics import transfer_regime
 
-DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
-
-
-def fixed_config(base: TrainConfig, lam: float, seed: int) -> TrainConfig:
-    """Fixed-λ joint training of Eq. 1 with the budget of `base`; λ = 0 is the STL run."""
-    cfg = TrainConfig(**{**asdict(base), "method": "fixed", "lam": lam, "seed": seed})
-    return stl_config(cfg) if lam == 0 else cfg
+__all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config"]
 
 
 def csd_table(
     base: TrainConfig,
     lams: Sequence[float],
     seeds: Sequence[int],
-    on_run: Callable[[TrainConfig], Callable[[int], None] | None] | None = None,
+    on_run: OnRun | None = None,
 ) -> pd.DataFrame:
     """One row per (λ, seed): csd, tg, val_acc, test_acc, source (run | cache)."""
-    rows = []
-    for seed in seeds:
-        stl_acc = None
-        for lam in sorted(lams, key=lambda v: (v != 0, v)):  # λ = 0 first: the reference
-            cfg = fixed_config(base, lam, seed)
-            results, source = cached_run(cfg, on_run(cfg) if on_run else None)
-            target = results["tasks"][cfg.target]
-            if lam == 0:
-                stl_acc = target["test_acc"]
-            rows.append(
-                {
-                    "lam": lam,
-                    "seed": seed,
-                    "csd": target["test_csd"],
-                    "tg": transfer_gain(target["test_acc"], stl_acc),
-                    "val_acc": target["val_acc"],
-                    "test_acc": target["test_acc"],
-                    "source": source,
-                }
-            )
-    return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
-
-
-def lam_stats(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Mean and seed standard deviation (0 for one seed) of `columns` per λ."""
-    grouped = table.groupby("lam")[list(columns)]
-    stats = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
-    return stats.fillna(0.0)
+    table = lambda_grid_table(base, lams, seeds, on_run)
+    return table[["lam", "seed", "csd", "tg", "val_acc", "test_acc", "source"]]
 
 
 def csd_summary(table: pd.DataFrame) -> dict:

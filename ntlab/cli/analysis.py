@@ -215,8 +215,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
         run.start("csd", _record(opts, cfg, bench, lams=lams, seeds=seeds))
         with StepProgress(opts["quiet"]) as progress:
 
-            def on_run(c: TrainConfig):
-                name = "stl" if c.method == "stl" else f"λ={c.lam:g}"
+            def on_run(name: str, c: TrainConfig):
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
 
             table = csd_analysis.csd_table(cfg, lams, seeds, on_run)

@@ -22,14 +22,22 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
-from ntlab.core.runner import TrainConfig, build_model, metric_rows, resolve_device
+from ntlab.core.runner import (
+    TrainConfig,
+    build_model,
+    cache_key,
+    digest,
+    metric_rows,
+    resolve_device,
+    store_cached,
+)
 from ntlab.core.search import (
     SEARCHES,
     RecordingScore,
@@ -41,11 +49,13 @@ from ntlab.core.search import (
 )
 from ntlab.core.state import TrainState
 from ntlab.core.train import LossTerm, active_terms, attach_sources, images_to_float, train
-from ntlab.data import get_benchmark
+from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
+from ntlab.paths import runs_cache_dir
+from ntlab.runs import read_json
 
 BRANCH_MODES = ("joint", "per-task")
 OPTIMIZER_STATES = ("keep", "reset")
@@ -164,6 +174,22 @@ def _weights_text(weights) -> str:
     return ";".join(f"{w:.4f}" for w in weights)
 
 
+def fork_branches(
+    cfg: TrainConfig, branches: list[BranchSpec]
+) -> tuple[dict[str, TaskData], list[TrainState]]:
+    """One seeded start θ_0 (with every branch's batch sources), forked once per branch.
+
+    The target-alone branch sees exactly the model and the batches of the STL run of `cfg`.
+    """
+    device = resolve_device(cfg.device)
+    terms = [t for b in branches for t in active_terms(list(b.terms))]
+    tasks = list(dict.fromkeys(task for t in terms for task in t.tasks))
+    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    base = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
+    attach_sources(base, terms, data, cfg.batch_size, cfg.seed)
+    return data, [base.fork() for _ in branches]
+
+
 def run_forkmerge(
     cfg: TrainConfig,
     branches: list[BranchSpec],
@@ -175,14 +201,8 @@ def run_forkmerge(
 ) -> ForkMergeOutcome:
     """Train the target with ForkMerge; checkpoint after every merge, resume from the last."""
     validate_forkmerge(cfg, branches, opts)
-    device = resolve_device(cfg.device)
-    terms = [t for b in branches for t in active_terms(list(b.terms))]
-    tasks = list(dict.fromkeys(task for t in terms for task in t.tasks))
-    data = get_benchmark(cfg.benchmark).load(tasks, device)
-    base = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
-    attach_sources(base, terms, data, cfg.batch_size, cfg.seed)
-    states = [base.fork() for _ in branches]
-    probe = copy.deepcopy(base.model)
+    data, states = fork_branches(cfg, branches)
+    probe = copy.deepcopy(states[0].model)
     target = data[cfg.target]
     x_val, y_val = target.x("val"), target.y("val")
     if opts.val_samples is not None and opts.val_samples < len(y_val):
@@ -197,7 +217,7 @@ def run_forkmerge(
     kept = list(range(len(branches)))
     round_index = 0
     if resume and checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        saved = torch.load(checkpoint, map_location=resolve_device(cfg.device), weights_only=True)
         kept, round_index = saved["kept"], saved["round"]
         for b in kept:
             states[b].load_state_dict(saved["states"][b])
@@ -346,3 +366,34 @@ def _save(
         tmp,
     )
     os.replace(tmp, path)
+
+
+# --- ForkMerge runs shared through the cache (pairwise and sweep run many) -----------------
+
+
+def forkmerge_cache_dir(
+    cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
+) -> Path:
+    """Identical training config, branches and ForkMerge options ⇔ the same folder."""
+    payload = {
+        "train": cache_key(cfg),
+        "branches": [b.describe() for b in branches],
+        "forkmerge": asdict(opts),
+    }
+    return runs_cache_dir() / "forkmerge" / digest(payload)
+
+
+def cached_forkmerge(
+    cfg: TrainConfig,
+    branches: list[BranchSpec],
+    opts: ForkMergeOptions,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[dict, str]:
+    """(results, "cache" | "run"): an identical ForkMerge run is reused, otherwise run and kept."""
+    folder = forkmerge_cache_dir(cfg, branches, opts)
+    if (folder / "results.json").is_file():
+        return read_json(folder / "results.json"), "cache"
+    outcome = run_forkmerge(cfg, branches, opts, on_step=on_step)
+    config = {"train": asdict(cfg), "branches": [b.describe() for b in branches], **asdict(opts)}
+    store_cached(folder, outcome.results, outcome.model, config)
+    return outcome.results, "run"

@@ -228,7 +228,7 @@ def cache_key(cfg: TrainConfig) -> str:
         "ntlab": __version__,
         "torch": torch.__version__,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return digest(payload)
 
 
 def _file_md5(path: str) -> str:
@@ -246,18 +246,27 @@ def cached_results(cfg: TrainConfig) -> dict | None:
 
 def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
     """Keep a run's results and weights for every later command that needs the same training."""
-    final = run_cache_dir(cfg)
+    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, asdict(cfg))
+
+
+def store_cached(final: Path, results: dict, model: torch.nn.Module, config: dict) -> None:
+    """Write a cache entry (model.pt, config.json, results.json) atomically: a folder is
+    filled under a temporary name, then renamed; the first writer wins."""
     if final.exists():
         return
     tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
     tmp.mkdir(parents=True)
-    torch.save(outcome.state.model.state_dict(), tmp / "model.pt")
-    write_json(tmp / "config.json", asdict(cfg))
-    write_json(tmp / "results.json", outcome.results)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    write_json(tmp / "config.json", config)
+    write_json(tmp / "results.json", results)
     try:
         tmp.rename(final)
     except OSError:  # another process stored the same run meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def load_weights(model: MultiTaskModel, state: dict, tasks: list[str]) -> None:

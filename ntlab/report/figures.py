@@ -159,3 +159,124 @@ def tsne_figure(table: pd.DataFrame) -> Figure:
         frameon=False,
     )
     return fig
+
+
+def sweep_figure(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> Figure:
+    """TG vs λ, mean ± seed std with each seed faint (from `sweep.csv`); ForkMerge with the
+    same budget as a horizontal band when present."""
+    lams = sorted(table["lam"].unique())
+    pos = {lam: i for i, lam in enumerate(lams)}
+    grouped = table.groupby("lam")["tg"]
+    mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    ax.scatter(
+        table["lam"].map(pos), table["tg"], s=12, color=PALETTE[0], alpha=0.3, label="one seed"
+    )
+    x = [pos[lam] for lam in mean.index]
+    ax.errorbar(
+        x, mean, yerr=std, fmt="-o", color=PALETTE[0], capsize=3, label="fixed λ (mean ± std)"
+    )
+    if forkmerge is not None and len(forkmerge):
+        m = forkmerge["tg"].mean()
+        s = forkmerge["tg"].std(ddof=1) if len(forkmerge) > 1 else 0.0
+        ax.axhspan(m - s, m + s, color=PALETTE[1], alpha=0.25, linewidth=0)
+        ax.axhline(m, color=PALETTE[1], linewidth=2, label="ForkMerge (mean ± std)")
+    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(lams)), [f"{lam:g}" for lam in lams])
+    ax.set_xlabel("λ, weight of the mixed auxiliary loss (λ = 0: STL)")
+    ax.set_ylabel("TG vs STL (test accuracy points)")
+    seeds = table["seed"].nunique()
+    ax.set_title(f"Sweeping the task weight ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    return fig
+
+
+def pairwise_figure(table: pd.DataFrame, method: str) -> Figure:
+    """Heatmap of TG per (target row, auxiliary column), seed mean (± std in each cell when
+    there are several seeds), diverging colours centred on 0 (from `pairwise.csv`)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    part = table[table["method"] == method]
+    domains = list(dict.fromkeys([*part["target"], *part["aux"]]))
+    cells = part.groupby(["target", "aux"])["tg"]
+    mean = cells.mean().unstack().reindex(index=domains, columns=domains)
+    std = cells.std(ddof=1).unstack().reindex(index=domains, columns=domains)
+    limit = max(1.0, float(mean.abs().max().max()))
+    n = len(domains)
+    fig, ax = plt.subplots(figsize=(1.15 * n + 2.6, 0.95 * n + 1.6), layout="constrained")
+    image = ax.imshow(
+        mean.to_numpy(dtype=float), cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit, limit)
+    )
+    several = part["seed"].nunique() > 1
+    for i, t in enumerate(domains):
+        for j, a in enumerate(domains):
+            value = mean.loc[t, a]
+            if pd.isna(value):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.85"))
+                continue
+            text = f"{value:+.2f}"
+            if several and not pd.isna(std.loc[t, a]):
+                text += f"\n±{std.loc[t, a]:.2f}"
+            dark = abs(value) > 0.6 * limit
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
+            )
+    ax.set_xticks(range(n), domains, rotation=30, ha="right")
+    ax.set_yticks(range(n), domains)
+    ax.set_xlabel("auxiliary domain")
+    ax.set_ylabel("target domain")
+    label = {"ew": "equal weighting", "forkmerge": "ForkMerge"}.get(method, method)
+    negative = int((mean < 0).sum().sum())
+    total = int(mean.notna().sum().sum())
+    ax.set_title(f"TG of {label}: {negative} of {total} pairs negative", fontsize=10)
+    fig.colorbar(image, ax=ax, label="TG vs STL (test accuracy points)", shrink=0.85)
+    return fig
+
+
+def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
+    """TG of Σ_b Λ_b θ_b over the simplex (from `ternary.csv`), corners labelled with the
+    branches, the point chosen on validation marked."""
+    import mpltern  # noqa: F401 - registers the "ternary" projection
+    from matplotlib.colors import TwoSlopeNorm
+
+    limit = max(0.5, float(table["tg"].abs().max()))
+    fig = plt.figure(figsize=(6.2, 5.4), layout="constrained")
+    ax = fig.add_subplot(projection="ternary")
+    image = ax.tripcolor(
+        table["w0"],
+        table["w1"],
+        table["w2"],
+        table["tg"],
+        cmap="RdBu",
+        norm=TwoSlopeNorm(0.0, -limit, limit),
+        shading="gouraud",
+        rasterized=True,
+    )
+    best = table[table["best"]]
+    ax.scatter(
+        best["w0"], best["w1"], best["w2"], marker="*", s=180, color="black",
+        edgecolors="white", linewidths=0.8, label="best on validation", zorder=5,
+    )  # fmt: skip
+    ax.set_tlabel("Λ₀", fontsize=9)
+    ax.set_llabel("Λ₁", fontsize=9)
+    ax.set_rlabel("Λ₂", fontsize=9)
+    # Corners of the triangle in axes fractions: top Λ₀ = 1, bottom left Λ₁, bottom right Λ₂.
+    corners = [((0.5, 1.0), "center", "bottom", (0, 30)), ((0.0, 0.0), "center", "top", (0, -30))]
+    corners.append(((1.0, 0.0), "center", "top", (0, -30)))
+    for b, (point, ha, va, offset) in enumerate(corners):
+        ax.annotate(
+            f"branch {b}: {labels[b]}",
+            point,
+            xycoords="axes fraction",
+            xytext=offset,
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=8,
+            fontweight="bold",
+        )
+    ax.legend(loc="upper left", bbox_to_anchor=(-0.05, 1.1), fontsize=8, frameon=False)
+    cax = ax.inset_axes([1.08, 0.1, 0.04, 0.8], transform=ax.transAxes)
+    fig.colorbar(image, cax=cax, label="TG vs STL (test accuracy points)")
+    ax.set_title("Merging three branches: TG over the simplex", fontsize=10, pad=28)
+    return fig

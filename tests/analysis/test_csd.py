@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from ntlab.analysis.csd import csd_summary, csd_table, fixed_config, lam_stats
+from ntlab.analysis.csd import csd_summary, csd_table, fixed_config
+from ntlab.analysis.sweep import lam_stats
 from ntlab.core.runner import TrainConfig, cached_results
 
 BASE = TrainConfig(

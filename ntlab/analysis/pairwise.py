@@ -1,0 +1,148 @@
+"""Who helps whom: TG of every ordered (target, auxiliary) pair of domains (Figs. 5, 6a–b).
+
+A cell is one (target, aux, method, seed): equal-weight joint training of the pair (`ew`)
+or ForkMerge with two branches, the target alone and the target + the auxiliary domain
+(`forkmerge`). Every training goes through the run cache, and each target's STL run is
+shared by all its cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from ntlab.analysis.sweep import mean_std
+from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
+from ntlab.core.runner import TrainConfig, cached_run, stl_config
+from ntlab.errors import NtlabError
+from ntlab.metrics import regime_of_gains, transfer_gain
+
+PAIR_METHODS = ("ew", "forkmerge")
+COLUMNS = ["target", "aux", "method", "seed", "acc", "stl_acc", "tg", "val_acc", "stl_val_acc"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: str
+    aux: str
+    method: str
+    seed: int
+
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.target, self.aux, self.method, self.seed)
+
+
+def check_domains(domains: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    domains = list(dict.fromkeys(domains))
+    unknown = [d for d in domains if d not in tasks]
+    if unknown:
+        raise NtlabError(
+            f"--domains has {unknown[0]!r}, which is not a domain of the benchmark; "
+            f"choose from: {', '.join(tasks)}"
+        )
+    if len(domains) < 2:
+        raise NtlabError("--domains needs at least two domains to form a pair")
+    return domains
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        if m not in PAIR_METHODS:
+            raise NtlabError(
+                f"unknown pairwise method {m!r}; choose from: {', '.join(PAIR_METHODS)}"
+            )
+    if not methods:
+        raise NtlabError("--method is empty; choose from: " + ", ".join(PAIR_METHODS))
+    return methods
+
+
+def pairwise_cells(
+    domains: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
+) -> list[Cell]:
+    """Every ordered pair, grouped by seed then target so each STL run is reused at once."""
+    return [
+        Cell(t, a, m, s) for s in seeds for t in domains for a in domains if a != t for m in methods
+    ]
+
+
+def cell_config(base: TrainConfig, cell: Cell) -> TrainConfig:
+    return TrainConfig(
+        **{
+            **asdict(base),
+            "target": cell.target,
+            "aux": [cell.aux],
+            "method": "ew",
+            "seed": cell.seed,
+        }
+    )
+
+
+def run_cell(
+    base: TrainConfig,
+    cell: Cell,
+    fm: ForkMergeOptions,
+    on_step: Callable[[str], Callable[[int], None] | None] | None = None,
+) -> dict:
+    """One cell's row (and whether its training ran or came from the cache)."""
+    cfg = cell_config(base, cell)
+    if cell.method == "ew":
+        results, source = cached_run(cfg, on_step("ew") if on_step else None)
+    else:
+        branches = joint_branches(cfg.target, cfg.aux)
+        results, source = cached_forkmerge(
+            cfg, branches, fm, on_step("forkmerge") if on_step else None
+        )
+    stl, _ = cached_run(stl_config(cfg), on_step("stl") if on_step else None)
+    return {
+        "target": cell.target,
+        "aux": cell.aux,
+        "method": cell.method,
+        "seed": cell.seed,
+        "acc": results["test_acc"],
+        "stl_acc": stl["test_acc"],
+        "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+        "val_acc": results["val_acc"],
+        "stl_val_acc": stl["val_acc"],
+        "source": source,
+    }
+
+
+def tg_matrix(table: pd.DataFrame, method: str, stat: str = "mean") -> pd.DataFrame:
+    """Targets as rows, auxiliary domains as columns, the seed mean (or std) of TG."""
+    part = table[table["method"] == method]
+    return part.pivot_table(index="target", columns="aux", values="tg", aggfunc=stat, sort=False)
+
+
+def pairwise_summary(table: pd.DataFrame) -> dict:
+    """Per method: negative cells, cells below −1, mean TG; per target its regime over the
+    auxiliary domains (positive: every one helps; weak_negative: some help, some hurt;
+    strong_negative: none helps)."""
+    summary: dict = {"seeds": sorted(int(s) for s in table["seed"].unique()), "methods": {}}
+    for method, part in table.groupby("method", sort=False):
+        cells = part.groupby(["target", "aux"], sort=False)["tg"]
+        means = cells.mean()
+        stds = cells.std(ddof=1).fillna(0.0)
+        min_over_seeds = cells.min()
+        regimes = {
+            target: regime_of_gains(group.values)
+            for target, group in means.groupby(level="target", sort=False)
+        }
+        summary["methods"][method] = {
+            "cells": int(len(means)),
+            "negative_cells": int((means < 0).sum()),
+            "cells_below_minus_1": int((means < -1).sum()),
+            "mean_tg": float(means.mean()),
+            "tg": mean_std(means),
+            "positive_on_every_seed_ge_1": [
+                f"{t}<-{a}" for (t, a), v in min_over_seeds.items() if v >= 1
+            ],
+            "regime_per_target": regimes,
+            "cells_tg": {
+                f"{t}<-{a}": {"mean": float(means[(t, a)]), "std": float(stds[(t, a)])}
+                for (t, a) in means.index
+            },
+        }
+    return summary

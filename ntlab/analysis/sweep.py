@@ -1,0 +1,137 @@
+"""Sweeping the task weight: fixed-λ joint training (Eq. 1) over a grid of λ and seeds.
+
+Every training goes through the run cache, so the STL run (λ = 0) and any λ already
+trained by `train`, `csd` or an earlier sweep cost nothing. The "grid search" baseline of
+the paper picks, for each seed, the λ with the best target *validation* accuracy and
+reports its *test* TG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import pandas as pd
+
+from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
+from ntlab.core.runner import TrainConfig, cached_run, stl_config
+from ntlab.metrics import transfer_gain, transfer_regime
+
+DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
+OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
+
+
+def fixed_config(base: TrainConfig, lam: float, seed: int) -> TrainConfig:
+    """Fixed-λ joint training of Eq. 1 with the budget of `base`; λ = 0 is the STL run."""
+    cfg = TrainConfig(**{**asdict(base), "method": "fixed", "lam": lam, "seed": seed})
+    return stl_config(cfg) if lam == 0 else cfg
+
+
+def lambda_grid_table(
+    base: TrainConfig,
+    lams: Sequence[float],
+    seeds: Sequence[int],
+    on_run: OnRun | None = None,
+) -> pd.DataFrame:
+    """One row per (λ, seed): val/test accuracy, TG (test and val) against λ = 0 of the same
+    seed, the target's test CSD, and whether the training ran or came from the cache."""
+    rows = []
+    for seed in seeds:
+        stl = None
+        for lam in sorted(set(lams) | {0.0}):  # λ = 0 first: the reference
+            cfg = fixed_config(base, lam, seed)
+            label = "stl" if lam == 0 else f"λ={lam:g}"
+            results, source = cached_run(cfg, on_run(label, cfg) if on_run else None)
+            target = results["tasks"][cfg.target]
+            stl = stl or target
+            if lam not in lams:
+                continue
+            rows.append(
+                {
+                    "lam": lam,
+                    "seed": seed,
+                    "val_acc": target["val_acc"],
+                    "test_acc": target["test_acc"],
+                    "tg": transfer_gain(target["test_acc"], stl["test_acc"]),
+                    "tg_val": transfer_gain(target["val_acc"], stl["val_acc"]),
+                    "csd": target["test_csd"],
+                    "source": source,
+                }
+            )
+    return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
+
+
+def lam_stats(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Mean and seed standard deviation (0 for one seed) of `columns` per λ."""
+    grouped = table.groupby("lam")[list(columns)]
+    stats = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    return stats.fillna(0.0)
+
+
+def grid_search_choice(table: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the λ with the best validation accuracy (ties: the smaller λ), and its test TG."""
+    ordered = table.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
+    return ordered.groupby("seed", as_index=False).first()[["seed", "lam", "val_acc", "tg"]]
+
+
+def forkmerge_rows(
+    base: TrainConfig,
+    seeds: Sequence[int],
+    opts: ForkMergeOptions,
+    on_run: OnRun | None = None,
+) -> pd.DataFrame:
+    """ForkMerge (two branches: target alone, target + the mixed auxiliary tasks) per seed,
+    with the sweep's budget, and its TG against the STL run of the same seed."""
+    rows = []
+    for seed in seeds:
+        cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
+        branches = joint_branches(cfg.target, cfg.aux)
+        results, source = cached_forkmerge(
+            cfg, branches, opts, on_run("forkmerge", cfg) if on_run else None
+        )
+        stl, _ = cached_run(stl_config(cfg), on_run("stl", cfg) if on_run else None)
+        rows.append(
+            {
+                "seed": seed,
+                "val_acc": results["val_acc"],
+                "test_acc": results["test_acc"],
+                "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+                "tg_val": transfer_gain(results["val_acc"], stl["val_acc"]),
+                "source": source,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mean_std(values: pd.Series) -> dict:
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std}
+
+
+def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> dict:
+    """Per-λ mean ± std of TG, the regime, the best λ on test (mean) and the grid-search
+    baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run."""
+    stats = lam_stats(table, ["tg", "tg_val", "test_acc", "val_acc", "csd"])
+    positive = stats[stats.index > 0]
+    best = float(positive["tg_mean"].idxmax())
+    chosen = grid_search_choice(table)
+    summary = {
+        "seeds": sorted(int(s) for s in table["seed"].unique()),
+        "per_lam": {
+            f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
+        },
+        "regime": transfer_regime(positive["tg_mean"].to_dict()),
+        "best_lam_test": best,
+        "best_tg_test": float(positive.loc[best, "tg_mean"]),
+        "best_tg_test_std": float(positive.loc[best, "tg_std"]),
+        "grid_search": {
+            "lam_per_seed": [float(v) for v in chosen["lam"]],
+            "tg": mean_std(chosen["tg"]),
+        },
+    }
+    if forkmerge is not None and len(forkmerge):
+        summary["forkmerge"] = {
+            "tg": mean_std(forkmerge["tg"]),
+            "test_acc": mean_std(forkmerge["test_acc"]),
+        }
+    return summary
