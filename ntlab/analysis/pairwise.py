@@ -113,7 +113,9 @@ def run_cell(
 def tg_matrix(table: pd.DataFrame, method: str, stat: str = "mean") -> pd.DataFrame:
     """Targets as rows, auxiliary domains as columns, the seed mean (or std) of TG."""
     part = table[table["method"] == method]
-    return part.pivot_table(index="target", columns="aux", values="tg", aggfunc=stat, sort=False)
+    order = list(dict.fromkeys([*part["target"], *part["aux"]]))
+    matrix = part.pivot_table(index="target", columns="aux", values="tg", aggfunc=stat)
+    return matrix.reindex(index=[d for d in order if d in matrix.index], columns=order)
 
 
 def pairwise_summary(table: pd.DataFrame) -> dict:

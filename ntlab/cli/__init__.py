@@ -10,6 +10,7 @@ from ntlab import __version__
 from ntlab.cli import analysis as analysis_cli
 from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
+from ntlab.cli import maps as maps_cli
 from ntlab.cli.common import err_console
 from ntlab.cli.train import train_command
 
@@ -28,6 +29,9 @@ app.command("train")(train_command)
 app.command("gcs")(analysis_cli.gcs_command)
 app.command("csd")(analysis_cli.csd_command)
 app.command("tsne")(analysis_cli.tsne_command)
+app.command("sweep")(maps_cli.sweep_command)
+app.command("pairwise")(maps_cli.pairwise_command)
+app.command("ternary")(maps_cli.ternary_command)
 
 
 def _version(value: bool) -> None:

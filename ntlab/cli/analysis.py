@@ -20,6 +20,7 @@ from ntlab.cli.common import (
     default_out,
     guarded,
     parse_numbers,
+    parse_seeds,
     preset_help,
     resolve_options,
 )
@@ -183,15 +184,6 @@ def _csd_options(
 ) -> None: ...
 
 
-def _seeds(text: str) -> list[int]:
-    seeds = parse_numbers(text, "--seeds", int)
-    if any(s < 0 for s in seeds):
-        raise NtlabError("--seeds must be ≥ 0")
-    if len(set(seeds)) != len(seeds):
-        raise NtlabError("--seeds lists a seed twice")
-    return seeds
-
-
 @opt.command(_csd_options, opt.training_options, opt.run_options, exclude=("seed",))
 def csd_command(ctx: typer.Context, values: dict) -> None:
     """Confidence score discrepancy vs transfer gain over λ (paper Fig. 3b).
@@ -205,7 +197,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         lams = _lams(opts["lams"])
-        seeds = _seeds(opts["seeds"])
+        seeds = parse_seeds(opts["seeds"])
         if not any(lam > 0 for lam in lams):
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         lams = sorted(set(lams) | {0.0})

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
-from ntlab.runs import RunDir
+from ntlab.runs import RunDir, read_json
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -108,6 +108,26 @@ def parse_numbers(text: str, option: str, kind: type = float) -> list:
         bad = next(p for p in parts if not _parses(p, kind))
         noun = "an integer" if kind is int else "a number"
         raise NtlabError(f"{option}: {bad!r} is not {noun}") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = parse_numbers(text, "--seeds", int)
+    if any(s < 0 for s in seeds):
+        raise NtlabError("--seeds must be ≥ 0")
+    if len(set(seeds)) != len(seeds):
+        raise NtlabError("--seeds lists a seed twice")
+    return seeds
+
+
+def check_resumable(path: Path, checkpoint: Path, record: dict) -> None:
+    """--resume needs the run's checkpoint and the options it was started with."""
+    if not (path / checkpoint).is_file():
+        raise NtlabError(f"nothing to resume in {path}: no checkpoint; run without --resume")
+    saved = read_json(path / "config.json")
+    if any(saved.get(k) != v for k, v in record.items()):
+        raise NtlabError(
+            f"--resume with other options than the run in {path}; use the same options"
+        )
 
 
 def _parses(text: str, kind: type) -> bool:

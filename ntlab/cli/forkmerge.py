@@ -13,10 +13,10 @@ from rich.table import Table
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
+    check_resumable,
     console,
     default_out,
     guarded,
-    preset_help,
     resolve_options,
 )
 from ntlab.core.forkmerge import (
@@ -41,7 +41,7 @@ from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.metrics import transfer_gain
 from ntlab.report.figures import lambda_figure
-from ntlab.runs import RunDir, read_json
+from ntlab.runs import RunDir
 
 app = typer.Typer(
     help="ForkMerge: fork the model into branches with different task weights, "
@@ -71,9 +71,7 @@ def _forkmerge_options(
             "The first must be the target alone (`TARGET=1`).",
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
-    merge_every: Annotated[
-        int | None, typer.Option(help=f"Δt: steps between merges. {preset_help('merge_every')}")
-    ] = None,
+    merge_every: opt.MergeEvery = None,
     search: Annotated[
         str,
         typer.Option(
@@ -153,7 +151,7 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         }
         path = opts["out"] or default_out("forkmerge", cfg.target)
         if opts["resume"]:
-            _check_resumable(Path(path), record)
+            check_resumable(Path(path), CHECKPOINT, record)
         run = RunDir(path, overwrite=opts["overwrite"])
     with guarded(run):
         run.start("forkmerge train", record)
@@ -206,16 +204,6 @@ def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
         )
     build = joint_branches if opts["branches"] == "joint" else per_task_branches
     return build(cfg.target, cfg.aux)
-
-
-def _check_resumable(path: Path, record: dict) -> None:
-    if not (path / CHECKPOINT).is_file():
-        raise NtlabError(f"nothing to resume in {path}: no checkpoint; run without --resume")
-    saved = read_json(path / "config.json")
-    if any(saved.get(k) != v for k, v in record.items()):
-        raise NtlabError(
-            f"--resume with other options than the run in {path}; use the same options"
-        )
 
 
 def _print_summary(results: dict, path: Path, quiet: bool) -> None:

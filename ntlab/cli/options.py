@@ -78,6 +78,14 @@ Quiet = Annotated[
 
 
 Lams = Annotated[str, typer.Option(help="λ grid, comma-separated (each ≥ 0).")]
+Seeds = Annotated[
+    str,
+    typer.Option("--seeds", "--seed", help="Seeds, comma-separated; everything is run per seed."),
+]
+MergeEvery = Annotated[
+    int | None,
+    typer.Option(help=f"Δt of ForkMerge: steps between merges. {preset_help('merge_every')}"),
+]
 
 
 def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:

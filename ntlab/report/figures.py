@@ -191,9 +191,10 @@ def sweep_figure(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> 
     return fig
 
 
-def pairwise_figure(table: pd.DataFrame, method: str) -> Figure:
+def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None) -> Figure:
     """Heatmap of TG per (target row, auxiliary column), seed mean (± std in each cell when
-    there are several seeds), diverging colours centred on 0 (from `pairwise.csv`)."""
+    there are several seeds), diverging colours centred on 0 and symmetric to ±`limit`
+    (default: the largest |TG|; pass one limit to compare methods), from `pairwise.csv`."""
     from matplotlib.colors import TwoSlopeNorm
 
     part = table[table["method"] == method]
@@ -201,7 +202,7 @@ def pairwise_figure(table: pd.DataFrame, method: str) -> Figure:
     cells = part.groupby(["target", "aux"])["tg"]
     mean = cells.mean().unstack().reindex(index=domains, columns=domains)
     std = cells.std(ddof=1).unstack().reindex(index=domains, columns=domains)
-    limit = max(1.0, float(mean.abs().max().max()))
+    limit = limit or max(1.0, float(mean.abs().max().max()))
     n = len(domains)
     fig, ax = plt.subplots(figsize=(1.15 * n + 2.6, 0.95 * n + 1.6), layout="constrained")
     image = ax.imshow(

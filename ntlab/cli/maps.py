@@ -1,0 +1,398 @@
+"""`ntlab sweep`, `ntlab pairwise`, `ntlab ternary`: transfer maps over λ, pairs and merges."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from ntlab.analysis import pairwise as pw
+from ntlab.analysis import sweep as sw
+from ntlab.analysis import ternary as tn
+from ntlab.analysis.common import check_lams
+from ntlab.cli import options as opt
+from ntlab.cli.common import (
+    StepProgress,
+    check_resumable,
+    console,
+    default_out,
+    guarded,
+    parse_numbers,
+    parse_seeds,
+    resolve_options,
+)
+from ntlab.core.forkmerge import (
+    BranchSpec,
+    ForkMergeOptions,
+    joint_branches,
+    parse_branch,
+    validate_forkmerge,
+)
+from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
+from ntlab.core.train import LossTerm
+from ntlab.data import get_benchmark
+from ntlab.errors import NtlabError
+from ntlab.report.figures import pairwise_figure, sweep_figure, ternary_figure
+from ntlab.runs import RunDir, atomic_write_text
+
+CELLS = Path("checkpoints") / "cells.csv"
+
+
+def _forkmerge_options(cfg: TrainConfig, merge_every: int) -> ForkMergeOptions:
+    fm = ForkMergeOptions(merge_every=merge_every)
+    validate_forkmerge(cfg, joint_branches(cfg.target, cfg.aux or [cfg.target]), fm)
+    return fm
+
+
+def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
+    cfg = opt.train_config(opts, tasks, **{"seed": 0, **overrides})
+    validate(cfg)
+    return cfg
+
+
+def _record(opts: dict, cfg: TrainConfig, bench: Any, **extra: Any) -> dict:
+    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
+
+
+# --- sweep --------------------------------------------------------------------------------
+
+
+def _sweep_options(
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    seeds: opt.Seeds = "0",
+    with_forkmerge: Annotated[
+        bool,
+        typer.Option(help="Also run ForkMerge (target alone + target with the auxiliary tasks)."),
+    ] = False,
+    merge_every: opt.MergeEvery = None,
+) -> None: ...
+
+
+@opt.command(_sweep_options, opt.training_options, opt.run_options, exclude=("seed",))
+def sweep_command(ctx: typer.Context, values: dict) -> None:
+    """Sweep the task weight: fixed-λ joint training for every λ and seed (Eq. 1).
+
+    The auxiliary tasks are mixed into one loss of weight λ (λ = 0 is STL); every training
+    is cached. Writes sweep.csv (method, lam, seed, val_acc, test_acc, tg, …), sweep.png
+    and results.json with the regime, the best λ, and the grid-search baseline: per seed
+    the λ with the best validation accuracy, and its test TG.
+    """
+    with guarded():
+        opts = resolve_options(ctx, values)
+        bench = get_benchmark(opts["benchmark"])
+        cfg = _base(opts, bench.tasks(), method="stl")
+        lams = check_lams(parse_numbers(opts["lams"], "--lams"))
+        if not any(lam > 0 for lam in lams):
+            raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
+        seeds = parse_seeds(opts["seeds"])
+        fm = _forkmerge_options(cfg, opts["merge_every"]) if opts["with_forkmerge"] else None
+        bench.fingerprint()
+        run = RunDir(opts["out"] or default_out("sweep", cfg.target), overwrite=opts["overwrite"])
+    with guarded(run):
+        record = _record(
+            opts, cfg, bench, lams=lams, seeds=seeds, forkmerge=asdict(fm) if fm else None
+        )
+        run.start("sweep", record)
+        with StepProgress(opts["quiet"]) as progress:
+
+            def on_run(name: str, c: TrainConfig):
+                total = c.steps * (2 if name == "forkmerge" else 1)
+                return progress.callback(f"{name} seed {c.seed} → {c.target}", total)
+
+            table = sw.lambda_grid_table(cfg, lams, seeds, on_run)
+            fm_rows = sw.forkmerge_rows(cfg, seeds, fm, on_run) if fm else None
+        out = table.assign(method="fixed")
+        if fm_rows is not None:
+            out = pd.concat([out, fm_rows.assign(method="forkmerge", lam=float("nan"))])
+        columns = ["method", "lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
+        run.write_table("sweep.csv", out.reindex(columns=columns))
+        sweep_figure(table, fm_rows).savefig(run.path / "sweep.png", dpi=130)
+        summary = sw.sweep_summary(table, fm_rows)
+        run.finish({"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary})
+        _print_sweep(summary, cfg, run.path, opts["quiet"])
+
+
+def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> None:
+    if quiet:
+        console.print(str(path))
+        return
+    several = len(summary["seeds"]) > 1
+    table = Table(
+        title=f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']}",
+        title_justify="left",
+    )
+    for col in ("λ", "val acc", "test acc", "TG (test)"):
+        table.add_column(col, justify="right")
+
+    def pm(mean: float, std: float, fmt: str) -> str:
+        return format(mean, fmt) + (f" ± {std:.2f}" if several else "")
+
+    for lam, row in summary["per_lam"].items():
+        table.add_row(
+            lam,
+            pm(row["val_acc_mean"], row["val_acc_std"], ".2f"),
+            pm(row["test_acc_mean"], row["test_acc_std"], ".2f"),
+            pm(row["tg_mean"], row["tg_std"], "+.2f"),
+        )
+    gs = summary["grid_search"]
+    lam_text = ",".join(f"{v:g}" for v in gs["lam_per_seed"])
+    table.add_row(
+        f"grid search (λ={lam_text})", "", "", pm(gs["tg"]["mean"], gs["tg"]["std"], "+.2f")
+    )
+    if "forkmerge" in summary:
+        f = summary["forkmerge"]
+        table.add_row(
+            "forkmerge",
+            "",
+            pm(f["test_acc"]["mean"], f["test_acc"]["std"], ".2f"),
+            pm(f["tg"]["mean"], f["tg"]["std"], "+.2f"),
+        )
+    console.print(table)
+    console.print(f"run directory: {path}")
+
+
+# --- pairwise -----------------------------------------------------------------------------
+
+
+def _pairwise_options(
+    domains: Annotated[
+        str, typer.Option(help="Domains, comma-separated, or `all` (every one of the benchmark).")
+    ] = "all",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="ew (equal-weight joint training of the pair), forkmerge (two branches: the "
+            "target alone, the target + the auxiliary domain), or both: `ew,forkmerge`.",
+        ),
+    ] = "ew",
+    seeds: opt.Seeds = "0",
+    merge_every: opt.MergeEvery = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the unfinished run in --out, skipping finished cells.")
+    ] = False,
+) -> None: ...
+
+
+@opt.command(_pairwise_options, opt.training_options, opt.run_options, exclude=("seed",))
+def pairwise_command(ctx: typer.Context, values: dict) -> None:
+    """Transfer gain of every ordered (target, auxiliary) pair of domains (Figs. 5, 6a–b).
+
+    Each cell trains the pair (cached; the target's STL run is shared by its row). Writes
+    pairwise.csv (target, aux, method, seed, acc, stl_acc, tg, …), one heatmap per method
+    (pairwise_ew.png, pairwise_forkmerge.png) and results.json (negative cells per method,
+    each target's regime over its auxiliary domains). A killed run continues with --resume.
+    """
+    with guarded():
+        opts = resolve_options(ctx, values)
+        bench = get_benchmark(opts["benchmark"])
+        tasks = bench.tasks()
+        text = opts["domains"].strip()
+        domains = pw.check_domains(
+            tasks if text == "all" else [d.strip() for d in text.split(",") if d.strip()], tasks
+        )
+        methods = pw.check_methods([m.strip() for m in opts["method"].split(",") if m.strip()])
+        seeds = parse_seeds(opts["seeds"])
+        cfg = _base({**opts, "target": domains[0], "aux": domains[1]}, tasks, method="ew")
+        fm = _forkmerge_options(cfg, opts["merge_every"]) if "forkmerge" in methods else None
+        bench.fingerprint()
+        record = _record(
+            opts,
+            cfg,
+            bench,
+            domains=domains,
+            methods=methods,
+            seeds=seeds,
+            forkmerge=asdict(fm) if fm else None,
+        )
+        path = Path(opts["out"] or default_out("pairwise"))
+        if opts["resume"]:
+            check_resumable(path, CELLS, record)
+        run = RunDir(path, overwrite=opts["overwrite"])
+    with guarded(run):
+        run.start("pairwise", record)
+        done = pd.read_csv(run.path / CELLS) if opts["resume"] else pd.DataFrame()
+        if not opts["resume"]:
+            (run.path / CELLS).unlink(missing_ok=True)
+        finished = {(r.target, r.aux, r.method, int(r.seed)) for r in done.itertuples(index=False)}
+        cells = pw.pairwise_cells(domains, methods, seeds)
+        rows = done.to_dict("records")
+        started = time.time()
+        with StepProgress(opts["quiet"]) as progress:
+            overall = progress.callback(
+                f"pairwise: {len(cells)} cells", len(cells), unit="cells", every=1
+            )
+            for i, cell in enumerate(cells):
+                if cell.key() not in finished:
+
+                    def on_step(name: str, cell: pw.Cell = cell):
+                        total = cfg.steps * (2 if name == "forkmerge" else 1)
+                        label = f"{name} {cell.target} ← {cell.aux} seed {cell.seed}"
+                        return progress.callback(label, total)
+
+                    rows.append(pw.run_cell(cfg, cell, fm, on_step))
+                    _write_csv(run.path / CELLS, pd.DataFrame(rows))
+                if overall:
+                    overall(i + 1)
+        table = pd.DataFrame(rows)
+        run.write_table("pairwise.csv", table)
+        cell_means = table.groupby(["method", "target", "aux"])["tg"].mean()
+        limit = max(1.0, float(cell_means.abs().max()))  # one colour scale for every method
+        for m in methods:
+            pairwise_figure(table, m, limit).savefig(run.path / f"pairwise_{m}.png", dpi=130)
+        summary = pw.pairwise_summary(table)
+        trained = int((table["source"] == "run").sum()) if len(table) else 0
+        results = {
+            "domains": domains,
+            "steps": cfg.steps,
+            **summary,
+            "cells_trained": trained,
+            "cells_from_cache": int(len(table) - trained),
+            "cells_resumed": len(finished),
+            "loop_s": round(time.time() - started, 1),
+        }
+        run.finish(results)
+        _print_pairwise(table, summary, methods, run.path, opts["quiet"])
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _print_pairwise(
+    table: pd.DataFrame, summary: dict, methods: list[str], path: Path, quiet: bool
+) -> None:
+    if quiet:
+        console.print(str(path))
+        return
+    for m in methods:
+        matrix = pw.tg_matrix(table, m)
+        info = summary["methods"][m]
+        out = Table(
+            title=f"{m}: TG (test, mean over seeds), {info['negative_cells']} of "
+            f"{info['cells']} pairs negative, mean {info['mean_tg']:+.2f}",
+            title_justify="left",
+        )
+        out.add_column("target \\ aux")
+        for a in matrix.columns:
+            out.add_column(a, justify="right")
+        for t, row in matrix.iterrows():
+            out.add_row(t, *["" if pd.isna(v) else f"{v:+.2f}" for v in row])
+        console.print(out)
+    console.print(f"run directory: {path}")
+
+
+# --- ternary ------------------------------------------------------------------------------
+
+
+def _ternary_options(
+    target: opt.Target,
+    aux: Annotated[
+        str | None,
+        typer.Option(help="Two auxiliary domains A,B: branches target, target+A, target+B."),
+    ] = None,
+    branch: Annotated[
+        list[str],
+        typer.Option(
+            "--branch",
+            help="Three explicit branches as task weights instead of --aux (as in ForkMerge), "
+            "e.g. `optdigits=1`; repeat it three times.",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    resolution: Annotated[
+        int, typer.Option(help="Grid of the simplex: steps of 1/R (R=10 → 66 points).")
+    ] = 10,
+) -> None: ...
+
+
+@opt.command(_ternary_options, opt.training_options, opt.run_options)
+def ternary_command(ctx: typer.Context, values: dict) -> None:
+    """Merge three branches trained from one start over a simplex grid (Fig. 6, ternary).
+
+    Trains the branches (default: the target alone, target + A, target + B) for --steps each,
+    then evaluates Σ_b Λ_b θ_b at every grid point with ForkMerge's grid search. Writes
+    ternary.csv (w0, w1, w2, val_acc, test_acc, tg, best), ternary.png and results.json.
+    """
+    with guarded():
+        opts = resolve_options(ctx, values)
+        bench = get_benchmark(opts["benchmark"])
+        tasks = bench.tasks()
+        resolution = tn.check_resolution(opts["resolution"])
+        if opts["branch"]:
+            if opts["aux"]:
+                raise NtlabError("give either --aux A,B or three --branch, not both")
+            specs = [parse_branch(text, tasks) for text in opts["branch"]]
+            aux = sorted(
+                {t for s in specs for term in s.terms for t in term.tasks} - {opts["target"]}
+            )
+        else:
+            if not opts["aux"]:
+                raise NtlabError("--aux needs two auxiliary domains, e.g. --aux mnist,syn")
+            aux = [a.strip() for a in opts["aux"].split(",") if a.strip()]
+            if len(aux) != 2:
+                raise NtlabError(f"--aux needs exactly two auxiliary domains, got {len(aux)}")
+            specs = None
+        cfg = _base({**opts, "aux": ",".join(aux) or "all"}, tasks, method="ew")
+        if specs is None:
+            tgt = LossTerm(cfg.target, (cfg.target,), 1.0)
+            specs = [BranchSpec((tgt,))] + [
+                BranchSpec((tgt, LossTerm(a, (a,), 1.0))) for a in cfg.aux
+            ]
+        if len(specs) != 3:
+            raise NtlabError(f"a ternary map needs exactly three --branch, got {len(specs)}")
+        if specs[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
+            raise NtlabError(f"the first --branch must be the target alone ({cfg.target}=1)")
+        bench.fingerprint()
+        run = RunDir(opts["out"] or default_out("ternary", cfg.target), overwrite=opts["overwrite"])
+    with guarded(run):
+        labels = [s.describe() for s in specs]
+        run.start("ternary", _record(opts, cfg, bench, branches=labels, resolution=resolution))
+        with StepProgress(opts["quiet"]) as progress:
+            stl, source = cached_run(
+                stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
+            )
+            bars = [
+                progress.callback(f"branch {b}: {label}", cfg.steps)
+                for b, label in enumerate(labels)
+            ]
+
+            def on_step(b: int, step: int) -> None:
+                if bars[b]:
+                    bars[b](step)
+
+            table, own = tn.ternary_table(cfg, specs, resolution, stl["test_acc"], on_step)
+        run.write_table("ternary.csv", table)
+        ternary_figure(table, labels).savefig(run.path / "ternary.png", dpi=130)
+        summary = tn.ternary_summary(table, own)
+        results = {
+            "target": cfg.target,
+            "steps": cfg.steps,
+            "resolution": resolution,
+            "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},
+            **summary,
+        }
+        run.finish(results)
+        if opts["quiet"]:
+            console.print(str(run.path))
+            return
+        out = Table(title=f"ternary: {cfg.target}, {len(table)} merges", title_justify="left")
+        for col in ("point", "Λ", "val acc", "test acc", "TG (test)"):
+            out.add_column(col, justify="left" if col in ("point", "Λ") else "right")
+        for b, o in enumerate(own):
+            row = table[table[f"w{b}"] == 1.0].iloc[0]
+            out.add_row(f"branch {b}: {o['task_weights']}", f"e{b}", f"{o['val_acc']:.2f}",
+                        f"{o['test_acc']:.2f}", f"{row['tg']:+.2f}")  # fmt: skip
+        best = summary["best"]
+        weights = "(" + ", ".join(f"{w:.1f}" for w in best["weights"]) + ")"
+        out.add_row("best on validation", weights, f"{best['val_acc']:.2f}",
+                    f"{best['test_acc']:.2f}", f"{best['tg']:+.2f}")  # fmt: skip
+        console.print(out)
+        console.print(f"run directory: {run.path}")

@@ -1,0 +1,128 @@
+"""Sweep, pairwise and ternary: grid-search choice, cells, summaries, the simplex table."""
+
+import pandas as pd
+import pytest
+
+from ntlab.analysis.pairwise import (
+    check_domains,
+    check_methods,
+    pairwise_cells,
+    pairwise_summary,
+    tg_matrix,
+)
+from ntlab.analysis.sweep import grid_search_choice, sweep_summary
+from ntlab.analysis.ternary import check_resolution, ternary_summary, ternary_table
+from ntlab.core.forkmerge import BranchSpec, ForkMergeOptions, cached_forkmerge, joint_branches
+from ntlab.core.runner import TrainConfig, cached_run, stl_config
+from ntlab.core.train import LossTerm
+from ntlab.errors import NtlabError
+
+
+def sweep_rows():
+    # seed 0: val best at λ=0.5 (test TG −0.5); seed 1: val tie 0.25/1 → the smaller λ.
+    return pd.DataFrame(
+        {
+            "lam": [0.0, 0.25, 0.5, 1.0] * 2,
+            "seed": [0] * 4 + [1] * 4,
+            "val_acc": [90, 91, 92, 89, 90, 93, 91, 93],
+            "test_acc": [90, 91, 89.5, 88, 91, 92, 90, 89],
+            "tg": [0, 1, -0.5, -2, 0, 1, -1, -2],
+            "tg_val": [0, 1, 2, -1, 0, 3, 1, 3],
+            "csd": [0.1] * 8,
+        }
+    )
+
+
+def test_grid_search_picks_lambda_on_validation_per_seed():
+    chosen = grid_search_choice(sweep_rows())
+    assert chosen["lam"].tolist() == [0.5, 0.25]
+    assert chosen["tg"].tolist() == [-0.5, 1.0]
+
+
+def test_sweep_summary_regime_best_and_grid_search():
+    fm = pd.DataFrame({"seed": [0, 1], "tg": [0.5, 1.5], "test_acc": [90.5, 92.5]})
+    summary = sweep_summary(sweep_rows(), fm)
+    assert summary["regime"] == "weak_negative"  # λ=0.25 helps, λ=0.5 and 1 hurt
+    assert summary["best_lam_test"] == 0.25
+    assert summary["grid_search"]["tg"]["mean"] == pytest.approx(0.25)
+    assert summary["grid_search"]["lam_per_seed"] == [0.5, 0.25]
+    assert summary["forkmerge"]["tg"] == {"mean": 1.0, "std": pytest.approx(2**0.5 / 2)}
+
+
+def test_pairwise_cells_are_every_ordered_pair():
+    cells = pairwise_cells(["a", "b", "c"], ["ew", "forkmerge"], [0, 1])
+    assert len(cells) == 3 * 2 * 2 * 2
+    assert all(c.target != c.aux for c in cells)
+    assert len({c.key() for c in cells}) == len(cells)
+
+
+def test_pairwise_input_checks():
+    with pytest.raises(NtlabError, match="not a domain"):
+        check_domains(["mnist", "nosuch"], ["mnist", "syn"])
+    with pytest.raises(NtlabError, match="at least two"):
+        check_domains(["mnist", "mnist"], ["mnist", "syn"])
+    with pytest.raises(NtlabError, match="unknown pairwise method"):
+        check_methods(["ew", "pcgrad"])
+
+
+def test_pairwise_summary_counts_and_regimes():
+    rows = []
+    tgs = {("a", "b"): [1.5, 1.0], ("a", "c"): [0.5, 0.3], ("b", "a"): [-2.0, -1.0]}
+    tgs |= {("b", "c"): [0.5, 0.1], ("c", "a"): [-0.2, -0.4], ("c", "b"): [-0.1, 0.0]}
+    for (t, a), values in tgs.items():
+        for seed, tg in enumerate(values):
+            rows.append({"target": t, "aux": a, "method": "ew", "seed": seed, "tg": tg})
+    table = pd.DataFrame(rows)
+    s = pairwise_summary(table)["methods"]["ew"]
+    assert s["cells"] == 6 and s["negative_cells"] == 3 and s["cells_below_minus_1"] == 1
+    assert s["regime_per_target"] == {
+        "a": "positive",
+        "b": "weak_negative",
+        "c": "strong_negative",
+    }
+    assert s["positive_on_every_seed_ge_1"] == ["a<-b"]
+    assert s["mean_tg"] == pytest.approx(sum(sum(v) / 2 for v in tgs.values()) / 6)
+    matrix = tg_matrix(table, "ew")
+    assert list(matrix.index) == ["a", "b", "c"] and list(matrix.columns) == ["a", "b", "c"]
+    assert matrix.loc["b", "a"] == pytest.approx(-1.5) and pd.isna(matrix.loc["a", "a"])
+
+
+def test_forkmerge_results_are_cached(tiny_digits):
+    cfg = TrainConfig(
+        target="optdigits", method="ew", aux=["mnist"], steps=8, batch_size=16, device="cpu"
+    )
+    fm = ForkMergeOptions(merge_every=4)
+    first, source = cached_forkmerge(cfg, joint_branches("optdigits", ["mnist"]), fm)
+    again, source2 = cached_forkmerge(cfg, joint_branches("optdigits", ["mnist"]), fm)
+    assert (source, source2) == ("run", "cache") and first == again
+    other, source3 = cached_forkmerge(
+        cfg, joint_branches("optdigits", ["mnist"]), ForkMergeOptions(merge_every=8)
+    )
+    assert source3 == "run"  # a changed ForkMerge option is another run
+
+
+def test_ternary_table_weights_corners_and_stl(tiny_digits):
+    cfg = TrainConfig(
+        target="optdigits", method="ew", aux=["mnist", "syn"], steps=6, batch_size=16, device="cpu"
+    )
+    tgt = LossTerm("optdigits", ("optdigits",), 1.0)
+    specs = [BranchSpec((tgt,))] + [
+        BranchSpec((tgt, LossTerm(a, (a,), 1.0))) for a in ("mnist", "syn")
+    ]
+    stl, _ = cached_run(stl_config(cfg))
+    table, own = ternary_table(cfg, specs, 4, stl["test_acc"])
+    assert len(table) == 15  # (R+1)(R+2)/2
+    assert ((table["w0"] + table["w1"] + table["w2"]) - 1).abs().max() < 1e-9
+    corner = table[table["w0"] == 1.0].iloc[0]
+    assert corner["val_acc"] == pytest.approx(own[0]["val_acc"])
+    assert corner["test_acc"] == pytest.approx(own[0]["test_acc"])
+    # The target-alone branch is the STL run: same start, same batches, same steps.
+    assert own[0]["test_acc"] == pytest.approx(stl["test_acc"])
+    assert corner["tg"] == pytest.approx(0.0)
+    assert table["best"].sum() == 1
+    assert table.loc[table["best"], "val_acc"].item() == table["val_acc"].max()
+    summary = ternary_summary(table, own)
+    assert summary["corners"]["optdigits=1"]["tg"] == pytest.approx(0.0)
+    assert sum(summary["best"]["weights"]) == pytest.approx(1.0)
+    with pytest.raises(NtlabError, match="--resolution"):
+        check_resolution(0)

@@ -1,0 +1,158 @@
+"""`ntlab sweep`, `ntlab pairwise`, `ntlab ternary` as users drive them."""
+
+import json
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import ntlab.analysis.pairwise as pw
+from ntlab.cli import app
+
+runner = CliRunner()
+BUDGET = ["--steps", "8", "--batch-size", "16", "--eval-every", "4", "--merge-every", "4"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def assert_figure(path):
+    image = mpimg.imread(path)
+    assert image.shape[0] >= 200 and image.shape[1] >= 300
+    assert image[..., :3].std() > 0.01
+
+
+def test_sweep_with_forkmerge(tiny_digits, tmp_path):
+    out = tmp_path / "s"
+    result = invoke(
+        "sweep", "--target", "optdigits", "--aux", "mnist,syn", "--lams", "0,0.5,1",
+        "--seeds", "0,1", "--with-forkmerge", *BUDGET, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "sweep.csv")
+    fixed = table[table["method"] == "fixed"]
+    assert len(fixed) == 6 and len(table[table["method"] == "forkmerge"]) == 2
+    assert (fixed[fixed["lam"] == 0]["tg"] == 0).all()
+    results = read(out / "results.json")
+    chosen = fixed.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
+    chosen = chosen.groupby("seed").first()
+    assert results["grid_search"]["lam_per_seed"] == chosen["lam"].tolist()
+    assert results["grid_search"]["tg"]["mean"] == pytest.approx(chosen["tg"].mean())
+    assert results["regime"] in ("positive", "weak_negative", "strong_negative")
+    fm = table[table["method"] == "forkmerge"]
+    assert results["forkmerge"]["tg"]["mean"] == pytest.approx(fm["tg"].mean())
+    assert_figure(out / "sweep.png")
+
+
+PAIRS = ["--domains", "optdigits,mnist,syn", "--method", "ew,forkmerge", *BUDGET]
+
+
+def test_pairwise_runs_every_cell_then_reuses_the_cache(tiny_digits, tmp_path):
+    first = tmp_path / "p1"
+    result = invoke("pairwise", *PAIRS, "--out", first)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(first / "pairwise.csv")
+    assert len(table) == 3 * 2 * 2
+    assert set(zip(table["target"], table["aux"])) == {
+        (t, a)
+        for t in ("optdigits", "mnist", "syn")
+        for a in ("optdigits", "mnist", "syn")
+        if t != a
+    }
+    assert (table["tg"] - (table["acc"] - table["stl_acc"])).abs().max() < 1e-9
+    results = read(first / "results.json")
+    for m in ("ew", "forkmerge"):
+        means = table[table["method"] == m].groupby(["target", "aux"])["tg"].mean()
+        assert results["methods"][m]["negative_cells"] == int((means < 0).sum())
+        assert_figure(first / f"pairwise_{m}.png")
+    assert set(results["methods"]["ew"]["regime_per_target"]) == {"optdigits", "mnist", "syn"}
+    # The same map again (another folder): every cell comes from the cache.
+    second = tmp_path / "p2"
+    assert invoke("pairwise", *PAIRS, "--out", second).exit_code == 0
+    again = read(second / "results.json")
+    assert again["cells_trained"] == 0 and again["cells_from_cache"] == 12
+    assert pd.read_csv(second / "pairwise.csv")["tg"].tolist() == table["tg"].tolist()
+
+
+def test_pairwise_resume_skips_finished_cells(tiny_digits, tmp_path, monkeypatch):
+    out = tmp_path / "p"
+    args = ["--domains", "optdigits,mnist,syn", "--method", "ew", *BUDGET, "--seeds", "3"]
+    real, calls = pw.run_cell, []
+
+    def dies_after_two(base, cell, fm, on_step=None):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(cell.key())
+        return real(base, cell, fm, on_step)
+
+    monkeypatch.setattr(pw, "run_cell", dies_after_two)
+    result = invoke("pairwise", *args, "--out", out)
+    assert result.exit_code == 130
+    assert read(out / "status.json")["state"] == "failed"
+    assert not (out / "results.json").exists() and not (out / "pairwise.csv").exists()
+    assert len(pd.read_csv(out / "checkpoints" / "cells.csv")) == 2
+
+    resumed = []
+
+    def counting(base, cell, fm, on_step=None):
+        resumed.append(cell.key())
+        return real(base, cell, fm, on_step)
+
+    monkeypatch.setattr(pw, "run_cell", counting)
+    result = invoke("pairwise", *args, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert len(resumed) == 4 and not set(resumed) & set(calls)
+    results = read(out / "results.json")
+    assert results["cells_resumed"] == 2
+    assert len(pd.read_csv(out / "pairwise.csv")) == 6
+
+
+def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
+    out = tmp_path / "t3"
+    result = invoke(
+        "ternary", "--target", "optdigits", "--aux", "mnist,syn", "--resolution", 4,
+        "--steps", 6, "--batch-size", 16, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "ternary.csv")
+    assert list(table.columns[:6]) == ["w0", "w1", "w2", "val_acc", "test_acc", "tg"]
+    assert len(table) == 15
+    assert ((table[["w0", "w1", "w2"]].sum(axis=1) - 1).abs() < 1e-9).all()
+    results = read(out / "results.json")
+    corner = table[table["w0"] == 1.0].iloc[0]
+    assert corner["test_acc"] == pytest.approx(results["branches"][0]["test_acc"])
+    assert corner["val_acc"] == pytest.approx(results["branches"][0]["val_acc"])
+    assert results["best"]["val_acc"] == pytest.approx(table["val_acc"].max())
+    assert_figure(out / "ternary.png")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pairwise", "--domains", "mnist,nosuch"], "'nosuch', which is not a domain"),
+        (["pairwise", "--domains", "mnist"], "at least two domains"),
+        (["pairwise", "--method", "ew,pcgrad"], "unknown pairwise method 'pcgrad'"),
+        (["pairwise", "--resume"], "nothing to resume"),
+        (["ternary", "--target", "optdigits", "--aux", "mnist,syn", "--resolution", "0"],
+         "--resolution must be at least 1"),
+        (["ternary", "--target", "optdigits", "--aux", "mnist"], "exactly two auxiliary"),
+        (["ternary", "--target", "optdigits", "--aux", "mnist,optdigits"], "also listed in --aux"),
+        (["sweep", "--target", "optdigits", "--lams", "0"], "at least one λ > 0"),
+        (["sweep", "--target", "optdigits", "--lams", "0,1", "--seeds", "a"], "not an integer"),
+        (["sweep", "--target", "optdigits", "--with-forkmerge", "--merge-every", "99"],
+         "--merge-every must be between 1"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(tiny_digits, tmp_path, args, message):
+    out = tmp_path / "bad"
+    result = invoke(*args, "--steps", 8, "--out", out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (out / "results.json").exists()
