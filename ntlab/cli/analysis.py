@@ -23,6 +23,7 @@ from ntlab.cli.common import (
     parse_seeds,
     preset_help,
     resolve_options,
+    run_record,
 )
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
 from ntlab.data import get_benchmark
@@ -50,10 +51,6 @@ def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfi
 
 def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
     return RunDir(opts["out"] or default_out(command, cfg.target), overwrite=opts["overwrite"])
-
-
-def _record(opts: dict, cfg: TrainConfig, bench: Any, **extra: Any) -> dict:
-    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
 
 
 # --- gcs ----------------------------------------------------------------------------------
@@ -118,7 +115,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
         aux = cfg.aux if gopts.aux_kind == "task" else []
         run = _open_run(opts, "gcs", cfg)
     with guarded(run):
-        run.start("gcs", _record(opts, cfg, bench, aux=aux, gcs=asdict(gopts)))
+        run.start("gcs", run_record(opts, cfg, bench, aux=aux, gcs=asdict(gopts)))
         with StepProgress(opts["quiet"]) as progress:
             model, data, stl, source = trained_model(
                 cfg, tasks=aux, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
@@ -204,7 +201,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
         validate(csd_analysis.fixed_config(cfg, max(lams), seeds[0]))
         run = _open_run(opts, "csd", cfg)
     with guarded(run):
-        run.start("csd", _record(opts, cfg, bench, lams=lams, seeds=seeds))
+        run.start("csd", run_record(opts, cfg, bench, lams=lams, seeds=seeds))
         with StepProgress(opts["quiet"]) as progress:
 
             def on_run(name: str, c: TrainConfig):
@@ -285,7 +282,7 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
         run = _open_run(opts, "tsne", cfg)
     with guarded(run):
         source = str(opts["from_run"]) if opts["from_run"] else "stl"
-        run.start("tsne", _record(opts, cfg, bench, lams=lams, model=source))
+        run.start("tsne", run_record(opts, cfg, bench, lams=lams, model=source))
         with StepProgress(opts["quiet"]) as progress:
             if opts["from_run"] is not None:
                 model, data, model_cfg = load_model(

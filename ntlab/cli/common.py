@@ -6,6 +6,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,9 @@ class StepProgress:
                 self.progress.update(task, completed=step)
 
         return on_step
+
+
+def run_record(opts: dict[str, Any], cfg: Any, bench: Any, **extra: Any) -> dict[str, Any]:
+    """What a run's config.json records: the training, the command's own settings, the
+    preset and the data fingerprint."""
+    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}

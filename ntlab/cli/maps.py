@@ -25,6 +25,7 @@ from ntlab.cli.common import (
     parse_numbers,
     parse_seeds,
     resolve_options,
+    run_record,
 )
 from ntlab.core.forkmerge import (
     BranchSpec,
@@ -53,10 +54,6 @@ def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
     cfg = opt.train_config(opts, tasks, **{"seed": 0, **overrides})
     validate(cfg)
     return cfg
-
-
-def _record(opts: dict, cfg: TrainConfig, bench: Any, **extra: Any) -> dict:
-    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
 
 
 # --- sweep --------------------------------------------------------------------------------
@@ -96,7 +93,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         bench.fingerprint()
         run = RunDir(opts["out"] or default_out("sweep", cfg.target), overwrite=opts["overwrite"])
     with guarded(run):
-        record = _record(
+        record = run_record(
             opts, cfg, bench, lams=lams, seeds=seeds, forkmerge=asdict(fm) if fm else None
         )
         run.start("sweep", record)
@@ -204,7 +201,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         cfg = _base({**opts, "target": domains[0], "aux": domains[1]}, tasks, method="ew")
         fm = _forkmerge_options(cfg, opts["merge_every"]) if "forkmerge" in methods else None
         bench.fingerprint()
-        record = _record(
+        record = run_record(
             opts,
             cfg,
             bench,
@@ -354,7 +351,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         run = RunDir(opts["out"] or default_out("ternary", cfg.target), overwrite=opts["overwrite"])
     with guarded(run):
         labels = [s.describe() for s in specs]
-        run.start("ternary", _record(opts, cfg, bench, branches=labels, resolution=resolution))
+        run.start("ternary", run_record(opts, cfg, bench, branches=labels, resolution=resolution))
         with StepProgress(opts["quiet"]) as progress:
             stl, source = cached_run(
                 stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
