@@ -1,92 +1,68 @@
 """Does the embedded `digits` benchmark show the paper's three regimes? (README: calibration)
 
-For each target and each λ, trains fixed-λ joint training (PAPER.md Eq. 1; the other four
-domains mixed into one auxiliary task) and STL with the same budget and seed, and prints
-TG(λ) = test accuracy − STL test accuracy as mean ± std over seeds, then the regime by
-PAPER.md Defs. 3.2/3.3. Uses the prepared data in NTLAB_HOME and the STL cache.
+For each target, the sweep of `ntlab sweep` (fixed-λ joint training, PAPER.md Eq. 1, the
+other domains mixed into one auxiliary task; STL and every training cached) over seeds,
+printed as TG mean ± std per λ with the regime, and which λ help or hurt by more than twice
+their seed std. Point NTLAB_HOME at a folder prepared with other domain sizes to compare
+calibrations without touching your main cache.
 
-    python benchmarks/calibrate_digits.py [--targets mnist,mnistm,permlo] [--seeds 0,1,2]
+    python benchmarks/calibrate_digits.py [--targets mnist,permlo] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 
 import torch
 
-from ntlab.core.runner import TrainConfig, run_training, stl_baseline
+from ntlab.analysis.sweep import lambda_grid_table, sweep_summary
+from ntlab.core.runner import TrainConfig
 from ntlab.data import get_benchmark
 from ntlab.presets import PRESETS
+from ntlab.runs import write_json
 
-
-def regime(tg_by_lam: dict[float, float]) -> str:
-    gains = [tg for lam, tg in tg_by_lam.items() if lam > 0]
-    if all(g > 0 for g in gains):
-        return "positive"
-    if any(g > 0 for g in gains):
-        return "weak_negative"
-    return "strong_negative"
+TRAIN_KEYS = ("steps", "batch_size", "lr", "optimizer", "weight_decay", "schedule")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="mnist,mnistm,permlo")
-    parser.add_argument("--lams", default="0.0625,0.25,1,2")
-    parser.add_argument("--method", default="fixed", choices=["fixed", "ew"], help="ew: λ=1 only")
+    parser.add_argument("--lams", default="0,0.0625,0.125,0.25,0.5,1,2")
     parser.add_argument("--aux", default="all", help="auxiliary tasks (comma list) or all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="default")
-    parser.add_argument("--schedule", default=None, help="override the learning-rate schedule")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--out", default=None, help="write all rows as JSON here")
+    parser.add_argument("--out", default=None, help="write every target's summary as JSON here")
     args = parser.parse_args()
-    tasks = get_benchmark("digits").tasks()
-    lams = [1.0] if args.method == "ew" else [float(x) for x in args.lams.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
-    preset = dict(PRESETS[args.preset])
-    if args.schedule:
-        preset["schedule"] = args.schedule
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
+    tasks = get_benchmark("digits").tasks()
+    lams = [float(x) for x in args.lams.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    preset = {k: v for k, v in PRESETS[args.preset].items() if k in TRAIN_KEYS}
+    summaries = {}
     start = time.time()
     for target in args.targets.split(","):
         aux = [t for t in tasks if t != target] if args.aux == "all" else args.aux.split(",")
-        tg: dict[float, list[float]] = {lam: [] for lam in lams}
-        stl_accs = []
-        for seed in seeds:
-            base = TrainConfig(target=target, method=args.method, aux=aux, seed=seed, **preset)
-            stl, _ = stl_baseline(base)
-            stl_accs.append(stl["test_acc"])
-            for lam in lams:
-                res = run_training(TrainConfig(**{**base.__dict__, "lam": lam})).results
-                tg[lam].append(res["test_acc"] - stl["test_acc"])
-                rows.append(
-                    {
-                        "target": target,
-                        "lam": lam,
-                        "seed": seed,
-                        "test_acc": res["test_acc"],
-                        "stl_test_acc": stl["test_acc"],
-                        "tg": tg[lam][-1],
-                    }
-                )
-        means = {lam: statistics.mean(v) for lam, v in tg.items()}
+        base = TrainConfig(target=target, aux=aux, device="cpu", **preset)
+        summary = sweep_summary(lambda_grid_table(base, lams, seeds))
+        summaries[target] = summary
         cells = "  ".join(
-            f"λ={lam:g}: {means[lam]:+.2f}±{statistics.stdev(v) if len(v) > 1 else 0:.2f}"
-            for lam, v in tg.items()
+            f"λ={lam}: {r['tg_mean']:+.2f}±{r['tg_std']:.2f}"
+            for lam, r in summary["per_lam"].items()
+            if lam != "0"
         )
+        stl = summary["per_lam"]["0"]["test_acc_mean"]
+        beyond = summary.get("beyond_2_std", {})
         print(
-            f"{target:9} STL {statistics.mean(stl_accs):.2f}  {cells}  → {regime(means)}",
+            f"{target:9} STL {stl:.2f}  {cells}  → {summary['regime']}  "
+            f"(> 2 std: helps {beyond.get('helps')}, hurts {beyond.get('hurts')})",
             flush=True,
         )
     print(f"({time.time() - start:.0f} s)")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        write_json(args.out, summaries)
 
 
 if __name__ == "__main__":

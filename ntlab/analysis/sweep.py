@@ -129,6 +129,16 @@ def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) ->
             "tg": mean_std(chosen["tg"]),
         },
     }
+    if len(summary["seeds"]) > 1:
+        # Is the regime more than seed noise? λ whose mean TG is beyond twice its seed std.
+        summary["beyond_2_std"] = {
+            "helps": [
+                f"{lam:g}" for lam, r in positive.iterrows() if r["tg_mean"] > 2 * r["tg_std"]
+            ],
+            "hurts": [
+                f"{lam:g}" for lam, r in positive.iterrows() if r["tg_mean"] < -2 * r["tg_std"]
+            ],
+        }
     if forkmerge is not None and len(forkmerge):
         summary["forkmerge"] = {
             "tg": mean_std(forkmerge["tg"]),

@@ -47,6 +47,8 @@ def test_sweep_summary_regime_best_and_grid_search():
     assert summary["grid_search"]["tg"]["mean"] == pytest.approx(0.25)
     assert summary["grid_search"]["lam_per_seed"] == [0.5, 0.25]
     assert summary["forkmerge"]["tg"] == {"mean": 1.0, "std": pytest.approx(2**0.5 / 2)}
+    # λ=0.5: −0.75 ± 0.35 is beyond 2 std; so are the seed-constant +1 (0.25) and −2 (1).
+    assert summary["beyond_2_std"] == {"helps": ["0.25"], "hurts": ["0.5", "1"]}
 
 
 def test_pairwise_cells_are_every_ordered_pair():
