@@ -13,7 +13,12 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
+from ntlab.core.forkmerge import (
+    ForkMergeOptions,
+    cached_forkmerge,
+    joint_branches,
+    per_task_branches,
+)
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.metrics import transfer_gain, transfer_regime
 
@@ -79,15 +84,19 @@ def forkmerge_rows(
     seeds: Sequence[int],
     opts: ForkMergeOptions,
     on_run: OnRun | None = None,
+    branches: str = "per-task",
 ) -> pd.DataFrame:
-    """ForkMerge (two branches: target alone, target + the mixed auxiliary tasks) per seed,
-    with the sweep's budget, and its TG against the STL run of the same seed."""
+    """ForkMerge per seed with the sweep's budget, and its TG against the STL run of the same
+    seed. Branches: `per-task` (Eq. 12, the paper's form for several auxiliary tasks: the
+    target alone plus one branch per auxiliary task) or `joint` (Algorithm 1: the target
+    alone and the target + the mixed auxiliary tasks)."""
+    build = per_task_branches if branches == "per-task" else joint_branches
     rows = []
     for seed in seeds:
         cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
-        branches = joint_branches(cfg.target, cfg.aux)
+        specs = build(cfg.target, cfg.aux)
         results, source = cached_forkmerge(
-            cfg, branches, opts, on_run("forkmerge", cfg) if on_run else None
+            cfg, specs, opts, on_run("forkmerge", cfg) if on_run else None
         )
         stl, _ = cached_run(stl_config(cfg), on_run("stl", cfg) if on_run else None)
         rows.append(

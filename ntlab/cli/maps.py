@@ -28,6 +28,7 @@ from ntlab.cli.common import (
     run_record,
 )
 from ntlab.core.forkmerge import (
+    BRANCH_MODES,
     BranchSpec,
     ForkMergeOptions,
     joint_branches,
@@ -65,9 +66,15 @@ def _sweep_options(
     lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
     seeds: opt.Seeds = "0",
     with_forkmerge: Annotated[
-        bool,
-        typer.Option(help="Also run ForkMerge (target alone + target with the auxiliary tasks)."),
+        bool, typer.Option(help="Also run ForkMerge with the same budget and seeds.")
     ] = False,
+    forkmerge_branches: Annotated[
+        str,
+        typer.Option(
+            help="ForkMerge's branches: per-task (Eq. 12: the target alone + one branch per "
+            "auxiliary task) or joint (Algorithm 1: + one branch with them mixed)."
+        ),
+    ] = "per-task",
     merge_every: opt.MergeEvery = None,
 ) -> None: ...
 
@@ -90,28 +97,45 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         seeds = parse_seeds(opts["seeds"])
         fm = _forkmerge_options(cfg, opts["merge_every"]) if opts["with_forkmerge"] else None
+        if opts["forkmerge_branches"] not in BRANCH_MODES:
+            raise NtlabError(
+                f"unknown --forkmerge-branches {opts['forkmerge_branches']!r}; "
+                f"choose one of: {', '.join(BRANCH_MODES)}"
+            )
         bench.fingerprint()
         run = RunDir(opts["out"] or default_out("sweep", cfg.target), overwrite=opts["overwrite"])
     with guarded(run):
         record = run_record(
-            opts, cfg, bench, lams=lams, seeds=seeds, forkmerge=asdict(fm) if fm else None
+            opts,
+            cfg,
+            bench,
+            lams=lams,
+            seeds=seeds,
+            forkmerge=asdict(fm) if fm else None,
+            forkmerge_branches=opts["forkmerge_branches"] if fm else None,
         )
         run.start("sweep", record)
         with StepProgress(opts["quiet"]) as progress:
 
             def on_run(name: str, c: TrainConfig):
-                total = c.steps * (2 if name == "forkmerge" else 1)
+                n = len(c.aux) + 1 if opts["forkmerge_branches"] == "per-task" else 2
+                total = c.steps * (n if name == "forkmerge" else 1)
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", total)
 
             table = sw.lambda_grid_table(cfg, lams, seeds, on_run)
-            fm_rows = sw.forkmerge_rows(cfg, seeds, fm, on_run) if fm else None
+            fm_rows = (
+                sw.forkmerge_rows(cfg, seeds, fm, on_run, opts["forkmerge_branches"])
+                if fm
+                else None
+            )
         out = table.assign(method="fixed")
         if fm_rows is not None:
             out = pd.concat([out, fm_rows.assign(method="forkmerge", lam=float("nan"))])
         columns = ["method", "lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
         run.write_table("sweep.csv", out.reindex(columns=columns))
-        sweep_figure(table, fm_rows).savefig(run.path / "sweep.png", dpi=130)
         summary = sw.sweep_summary(table, fm_rows)
+        figure = sweep_figure(table, fm_rows, summary["grid_search"]["tg"]["mean"])
+        figure.savefig(run.path / "sweep.png", dpi=130)
         run.finish({"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary})
         _print_sweep(summary, cfg, run.path, opts["quiet"])
 

@@ -161,9 +161,12 @@ def tsne_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def sweep_figure(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> Figure:
+def sweep_figure(
+    table: pd.DataFrame, forkmerge: pd.DataFrame | None = None, grid_search: float | None = None
+) -> Figure:
     """TG vs λ, mean ± seed std with each seed faint (from `sweep.csv`); ForkMerge with the
-    same budget as a horizontal band when present."""
+    same budget as a horizontal band, and the grid-search baseline's mean TG as a dashed
+    line, when given."""
     lams = sorted(table["lam"].unique())
     pos = {lam: i for i, lam in enumerate(lams)}
     grouped = table.groupby("lam")["tg"]
@@ -181,6 +184,11 @@ def sweep_figure(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> 
         s = forkmerge["tg"].std(ddof=1) if len(forkmerge) > 1 else 0.0
         ax.axhspan(m - s, m + s, color=PALETTE[1], alpha=0.25, linewidth=0)
         ax.axhline(m, color=PALETTE[1], linewidth=2, label="ForkMerge (mean ± std)")
+    if grid_search is not None:
+        ax.axhline(
+            grid_search, color=PALETTE[3], linewidth=1.5, linestyle="-.",
+            label="grid search (λ chosen on val)",
+        )  # fmt: skip
     ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(lams)), [f"{lam:g}" for lam in lams])
     ax.set_xlabel("λ, weight of the mixed auxiliary loss (λ = 0: STL)")
