@@ -90,15 +90,16 @@ def test_pairwise_summary_counts_and_regimes():
 
 
 def test_forkmerge_results_are_cached(tiny_digits):
+    # A budget no other test uses: the cache is shared by the whole test session.
     cfg = TrainConfig(
-        target="optdigits", method="ew", aux=["mnist"], steps=8, batch_size=16, device="cpu"
+        target="optdigits", method="ew", aux=["mnist"], steps=9, batch_size=16, device="cpu"
     )
-    fm = ForkMergeOptions(merge_every=4)
+    fm = ForkMergeOptions(merge_every=3)
     first, source = cached_forkmerge(cfg, joint_branches("optdigits", ["mnist"]), fm)
     again, source2 = cached_forkmerge(cfg, joint_branches("optdigits", ["mnist"]), fm)
     assert (source, source2) == ("run", "cache") and first == again
     other, source3 = cached_forkmerge(
-        cfg, joint_branches("optdigits", ["mnist"]), ForkMergeOptions(merge_every=8)
+        cfg, joint_branches("optdigits", ["mnist"]), ForkMergeOptions(merge_every=9)
     )
     assert source3 == "run"  # a changed ForkMerge option is another run
 
