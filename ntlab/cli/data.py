@@ -46,10 +46,11 @@ def prepare(
         [], "--train-size", help="Per-domain training size, DOMAIN=N; repeatable."
     ),
     val: int = typer.Option(
-        1000, help="Validation images per domain (optdigits: what its 1,797 images allow)."
+        DigitsConfig.val,
+        help="Validation images per domain (optdigits: what its 1,797 images allow).",
     ),
     test: int = typer.Option(
-        2000, help="Test images per domain (optdigits: what its 1,797 images allow)."
+        DigitsConfig.test, help="Test images per domain (optdigits: what its 1,797 images allow)."
     ),
     mnist_dir: Path | None = typer.Option(
         None,

@@ -35,7 +35,7 @@ DOMAINS: dict[str, tuple[str, str]] = {
     "mnistm": ("generated", "MNIST-M style: MNIST strokes blended over scikit-learn's photos"),
     "permlo": ("generated", "far shift: MNIST with its pixel positions permuted (fixed)"),
 }
-DEFAULT_TRAIN = {"mnist": 250, "optdigits": 100, "syn": 500, "mnistm": 250, "permlo": 2000}
+DEFAULT_TRAIN = {"mnist": 250, "optdigits": 100, "syn": 500, "mnistm": 250, "permlo": 1000}
 MNIST_DOMAINS = ("mnist", "mnistm", "permlo")  # disjoint slices of the MNIST files
 FONT_FILES = (
     "DejaVuSans.ttf",
