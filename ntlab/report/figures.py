@@ -266,15 +266,14 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
         best["w0"], best["w1"], best["w2"], marker="*", s=180, color="black",
         edgecolors="white", linewidths=0.8, label="best on validation", zorder=5,
     )  # fmt: skip
-    ax.set_tlabel("Λ₀", fontsize=9)
-    ax.set_llabel("Λ₁", fontsize=9)
-    ax.set_rlabel("Λ₂", fontsize=9)
+    for axis in (ax.taxis, ax.laxis, ax.raxis):
+        axis.set_tick_params(labelsize=8)
     # Corners of the triangle in axes fractions: top Λ₀ = 1, bottom left Λ₁, bottom right Λ₂.
-    corners = [((0.5, 1.0), "center", "bottom", (0, 30)), ((0.0, 0.0), "center", "top", (0, -30))]
+    corners = [((0.5, 1.0), "center", "bottom", (0, 22)), ((0.0, 0.0), "center", "top", (0, -30))]
     corners.append(((1.0, 0.0), "center", "top", (0, -30)))
     for b, (point, ha, va, offset) in enumerate(corners):
         ax.annotate(
-            f"branch {b}: {labels[b]}",
+            f"Λ{'₀₁₂'[b]} = 1: branch {b}, {labels[b]}",
             point,
             xycoords="axes fraction",
             xytext=offset,
@@ -284,8 +283,9 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
             fontsize=8,
             fontweight="bold",
         )
-    ax.legend(loc="upper left", bbox_to_anchor=(-0.05, 1.1), fontsize=8, frameon=False)
     cax = ax.inset_axes([1.08, 0.1, 0.04, 0.8], transform=ax.transAxes)
     fig.colorbar(image, cax=cax, label="TG vs STL (test accuracy points)")
-    ax.set_title("Merging three branches: TG over the simplex", fontsize=10, pad=28)
+    fig.suptitle(
+        "Merging three branches: TG over the simplex (★ chosen on validation)", fontsize=10
+    )
     return fig
