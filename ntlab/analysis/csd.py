@@ -11,9 +11,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ntlab.analysis.sweep import DEFAULT_LAMS, OnRun, fixed_config, lam_stats, lambda_grid_table
+from ntlab.analysis.sweep import (
+    DEFAULT_LAMS,
+    OnRun,
+    fixed_config,
+    lam_stats,
+    lam_summary,
+    lambda_grid_table,
+)
 from ntlab.core.runner import TrainConfig
-from ntlab.metrics import transfer_regime
 
 __all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config"]
 
@@ -32,17 +38,8 @@ def csd_table(
 def csd_summary(table: pd.DataFrame) -> dict:
     """Per-λ mean ± std of CSD and TG, the regime (Defs. 3.2/3.3) and the best λ > 0."""
     stats = lam_stats(table, ["csd", "tg"])
-    positive = stats[stats.index > 0]
-    best = float(positive["tg_mean"].idxmax())
     corr = table["csd"].corr(table["tg"]) if table["tg"].std() > 0 else float("nan")
     return {
-        "seeds": sorted(int(s) for s in table["seed"].unique()),
-        "per_lam": {
-            f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
-        },
-        "regime": transfer_regime(positive["tg_mean"].to_dict()),
-        "best_lam": best,
-        "best_tg": float(positive.loc[best, "tg_mean"]),
-        "best_tg_std": float(positive.loc[best, "tg_std"]),
+        **lam_summary(table, stats),
         "corr_csd_tg": None if pd.isna(corr) else float(corr),
     }

@@ -73,6 +73,22 @@ def lam_stats(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return stats.fillna(0.0)
 
 
+def lam_summary(table: pd.DataFrame, stats: pd.DataFrame) -> dict:
+    """Seeds, per-λ statistics, the regime on the mean TG of each λ > 0, and the best λ > 0."""
+    positive = stats[stats.index > 0]
+    best = float(positive["tg_mean"].idxmax())
+    return {
+        "seeds": sorted(int(s) for s in table["seed"].unique()),
+        "per_lam": {
+            f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
+        },
+        "regime": transfer_regime(positive["tg_mean"].to_dict()),
+        "best_lam": best,
+        "best_tg": float(positive.loc[best, "tg_mean"]),
+        "best_tg_std": float(positive.loc[best, "tg_std"]),
+    }
+
+
 def grid_search_choice(table: pd.DataFrame) -> pd.DataFrame:
     """Per seed, the λ with the best validation accuracy (ties: the smaller λ), and its test TG."""
     ordered = table.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
@@ -122,17 +138,9 @@ def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) ->
     baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run."""
     stats = lam_stats(table, ["tg", "tg_val", "test_acc", "val_acc", "csd"])
     positive = stats[stats.index > 0]
-    best = float(positive["tg_mean"].idxmax())
     chosen = grid_search_choice(table)
     summary = {
-        "seeds": sorted(int(s) for s in table["seed"].unique()),
-        "per_lam": {
-            f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
-        },
-        "regime": transfer_regime(positive["tg_mean"].to_dict()),
-        "best_lam_test": best,
-        "best_tg_test": float(positive.loc[best, "tg_mean"]),
-        "best_tg_test_std": float(positive.loc[best, "tg_std"]),
+        **lam_summary(table, stats),
         "grid_search": {
             "lam_per_seed": [float(v) for v in chosen["lam"]],
             "tg": mean_std(chosen["tg"]),

@@ -43,7 +43,7 @@ def test_sweep_summary_regime_best_and_grid_search():
     fm = pd.DataFrame({"seed": [0, 1], "tg": [0.5, 1.5], "test_acc": [90.5, 92.5]})
     summary = sweep_summary(sweep_rows(), fm)
     assert summary["regime"] == "weak_negative"  # λ=0.25 helps, λ=0.5 and 1 hurt
-    assert summary["best_lam_test"] == 0.25
+    assert summary["best_lam"] == 0.25
     assert summary["grid_search"]["tg"]["mean"] == pytest.approx(0.25)
     assert summary["grid_search"]["lam_per_seed"] == [0.5, 0.25]
     assert summary["forkmerge"]["tg"] == {"mean": 1.0, "std": pytest.approx(2**0.5 / 2)}
