@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ntlab.analysis import csd as csd_analysis
 from ntlab.analysis import gcs as gcs_analysis
@@ -23,6 +22,7 @@ from ntlab.cli.common import (
     parse_seeds,
     preset_help,
     resolve_options,
+    results_table,
     run_record,
 )
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
@@ -146,13 +146,11 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
         if opts["quiet"]:
             console.print(str(run.path))
             return
-        table_out = Table(
-            title=f"gcs: {cfg.target} vs {gopts.aux_kind} ({summary['batches']} batches, "
+        table_out = results_table(
+            f"gcs: {cfg.target} vs {gopts.aux_kind} ({summary['batches']} batches, "
             f"{summary['share_conflicting']:.0%} conflicting)",
-            title_justify="left",
+            ["λ", "mean TG", "share TG > 0", "corr(GCS, TG)"],
         )
-        for col in ("λ", "mean TG", "share TG > 0", "corr(GCS, TG)"):
-            table_out.add_column(col, justify="right")
         for lam, row in summary["per_lam"].items():
             corr = row["corr_gcs_tg"]
             table_out.add_row(
@@ -216,13 +214,11 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
         if opts["quiet"]:
             console.print(str(run.path))
             return
-        out = Table(
-            title=f"csd: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']} "
+        out = results_table(
+            f"csd: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']} "
             f"(best λ={summary['best_lam']:g}, TG {summary['best_tg']:+.2f})",
-            title_justify="left",
+            ["λ", "CSD", "TG (test)"],
         )
-        for col in ("λ", "CSD", "TG (test)"):
-            out.add_column(col, justify="right")
         several = len(seeds) > 1
         for lam, row in summary["per_lam"].items():
             out.add_row(
@@ -331,9 +327,10 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
         if opts["quiet"]:
             console.print(str(run.path))
             return
-        out = Table(title=f"tsne: {cfg.target} ← {', '.join(cfg.aux)}", title_justify="left")
-        for col in ("λ", "target-train", "aux-train", "target-test", "aux share (expected)"):
-            out.add_column(col, justify="right")
+        out = results_table(
+            f"tsne: {cfg.target} ← {', '.join(cfg.aux)}",
+            ["λ", "target-train", "aux-train", "target-test", "aux share (expected)"],
+        )
         for lam, row in results["per_lam"].items():
             p = row["points"]
             out.add_row(

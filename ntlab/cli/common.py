@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
@@ -191,3 +192,11 @@ def run_record(opts: dict[str, Any], cfg: Any, bench: Any, **extra: Any) -> dict
     """What a run's config.json records: the training, the command's own settings, the
     preset and the data fingerprint."""
     return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
+
+
+def results_table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:
+    """The table a command prints at the end: a left-aligned title, numbers right-aligned."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table

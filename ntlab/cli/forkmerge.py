@@ -8,7 +8,6 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.table import Table
 
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
@@ -18,6 +17,7 @@ from ntlab.cli.common import (
     default_out,
     guarded,
     resolve_options,
+    results_table,
 )
 from ntlab.core.forkmerge import (
     BRANCH_MODES,
@@ -210,13 +210,11 @@ def _print_summary(results: dict, path: Path, quiet: bool) -> None:
     if quiet:
         console.print(str(path))
         return
-    table = Table(
-        title=f"forkmerge → {results['target']} ({results['steps']} steps, "
-        f"{results['rounds']} merges)",
-        title_justify="left",
+    table = results_table(
+        f"forkmerge → {results['target']} ({results['steps']} steps, {results['rounds']} merges)",
+        ["model", "val acc", "test acc", "TG (test)"],
+        left=("model",),
     )
-    for col in ("model", "val acc", "test acc", "TG (test)"):
-        table.add_column(col, justify="left" if col == "model" else "right")
     if "stl" in results:
         stl, ew = results["stl"], results["ew"]
         table.add_row(

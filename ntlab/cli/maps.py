@@ -25,6 +25,7 @@ from ntlab.cli.common import (
     parse_numbers,
     parse_seeds,
     resolve_options,
+    results_table,
     run_record,
 )
 from ntlab.core.forkmerge import (
@@ -145,12 +146,10 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
         console.print(str(path))
         return
     several = len(summary["seeds"]) > 1
-    table = Table(
-        title=f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']}",
-        title_justify="left",
+    table = results_table(
+        f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']}",
+        ["λ", "val acc", "test acc", "TG (test)"],
     )
-    for col in ("λ", "val acc", "test acc", "TG (test)"):
-        table.add_column(col, justify="right")
 
     def pm(mean: float, std: float, fmt: str) -> str:
         return format(mean, fmt) + (f" ± {std:.2f}" if several else "")
@@ -404,9 +403,11 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         if opts["quiet"]:
             console.print(str(run.path))
             return
-        out = Table(title=f"ternary: {cfg.target}, {len(table)} merges", title_justify="left")
-        for col in ("point", "Λ", "val acc", "test acc", "TG (test)"):
-            out.add_column(col, justify="left" if col in ("point", "Λ") else "right")
+        out = results_table(
+            f"ternary: {cfg.target}, {len(table)} merges",
+            ["point", "Λ", "val acc", "test acc", "TG (test)"],
+            left=("point", "Λ"),
+        )
         for b, o in enumerate(own):
             row = table[table[f"w{b}"] == 1.0].iloc[0]
             out.add_row(f"branch {b}: {o['task_weights']}", f"e{b}", f"{o['val_acc']:.2f}",

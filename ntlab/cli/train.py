@@ -8,7 +8,6 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.table import Table
 
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
@@ -17,6 +16,7 @@ from ntlab.cli.common import (
     default_out,
     guarded,
     resolve_options,
+    results_table,
 )
 from ntlab.core.runner import (
     MODEL_FILE,
@@ -94,12 +94,11 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
     if quiet:
         console.print(str(path))
         return
-    table = Table(
-        title=f"{results['method']} → {results['target']} ({results['steps']} steps)",
-        title_justify="left",
+    table = results_table(
+        f"{results['method']} → {results['target']} ({results['steps']} steps)",
+        ["model", "val acc", "test acc", "TG (test)"],
+        left=("model",),
     )
-    for col in ("model", "val acc", "test acc", "TG (test)"):
-        table.add_column(col, justify="left" if col == "model" else "right")
     table.add_row(
         results["method"],
         f"{results['val_acc']:.2f}",
