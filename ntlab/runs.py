@@ -52,6 +52,15 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def device_description() -> str:
+    """The hardware a run could use: the GPU's name, or the CPU and torch's thread count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -61,6 +70,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_revision": git_revision(),
+        "device": device_description(),
         "argv": sys.argv,
     }
 

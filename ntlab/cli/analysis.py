@@ -15,12 +15,14 @@ from ntlab.analysis.common import check_lams
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
+    complete,
     console,
     default_out,
     guarded,
     parse_numbers,
     parse_seeds,
     preset_help,
+    print_paths,
     resolve_options,
     results_table,
     run_record,
@@ -28,7 +30,6 @@ from ntlab.cli.common import (
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
 from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
-from ntlab.report.figures import csd_figure, gcs_figure, tsne_figure
 from ntlab.runs import RunDir
 
 
@@ -132,7 +133,6 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
                 on_batch=progress.callback("one-step updates", gopts.batches, "batches", 1),
             )
         run.write_table("gcs.csv", table)
-        gcs_figure(table).savefig(run.path / "gcs.png", dpi=130)
         summary = gcs_analysis.gcs_summary(table)
         results = {
             "target": cfg.target,
@@ -142,7 +142,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
             "pretrain": {"steps": cfg.steps, "val_acc": stl["val_acc"], "source": source},
             **summary,
         }
-        run.finish(results)
+        complete(run, results, opts["format"])
         if opts["quiet"]:
             console.print(str(run.path))
             return
@@ -160,7 +160,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
                 "n/a" if corr is None else f"{corr:+.2f}",
             )
         console.print(table_out)
-        console.print(f"run directory: {run.path}")
+        print_paths(run.path)
 
 
 # --- csd ----------------------------------------------------------------------------------
@@ -207,10 +207,9 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
 
             table = csd_analysis.csd_table(cfg, lams, seeds, on_run)
         run.write_table("csd.csv", table)
-        csd_figure(table).savefig(run.path / "csd.png", dpi=130)
         summary = csd_analysis.csd_summary(table)
         results = {"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary}
-        run.finish(results)
+        complete(run, results, opts["format"])
         if opts["quiet"]:
             console.print(str(run.path))
             return
@@ -227,7 +226,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
                 f"{row['tg_mean']:+.2f}" + (f" ± {row['tg_std']:.2f}" if several else ""),
             )
         console.print(out)
-        console.print(f"run directory: {run.path}")
+        print_paths(run.path)
 
 
 # --- tsne ---------------------------------------------------------------------------------
@@ -315,7 +314,6 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
             if status:
                 status.stop()
         run.write_table("tsne.csv", table)
-        tsne_figure(table).savefig(run.path / "tsne.png", dpi=130)
         results = {
             "target": cfg.target,
             "aux": cfg.aux,
@@ -323,7 +321,7 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
             "model_train": asdict(model_cfg),
             **tsne_analysis.tsne_summary(table),
         }
-        run.finish(results)
+        complete(run, results, opts["format"])
         if opts["quiet"]:
             console.print(str(run.path))
             return
@@ -341,4 +339,4 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
                 f"{row['aux_share']:.2f} ({row['expected_aux_share']:.2f})",
             )
         console.print(out)
-        console.print(f"run directory: {run.path}")
+        print_paths(run.path)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
+from ntlab.report import check_format
 from ntlab.runs import RunDir, read_json
 
 console = Console()
@@ -37,19 +38,48 @@ def guarded(run: RunDir | None = None) -> Iterator[None]:
     try:
         yield
     except NtlabError as exc:
-        if run is not None:
-            run.fail(str(exc))
+        _fail(run, str(exc))
         die(str(exc))
     except KeyboardInterrupt:
-        if run is not None:
-            run.fail("interrupted")
+        _fail(run, "interrupted")
         die("interrupted", code=130)
     except typer.Exit:
         raise
     except Exception as exc:
-        if run is not None:
-            run.fail(f"{type(exc).__name__}: {exc}")
+        _fail(run, f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _fail(run: RunDir | None, error: str) -> None:
+    """Record the failure, then render what the run left so far (the report says it failed)."""
+    if run is None:
+        return
+    run.fail(error)
+    from ntlab.report.page import write_run_report
+
+    try:
+        write_run_report(run.path)
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        pass
+
+
+def complete(run: RunDir, results: dict[str, Any], fmt: str = "png") -> Path:
+    """End a run: its figures, then results.json (the run is complete), then report.html.
+
+    Figures come from the run's tables through the same views `ntlab report` uses.
+    """
+    from ntlab.report.page import save_figures, write_run_report
+    from ntlab.report.views import Run
+
+    save_figures(Run.live(run.path, results), fmt)
+    run.finish(results)
+    return write_run_report(run.path, fmt)
+
+
+def print_paths(path: Path) -> None:
+    """The run directory and its report, each on one unbroken line (to copy or click)."""
+    console.print(f"run directory: {path}", soft_wrap=True, highlight=False)
+    console.print(f"report: {Path(path) / 'report.html'}", soft_wrap=True, highlight=False)
 
 
 def load_config_file(path: Path | None) -> dict[str, Any]:
@@ -96,6 +126,8 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
         else:
             resolved[name] = value
     resolved["preset"] = preset_name
+    if "format" in resolved:
+        check_format(resolved["format"])
     return resolved
 
 

@@ -13,9 +13,11 @@ from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
     check_resumable,
+    complete,
     console,
     default_out,
     guarded,
+    print_paths,
     resolve_options,
     results_table,
 )
@@ -40,7 +42,6 @@ from ntlab.core.runner import (
 from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.metrics import transfer_gain
-from ntlab.report.figures import lambda_figure
 from ntlab.runs import RunDir
 
 app = typer.Typer(
@@ -188,10 +189,8 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         run.write_table("merges.csv", merges)
         run.write_table("search.csv", pd.DataFrame(outcome.search))
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
-        figure = lambda_figure(merges)
-        figure.savefig(run.path / "lambda.png", dpi=120)
         save_model(run.path / MODEL_FILE, outcome.model, cfg)
-        run.finish(results)
+        complete(run, results, opts["format"])
         _print_summary(results, run.path, opts["quiet"])
 
 
@@ -233,4 +232,4 @@ def _print_summary(results: dict, path: Path, quiet: bool) -> None:
         "(" + ", ".join(f"{w:.1f}" for w in r) + ")" for r in results["lambda_per_round"]
     )
     console.print(f"Λ* per round: {lams}")
-    console.print(f"run directory: {path}")
+    print_paths(path)

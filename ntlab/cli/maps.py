@@ -19,11 +19,13 @@ from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
     check_resumable,
+    complete,
     console,
     default_out,
     guarded,
     parse_numbers,
     parse_seeds,
+    print_paths,
     resolve_options,
     results_table,
     run_record,
@@ -40,7 +42,6 @@ from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
 from ntlab.core.train import LossTerm
 from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
-from ntlab.report.figures import pairwise_figure, sweep_figure, ternary_figure
 from ntlab.runs import RunDir, atomic_write_text
 
 CELLS = Path("checkpoints") / "cells.csv"
@@ -135,9 +136,8 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         columns = ["method", "lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
         run.write_table("sweep.csv", out.reindex(columns=columns))
         summary = sw.sweep_summary(table, fm_rows)
-        figure = sweep_figure(table, fm_rows, summary["grid_search"]["tg"]["mean"])
-        figure.savefig(run.path / "sweep.png", dpi=130)
-        run.finish({"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary})
+        results = {"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary}
+        complete(run, results, opts["format"])
         _print_sweep(summary, cfg, run.path, opts["quiet"])
 
 
@@ -175,7 +175,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
             pm(f["tg"]["mean"], f["tg"]["std"], "+.2f"),
         )
     console.print(table)
-    console.print(f"run directory: {path}")
+    print_paths(path)
 
 
 # --- pairwise -----------------------------------------------------------------------------
@@ -264,10 +264,6 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
                     overall(i + 1)
         table = pd.DataFrame(rows)
         run.write_table("pairwise.csv", table)
-        cell_means = table.groupby(["method", "target", "aux"])["tg"].mean()
-        limit = max(1.0, float(cell_means.abs().max()))  # one colour scale for every method
-        for m in methods:
-            pairwise_figure(table, m, limit).savefig(run.path / f"pairwise_{m}.png", dpi=130)
         summary = pw.pairwise_summary(table)
         trained = int((table["source"] == "run").sum()) if len(table) else 0
         results = {
@@ -279,7 +275,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
             "cells_resumed": len(finished),
             "loop_s": round(time.time() - started, 1),
         }
-        run.finish(results)
+        complete(run, results, opts["format"])
         _print_pairwise(table, summary, methods, run.path, opts["quiet"])
 
 
@@ -307,7 +303,7 @@ def _print_pairwise(
         for t, row in matrix.iterrows():
             out.add_row(t, *["" if pd.isna(v) else f"{v:+.2f}" for v in row])
         console.print(out)
-    console.print(f"run directory: {path}")
+    print_paths(path)
 
 
 # --- ternary ------------------------------------------------------------------------------
@@ -390,7 +386,6 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
 
             table, own = tn.ternary_table(cfg, specs, resolution, stl["test_acc"], on_step)
         run.write_table("ternary.csv", table)
-        ternary_figure(table, labels).savefig(run.path / "ternary.png", dpi=130)
         summary = tn.ternary_summary(table, own)
         results = {
             "target": cfg.target,
@@ -399,7 +394,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
             "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},
             **summary,
         }
-        run.finish(results)
+        complete(run, results, opts["format"])
         if opts["quiet"]:
             console.print(str(run.path))
             return
@@ -417,4 +412,4 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         out.add_row("best on validation", weights, f"{best['val_acc']:.2f}",
                     f"{best['test_acc']:.2f}", f"{best['tg']:+.2f}")  # fmt: skip
         console.print(out)
-        console.print(f"run directory: {run.path}")
+        print_paths(run.path)

@@ -116,12 +116,21 @@ def training_options(
     """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
 
 
+FigureFormat = Annotated[
+    str,
+    typer.Option(
+        "--format", help="Figure files in the run directory and in report.html: png or svg."
+    ),
+]
+
+
 def run_options(
     preset: Preset = None,
     config: Config = None,
     out: Out = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    format: FigureFormat = "png",
 ) -> None:
     """Where a command writes and how it talks."""
 

@@ -12,9 +12,11 @@ import typer
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
+    complete,
     console,
     default_out,
     guarded,
+    print_paths,
     resolve_options,
     results_table,
 )
@@ -86,7 +88,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
                 results = with_transfer_gain(results, stl, source)
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
         save_model(run.path / MODEL_FILE, outcome.state.model, cfg)
-        run.finish(results)
+        complete(run, results, opts["format"])
         print_summary(results, run.path, opts["quiet"])
 
 
@@ -111,4 +113,4 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
             f"stl ({stl['source']})", f"{stl['val_acc']:.2f}", f"{stl['test_acc']:.2f}", "0"
         )
     console.print(table)
-    console.print(f"run directory: {path}")
+    print_paths(path)

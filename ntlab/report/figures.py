@@ -10,7 +10,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+# Okabe-Ito: distinguishable under the common colour-vision deficiencies. TG maps use RdBu
+# (diverging, colour-blind safe) centred on 0.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "svg.hashsalt": "ntlab",  # stable ids in SVG output
+}
+matplotlib.rcParams.update(STYLE)
 
 
 def lambda_figure(merges: pd.DataFrame) -> Figure:
@@ -288,4 +303,67 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
     fig.suptitle(
         "Merging three branches: TG over the simplex (★ chosen on validation)", fontsize=10
     )
+    return fig
+
+
+def training_figure(metrics: pd.DataFrame) -> Figure:
+    """Training loss per task (and per branch, for ForkMerge) against step, from a
+    `metrics.csv` table; the first task drawn is the target, in bold."""
+    loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "loss")]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    for i, (task, group) in enumerate(loss.groupby("task", sort=False)):
+        group = group.sort_values("step")
+        ax.plot(
+            group["step"],
+            group["value"],
+            color=PALETTE[i % len(PALETTE)],
+            linewidth=2.2 if i == 0 else 1.3,
+            label=task,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (cross-entropy, log scale)")
+    ax.set_title("Training loss per task", fontsize=10)
+    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def search_figure(search: pd.DataFrame) -> Figure:
+    """The merge-search landscape of every ForkMerge round (from `search.csv`): validation
+    accuracy of each candidate Λ, the chosen one starred. With two branches the x axis is
+    Λ₁ (the auxiliary branch's share); with more it is the order the search tried them."""
+    weights = search["weights"].astype(str).str.split(";")
+    two = bool(len(weights)) and weights.map(len).max() == 2
+    x = weights.map(lambda w: float(w[1])) if two else search["candidate"]
+    frame = search.assign(x=x)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    for i, (rnd, group) in enumerate(frame.groupby("round")):
+        group = group.sort_values("x")
+        color = PALETTE[i % len(PALETTE)]
+        step = int(group["step"].iloc[0])
+        ax.plot(group["x"], group["val_acc"], "-o", color=color, markersize=3.5, linewidth=1.2,
+                label=f"round {rnd} (step {step})")  # fmt: skip
+        chosen = group[group["chosen"].astype(str) == "True"]
+        ax.scatter(chosen["x"], chosen["val_acc"], marker="*", s=160, color=color,
+                   edgecolors="black", linewidths=0.6, zorder=5)  # fmt: skip
+    ax.set_xlabel("Λ₁, share of the auxiliary branch" if two else "candidate (search order)")
+    ax.set_ylabel("validation accuracy of the merge (%)")
+    ax.set_title("Merge search per round (★ chosen Λ*)", fontsize=10)
+    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def tg_bar_figure(frame: pd.DataFrame) -> Figure:
+    """TG per labelled row (columns `label`, `tg` and optionally `tg_std`) as horizontal bars,
+    sorted, gains in blue and losses in red, with seed std as error bars."""
+    frame = frame.sort_values("tg")
+    err = frame["tg_std"].fillna(0.0) if "tg_std" in frame else None
+    err = err if err is not None and (err > 0).any() else None
+    colors = ["#2166AC" if v >= 0 else "#B2182B" for v in frame["tg"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(frame) + 1.4), layout="constrained")
+    ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+    ax.axvline(0, color="0.3", linewidth=0.8)
+    ax.set_xlabel("TG vs STL (test accuracy points)")
+    ax.set_title("Transfer gain per run (below 0: negative transfer)", fontsize=10)
+    ax.spines["left"].set_visible(False)
     return fig

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ntlab.cli import app
+from tests.report_checks import check_report
 
 runner = CliRunner()
 BUDGET = ["--target", "optdigits", "--aux", "mnist,syn", "--batch-size", "16", "--eval-every", "5"]
@@ -48,6 +49,9 @@ def test_gcs_writes_table_figure_and_results(tiny_digits, tmp_path, kind):
     assert results["best_lam"] in (0.0, 0.5, 1.0)
     assert read(out / "status.json")["state"] == "completed"
     assert_figure(out / "gcs.png")
+    check_report(
+        out / "report.html", figures=1, texts=("Gradient conflict", "conflicting yet helpful")
+    )
 
 
 def test_gcs_reuses_the_cached_stl_training(tiny_digits, tmp_path):
@@ -80,6 +84,8 @@ def test_csd_writes_table_figure_and_regime(tiny_digits, tmp_path):
     assert results["best_lam"] == means.idxmax()
     assert results["seeds"] == [0, 1]
     assert_figure(out / "csd.png")
+    regime = results["regime"].replace("_", " ")
+    check_report(out / "report.html", figures=1, texts=(f"{regime} transfer", "CSD on target test"))
 
 
 def test_tsne_from_a_train_run(tiny_digits, tmp_path):
@@ -101,6 +107,7 @@ def test_tsne_from_a_train_run(tiny_digits, tmp_path):
     assert results["model"] == str(train_out)
     assert results["model_train"]["method"] == "ew"
     assert_figure(out / "tsne.png")
+    check_report(out / "report.html", figures=1, texts=("aux share drawn",))
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ntlab.cli import app
+from ntlab.report.views import num
+from tests.report_checks import check_report
 
 runner = CliRunner()
 FAST = ["--steps", "20", "--eval-every", "10", "--batch-size", "16"]
@@ -84,6 +86,10 @@ def test_train_stl_writes_the_run_directory(tiny_digits, tmp_path):
     final = [row for row in lines if row.startswith("20,mnist,test,acc,")]
     assert float(final[0].split(",")[-1]) == pytest.approx(results["test_acc"])
     assert "test acc" in result.stdout
+    assert f"report: {out / 'report.html'}" in result.stdout
+    check_report(
+        out / "report.html", figures=1, texts=("Training curves", f"{results['test_acc']:.2f}")
+    )
 
 
 def test_train_ew_reports_transfer_gain_against_a_cached_stl(tiny_digits, tmp_path):
@@ -96,6 +102,8 @@ def test_train_ew_reports_transfer_gain_against_a_cached_stl(tiny_digits, tmp_pa
     assert res["stl"]["test_acc"] == stl["test_acc"]
     assert res["transfer_gain"] == pytest.approx(res["test_acc"] - stl["test_acc"])
     assert res["aux"] == ["mnist", "syn", "mnistm", "permlo"]
+    tg = num(res["transfer_gain"], signed=True)
+    check_report(tmp_path / "ew" / "report.html", figures=1, texts=(tg, "stl (cache)"))
 
 
 def test_same_command_twice_gives_identical_metrics(tiny_digits, tmp_path):
@@ -200,6 +208,9 @@ def test_a_failure_inside_the_run_marks_status_failed(tiny_digits, tmp_path):
     status = read(out / "status.json")
     assert status["state"] == "failed" and "cannot read weights file" in status["error"]
     assert not (out / "results.json").exists()
+    check_report(
+        out / "report.html", figures=0, texts=("did not complete", "cannot read weights file")
+    )
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tiny_digits, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ntlab.cli import app
+from tests.report_checks import check_report
 
 runner = CliRunner()
 SMALL = [
@@ -57,6 +58,12 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     assert mpimg.imread(out / "lambda.png").shape[0] > 100
     assert json.loads((out / "status.json").read_text())["state"] == "completed"
     assert "forkmerge" in result.stdout and "Λ* per round" in result.stdout
+    page = check_report(
+        out / "report.html",
+        figures=3,
+        texts=("Merge-search landscape", "Λ* per round", "branch 1: optdigits=1,mnist+syn=1"),
+    )
+    assert page.count("<tr>") >= 3 + 3  # headline rows (forkmerge, ew, stl) + one per round
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 import ntlab.analysis.pairwise as pw
 from ntlab.cli import app
+from tests.report_checks import check_report
 
 runner = CliRunner()
 BUDGET = ["--steps", "8", "--batch-size", "16", "--eval-every", "4", "--merge-every", "4"]
@@ -48,6 +49,9 @@ def test_sweep_with_forkmerge(tiny_digits, tmp_path):
     fm = table[table["method"] == "forkmerge"]
     assert results["forkmerge"]["tg"]["mean"] == pytest.approx(fm["tg"].mean())
     assert_figure(out / "sweep.png")
+    check_report(
+        out / "report.html", figures=1, texts=("grid search", "forkmerge", "Transfer regime")
+    )
 
 
 PAIRS = ["--domains", "optdigits,mnist,syn", "--method", "ew,forkmerge", *BUDGET]
@@ -71,6 +75,7 @@ def test_pairwise_runs_every_cell_then_reuses_the_cache(tiny_digits, tmp_path):
         means = table[table["method"] == m].groupby(["target", "aux"])["tg"].mean()
         assert results["methods"][m]["negative_cells"] == int((means < 0).sum())
         assert_figure(first / f"pairwise_{m}.png")
+    check_report(first / "report.html", figures=2, texts=("Regime per target",))
     assert set(results["methods"]["ew"]["regime_per_target"]) == {"optdigits", "mnist", "syn"}
     # The same map again (another folder): every cell comes from the cache.
     second = tmp_path / "p2"
@@ -97,6 +102,11 @@ def test_pairwise_resume_skips_finished_cells(tiny_digits, tmp_path, monkeypatch
     assert read(out / "status.json")["state"] == "failed"
     assert not (out / "results.json").exists() and not (out / "pairwise.csv").exists()
     assert len(pd.read_csv(out / "checkpoints" / "cells.csv")) == 2
+    check_report(
+        out / "report.html",
+        figures=1,
+        texts=("did not complete", "interrupted", "checkpoints/cells.csv"),
+    )
 
     resumed = []
 
@@ -130,6 +140,9 @@ def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
     assert corner["val_acc"] == pytest.approx(results["branches"][0]["val_acc"])
     assert results["best"]["val_acc"] == pytest.approx(table["val_acc"].max())
     assert_figure(out / "ternary.png")
+    check_report(
+        out / "report.html", figures=1, texts=("best on validation", "corner: optdigits=1,mnist=1")
+    )
 
 
 @pytest.mark.parametrize(

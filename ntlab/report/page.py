@@ -1,0 +1,262 @@
+"""The HTML report: one self-contained page (CSS and figures inlined) for one or many runs.
+
+Every command writes `<out>/report.html` through `write_run_report`, and `ntlab report`
+goes through `write_report`: the same views, figures and template.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ntlab import __version__
+from ntlab.errors import NtlabError
+from ntlab.report import check_format
+from ntlab.report.views import FigureSpec, Run, TableSpec, comparison, view_for
+from ntlab.runs import atomic_write_text
+
+REPORT_FILE = "report.html"
+MIME = {"png": "image/png", "svg": "image/svg+xml"}
+DPI = 130
+NUMERIC = re.compile(r"^[+−\-]?\d[\d.,]*( ± [\d.]+)?%?$")
+
+
+def figure_bytes(figure, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    metadata = {"Software": None} if fmt == "png" else {"Date": None}
+    figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def save_figures(run: Run, fmt: str = "png") -> list[Path]:
+    """Draw every figure of a run into its directory (`<name>.<fmt>`, written atomically)."""
+    paths = []
+    for spec in view_for(run).figures(run):
+        path = run.path / f"{spec.name}.{fmt}"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(figure_bytes(spec.build(), fmt))
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Figure:
+    title: str
+    caption: str
+    uri: str | None
+    error: str | None = None
+
+
+def _figure(run: Run | None, spec: FigureSpec, fmt: str) -> Figure:
+    """A completed run's own figure file when it has one in `fmt`; otherwise drawn now from
+    the run's tables (a failed run's partial tables included)."""
+    saved = run.path / f"{spec.name}.{fmt}" if run is not None else None
+    try:
+        if saved is not None and run.state == "completed" and saved.is_file():
+            data = saved.read_bytes()
+        else:
+            data = figure_bytes(spec.build(), fmt)
+    except Exception as exc:  # a partial table may not be drawable; say so, keep the page
+        plt.close("all")
+        return Figure(spec.title, spec.caption, None, f"{type(exc).__name__}: {exc}")
+    uri = f"data:{MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+    return Figure(spec.title, spec.caption, uri)
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """A plain HTML table; cells that read as numbers are right-aligned in tabular figures."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else value
+            if isinstance(text, float):
+                text = f"{text:.4g}"
+            text = str(text)
+            cls = ' class="num"' if NUMERIC.match(text) else ""
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _command_line(config: dict[str, Any]) -> str:
+    argv = list(config.get("environment", {}).get("argv") or [])
+    if not argv:
+        return f"ntlab {config.get('command', '')}"
+    first = Path(argv[0]).name
+    argv[0] = (
+        "ntlab" if first in ("ntlab", "__main__.py", "-m") or first.startswith("ntlab") else first
+    )
+    return shlex.join(argv)
+
+
+def _duration(run: Run) -> str:
+    seconds = run.status.get("duration_s") or (run.results or {}).get("duration_s")
+    if seconds is None:
+        return ""
+    seconds = float(seconds)
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+
+
+def _device(config: dict[str, Any]) -> str:
+    env = config.get("environment", {})
+    chosen = config.get("train", {}).get("device", "")
+    hardware = env.get("device", "")
+    return ", ".join(x for x in (f"--device {chosen}" if chosen else "", hardware) if x)
+
+
+def _partial_tables(run: Run, limit: int = 20) -> list[TableSpec]:
+    out = []
+    for path in run.csv_files():
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        rel = path.relative_to(run.path)
+        shown = frame.head(limit)
+        more = f" (first {limit} of {len(frame)} rows)" if len(frame) > limit else ""
+        out.append(TableSpec(f"{rel}{more}", shown))
+    return out
+
+
+def run_context(run: Run, fmt: str, anchor: str) -> dict[str, Any]:
+    view = view_for(run)
+    failed = run.state != "completed"
+    try:
+        specs = view.figures(run)
+        tables = view.tables(run)
+        headline = view.headline(run)
+    except Exception as exc:  # damaged tables must not hide the rest of the report
+        specs, tables, headline = [], [], None
+        view_error = f"{type(exc).__name__}: {exc}"
+    else:
+        view_error = None
+    env = run.config.get("environment", {})
+    meta = [
+        ("command", _command_line(run.config)),
+        ("run directory", str(run.path.resolve())),
+        ("state", run.state),
+        ("started", run.status.get("started", "")),
+        ("finished", run.status.get("finished", "")),
+        ("duration", _duration(run)),
+        ("preset", str(run.config.get("preset") or "default")),
+        ("device", _device(run.config)),
+        (
+            "versions",
+            ", ".join(f"{k} {env[k]}" for k in ("ntlab", "torch", "python") if env.get(k)),
+        ),
+        ("git revision", str(env.get("git_revision") or "")),
+    ]
+    config = {k: v for k, v in run.config.items() if k != "environment"}
+    return {
+        "anchor": anchor,
+        "name": run.name,
+        "command": run.command,
+        "title": view.title,
+        "state": run.state,
+        "failed": failed,
+        "error": run.status.get("error")
+        or ("no status.json: the run never started properly" if not run.status else None)
+        or ("the run has not finished: no results.json yet" if failed else None),
+        "meta": [(k, v) for k, v in meta if v],
+        "headline": table_html(headline) if headline is not None and len(headline) else None,
+        "figures": [_figure(run, s, fmt) for s in specs],
+        "tables": [
+            {"title": t.title, "caption": t.caption, "html": table_html(t.frame)} for t in tables
+        ],
+        "partial": [
+            {"title": t.title, "caption": t.caption, "html": table_html(t.frame)}
+            for t in (_partial_tables(run) if failed else [])
+        ],
+        "view_error": view_error,
+        "config_json": json.dumps(config, indent=2, default=str),
+        "results_json": json.dumps(run.results, indent=2, default=str) if run.results else None,
+    }
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("ntlab.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def template_digest() -> str:
+    """A digest of the code that shapes a report (templates, views, figures, this module):
+    an example report that carries another digest is out of date."""
+    h = hashlib.sha256()
+    package = resources.files("ntlab.report")
+    files = [package.joinpath(n) for n in ("page.py", "views.py", "figures.py")]
+    files += sorted(package.joinpath("templates").iterdir(), key=lambda f: f.name)
+    for file in files:
+        h.update(file.name.encode() + b"\0" + file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def render(runs: list[Run], fmt: str = "png", title: str | None = None) -> str:
+    """The page for one run, or the comparison of several (overview first, then each run)."""
+    if not runs:
+        raise NtlabError("no run directories given; pass one or more --out folders of ntlab runs")
+    check_format(fmt)
+    env = _environment()
+    contexts = [run_context(run, fmt, f"run-{i}") for i, run in enumerate(runs)]
+    overview = None
+    if len(runs) > 1:
+        frame, specs = comparison(runs)
+        overview = {
+            "html": table_html(frame),
+            "figures": [_figure(None, s, fmt) for s in specs],
+        }
+    css = resources.files("ntlab.report").joinpath("templates/report.css").read_text()
+    if title is None:
+        title = (
+            f"ntlab {runs[0].command}: {runs[0].name}"
+            if len(runs) == 1
+            else f"ntlab: {len(runs)} runs compared"
+        )
+    return env.get_template("report.html.j2").render(
+        title=title,
+        css=css,
+        runs=contexts,
+        overview=overview,
+        version=__version__,
+        digest=template_digest(),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        fmt=fmt,
+    )
+
+
+def write_report(paths: list[Path], out: Path, fmt: str = "png", title: str | None = None) -> Path:
+    """Render run directories into `out` (written atomically)."""
+    runs = [Run.load(p) for p in paths]
+    out = Path(out)
+    if out.is_dir():
+        raise NtlabError(f"--out {out} is a folder; give a file name such as {out}/report.html")
+    atomic_write_text(out, render(runs, fmt, title))
+    return out
+
+
+def write_run_report(path: Path, fmt: str = "png") -> Path:
+    """A command's own report, `<run>/report.html`."""
+    return write_report([path], Path(path) / REPORT_FILE, fmt)

@@ -1,0 +1,785 @@
+"""What a report shows for each kind of run: headline table, figures with captions, tables.
+
+A view reads only what the command left in its run directory (config.json, status.json,
+results.json and the tidy CSVs), so the same view serves the command's own report at the
+end of a run, `ntlab report` later, and a failed run with half its tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ntlab.errors import NtlabError
+from ntlab.registry import Registry
+from ntlab.report import figures as fig
+from ntlab.runs import read_json
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of a run: file stem (`<name>.png` in the run directory), title, a caption
+    saying how to read it, and the pure function that draws it."""
+
+    name: str
+    title: str
+    caption: str
+    build: Callable[[], Figure]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    title: str
+    frame: pd.DataFrame
+    caption: str = ""
+
+
+@dataclass
+class Run:
+    """A run directory as written by any command (DESIGN.md §4)."""
+
+    path: Path
+    config: dict[str, Any]
+    status: dict[str, Any]
+    results: dict[str, Any] | None
+    _tables: dict[str, pd.DataFrame | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> Run:
+        path = Path(path)
+        if not path.is_dir():
+            raise NtlabError(f"{path} is not a folder; give a run directory written by ntlab")
+        if not (path / "config.json").is_file():
+            raise NtlabError(
+                f"{path} is not an ntlab run directory (no config.json); give the --out folder "
+                "of an ntlab command"
+            )
+        try:
+            config = read_json(path / "config.json")
+            status = read_json(path / "status.json") if (path / "status.json").is_file() else {}
+            results = (
+                read_json(path / "results.json") if (path / "results.json").is_file() else None
+            )
+        except ValueError as exc:
+            raise NtlabError(f"{path} has a damaged JSON file: {exc}") from None
+        if "command" not in config:
+            raise NtlabError(f"{path}/config.json does not name the command that wrote it")
+        return cls(path, config, status, results)
+
+    @classmethod
+    def live(cls, path: Path, results: dict[str, Any]) -> Run:
+        """The run being finished: its results are in memory, not yet on disk."""
+        run = cls.load(path)
+        run.results = results
+        run.status = {**run.status, "state": "completed"}
+        return run
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def command(self) -> str:
+        return str(self.config["command"])
+
+    @property
+    def state(self) -> str:
+        state = self.status.get("state", "unknown")
+        if state == "completed" and self.results is None:
+            return "failed"  # a completed status is written after results: this is damage
+        return state
+
+    @property
+    def train(self) -> dict[str, Any]:
+        return self.config.get("train", {})
+
+    def table(self, *names: str) -> pd.DataFrame | None:
+        """The first of `names` (paths inside the run) that exists, read as a DataFrame."""
+        for name in names:
+            if name not in self._tables:
+                file = self.path / name
+                try:
+                    self._tables[name] = pd.read_csv(file) if file.is_file() else None
+                except (pd.errors.EmptyDataError, pd.errors.ParserError):
+                    self._tables[name] = None
+            if self._tables[name] is not None and len(self._tables[name]):
+                return self._tables[name]
+        return None
+
+    def csv_files(self) -> list[Path]:
+        return sorted([*self.path.glob("*.csv"), *self.path.glob("checkpoints/*.csv")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def num(value: Any, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, int | float):
+        text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+        return text.replace("-", "−")
+    return str(value)
+
+
+def pm(mean: Any, std: Any, digits: int = 2, signed: bool = True) -> str:
+    text = num(mean, digits, signed)
+    if text and isinstance(std, int | float) and std and not math.isnan(std):
+        text += f" ± {num(std, digits)}"
+    return text
+
+
+REGIME_TEXT = {
+    "positive": "positive transfer",
+    "weak_negative": "weak negative transfer",
+    "strong_negative": "strong negative transfer",
+}
+
+
+def regime_text(regime: str | None) -> str:
+    return REGIME_TEXT.get(regime or "", regime or "")
+
+
+def sign_regime(tg: float | None) -> str:
+    """Def. 3.1 for one run: TG > 0 is positive transfer, TG < 0 negative."""
+    if tg is None:
+        return ""
+    return "positive transfer" if tg > 0 else "negative transfer" if tg < 0 else "no transfer"
+
+
+def lam_text(lam: Any) -> str:
+    return f"{float(lam):g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+class View:
+    """The default view: any run, shown by its results and tables."""
+
+    title = "run"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        return None
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        return []
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        return []
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        """One row of the comparison table of several runs."""
+        r = run.results or {}
+        t = run.train
+        return {
+            "target": r.get("target", t.get("target", "")),
+            "method": r.get("method", t.get("method", "")),
+            "test_acc": r.get("test_acc"),
+            "tg": r.get("transfer_gain"),
+            "tg_std": None,
+            "regime": sign_regime(r.get("transfer_gain")),
+        }
+
+
+VIEWS: Registry[View] = Registry("report view")
+
+
+def view_for(run: Run) -> View:
+    return VIEWS.get(run.command) if run.command in VIEWS else View()
+
+
+def _register(command: str) -> Callable[[type[View]], type[View]]:
+    def decorate(cls: type[View]) -> type[View]:
+        VIEWS.register(command)(cls())
+        return cls
+
+    return decorate
+
+
+TRAINING_CAPTION = (
+    "Training loss of each task against the step (log scale), the target first and in bold. "
+    "A target loss that stalls while the auxiliary loss keeps falling is the auxiliary task "
+    "taking over the shared features."
+)
+
+
+def _training_spec(run: Run) -> list[FigureSpec]:
+    metrics = run.table("metrics.csv")
+    if metrics is None or not ((metrics["split"] == "train") & (metrics["metric"] == "loss")).any():
+        return []
+    return [
+        FigureSpec(
+            "training", "Training curves", TRAINING_CAPTION, lambda: fig.training_figure(metrics)
+        )
+    ]
+
+
+def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
+    rows = [
+        {
+            "model": main,
+            "val acc (%)": num(r.get("val_acc")),
+            "test acc (%)": num(r.get("test_acc")),
+            "TG vs STL (test)": num(r.get("transfer_gain"), signed=True),
+            "regime": sign_regime(r.get("transfer_gain")),
+        }
+    ]
+    ew = r.get("ew")
+    if ew:
+        rows.append(
+            {
+                "model": f"ew ({ew.get('source', '')})",
+                "val acc (%)": num(ew.get("val_acc")),
+                "test acc (%)": num(ew.get("test_acc")),
+                "TG vs STL (test)": num(ew.get("transfer_gain"), signed=True),
+                "regime": sign_regime(ew.get("transfer_gain")),
+            }
+        )
+    stl = r.get("stl")
+    if stl:
+        rows.append(
+            {
+                "model": f"stl ({stl.get('source', '')})",
+                "val acc (%)": num(stl.get("val_acc")),
+                "test acc (%)": num(stl.get("test_acc")),
+                "TG vs STL (test)": "0 (baseline)",
+                "regime": "",
+            }
+        )
+    return rows
+
+
+def _per_task(r: dict[str, Any]) -> list[TableSpec]:
+    tasks = r.get("tasks") or {}
+    if not tasks:
+        return []
+    frame = pd.DataFrame(
+        [
+            {
+                "task": task,
+                "val acc (%)": num(v.get("val_acc")),
+                "test acc (%)": num(v.get("test_acc")),
+                "test CSD": num(v.get("test_csd"), 3),
+            }
+            for task, v in tasks.items()
+        ]
+    )
+    return [
+        TableSpec(
+            "Every task of the final model",
+            frame,
+            "CSD is 1 − mean max-softmax confidence on that task's test set (PAPER.md Eq. 4).",
+        )
+    ]
+
+
+@_register("train")
+class TrainView(View):
+    title = "training"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        return pd.DataFrame(_model_rows(r, r.get("method", "?"))) if r else None
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        return _training_spec(run)
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        return _per_task(run.results or {})
+
+
+@_register("forkmerge train")
+class ForkMergeView(View):
+    title = "ForkMerge training"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        return pd.DataFrame(_model_rows(run.results, "forkmerge")) if run.results else None
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return {**super().summary(run), "method": "forkmerge"}
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        specs = []
+        merges = run.table("merges.csv")
+        if merges is not None:
+            specs.append(
+                FigureSpec(
+                    "lambda",
+                    "Λ* per merge round",
+                    "Each bar is one merge; its segments are the share Λ* of each branch in the "
+                    "merged model. A bar all in the target-alone colour means the auxiliary "
+                    "tasks were judged harmful at that point of training.",
+                    lambda: fig.lambda_figure(merges),
+                )
+            )
+        search = run.table("search.csv")
+        if search is not None:
+            specs.append(
+                FigureSpec(
+                    "search",
+                    "Merge-search landscape",
+                    "Validation accuracy of every candidate Λ tried at each merge; the star is "
+                    "the chosen Λ*. A flat curve means the merge weight barely matters; a peak "
+                    "inside the range means the branches complement each other.",
+                    lambda: fig.search_figure(search),
+                )
+            )
+        return specs + _training_spec(run)
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        merges = run.table("merges.csv")
+        out = []
+        if merges is not None:
+            cells = [
+                f"{lam:.2f} ({acc:.2f}%)" for lam, acc in zip(merges["lambda"], merges["val_acc"])
+            ]
+            names = merges.drop_duplicates("branch").set_index("branch")["task_weights"]
+            wide = (
+                merges.assign(cell=cells)
+                .pivot_table(
+                    index=["round", "step"], columns="branch", values="cell", aggfunc="first"
+                )
+                .rename(columns=lambda b: f"branch {b}: {names[b]}")
+                .reset_index()
+            )
+            wide.columns = [str(c) for c in wide.columns]
+            out.append(
+                TableSpec(
+                    "Λ* per round",
+                    wide,
+                    "Each branch's merge weight Λ* and, in brackets, its own validation "
+                    "accuracy before the merge.",
+                )
+            )
+        return out + _per_task(run.results or {})
+
+
+GCS_CAPTION = (
+    "Each point is one batch: the cosine between the target gradient and the auxiliary "
+    "gradient (x) against the transfer gain of one SGD step with weight λ (y). Left of 0 the "
+    "gradients conflict, above 0 the step helped. If conflict caused negative transfer, the "
+    "upper-left and lower-right quadrants would be empty."
+)
+
+
+@_register("gcs")
+class GcsView(View):
+    title = "gradient cosine similarity vs transfer gain"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        rows = [
+            {
+                "λ": lam_text(lam),
+                "mean one-step TG (val acc points)": num(v["mean_tg"], 3, signed=True),
+                "steps that help": f"{v['share_tg_positive']:.0%}",
+                "corr(GCS, TG)": num(v["corr_gcs_tg"], signed=True),
+                "conflicting yet helpful": f"{v['share_conflicting_but_helpful']:.0%}",
+                "aligned yet harmful": f"{v['share_aligned_but_harmful']:.0%}",
+            }
+            for lam, v in r.get("per_lam", {}).items()
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        r = run.results or {}
+        return {**super().summary(run), "method": f"gcs ({r.get('aux_kind', '')})"}
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("gcs.csv")
+        if table is None:
+            return []
+        return [
+            FigureSpec(
+                "gcs",
+                "Gradient conflict vs one-step transfer gain",
+                GCS_CAPTION,
+                lambda: fig.gcs_figure(table),
+            )
+        ]
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        r = run.results
+        if not r:
+            return []
+        frame = pd.DataFrame(
+            [
+                {"quantity": "batch pairs", "value": str(r.get("batches", ""))},
+                {
+                    "quantity": "pairs with conflicting gradients (GCS < 0)",
+                    "value": f"{r.get('share_conflicting', 0):.0%}",
+                },
+                {"quantity": "mean GCS", "value": num(r.get("mean_gcs"), 3, signed=True)},
+                {"quantity": "auxiliary", "value": str(r.get("aux_kind", ""))},
+                {"quantity": "step size η", "value": num(r.get("eta"), 3)},
+            ]
+        )
+        return [TableSpec("Gradient conflict", frame)]
+
+
+def _lam_stats_frame(per_lam: dict[str, Any], extra: dict[str, str] | None = None) -> pd.DataFrame:
+    rows = []
+    for lam, v in per_lam.items():
+        row = {"λ": lam_text(lam), "TG vs STL (test)": pm(v.get("tg_mean"), v.get("tg_std"))}
+        for key, label in (extra or {}).items():
+            if f"{key}_mean" in v:
+                signed = key.startswith("tg")
+                digits = 3 if key == "csd" else 2
+                row[label] = pm(v[f"{key}_mean"], v.get(f"{key}_std"), digits, signed)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _best_lam_summary(run: Run) -> dict[str, Any]:
+    r = run.results or {}
+    return {
+        **View.summary(View(), run),
+        "method": f"best fixed λ = {lam_text(r['best_lam'])}" if "best_lam" in r else "fixed λ",
+        "tg": r.get("best_tg"),
+        "tg_std": r.get("best_tg_std"),
+        "regime": regime_text(r.get("regime")),
+    }
+
+
+@_register("csd")
+class CsdView(View):
+    title = "confidence score discrepancy vs transfer gain"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        return _lam_stats_frame(r.get("per_lam", {}), {"csd": "CSD on target test"})
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return _best_lam_summary(run)
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("csd.csv")
+        if table is None:
+            return []
+        caption = (
+            "Each point is one λ: CSD of the trained model on the target test set (x) and its "
+            "TG (y), mean ± std over seeds. Moving right, the training distribution drifts "
+            "from the target's; TG falling with it is negative transfer driven by that shift."
+        )
+        return [
+            FigureSpec(
+                "csd", "Distribution shift vs transfer gain", caption, lambda: fig.csd_figure(table)
+            )
+        ]
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        return _regime_table(run)
+
+
+def _regime_table(run: Run) -> list[TableSpec]:
+    r = run.results
+    if not r or "regime" not in r:
+        return []
+    rows = [
+        {"quantity": "regime (PAPER.md Defs. 3.2/3.3)", "value": regime_text(r["regime"])},
+        {"quantity": "best λ (test TG)", "value": lam_text(r["best_lam"])},
+        {"quantity": "its TG", "value": pm(r.get("best_tg"), r.get("best_tg_std"))},
+        {"quantity": "seeds", "value": ", ".join(str(s) for s in r.get("seeds", []))},
+    ]
+    if "corr_csd_tg" in r:
+        rows.append(
+            {"quantity": "corr(CSD, TG) over λ", "value": num(r["corr_csd_tg"], signed=True)}
+        )
+    return [TableSpec("Transfer regime", pd.DataFrame(rows))]
+
+
+@_register("tsne")
+class TsneView(View):
+    title = "t-SNE of interpolated training distributions"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        rows = [
+            {
+                "λ": lam_text(lam),
+                **{f"{k} points": str(n) for k, n in v.get("points", {}).items()},
+                "aux share drawn": f"{v.get('aux_share', 0):.1%}",
+                "λ/(1+λ)": f"{v.get('expected_aux_share', 0):.1%}",
+            }
+            for lam, v in r.get("per_lam", {}).items()
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return {
+            **super().summary(run),
+            "method": f"features of {(run.results or {}).get('model', '')}",
+        }
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("tsne.csv")
+        if table is None:
+            return []
+        caption = (
+            "t-SNE of the model's features, one panel per λ: target test points, target "
+            "training points and auxiliary training points drawn at share λ/(1+λ); markers "
+            "are classes. Auxiliary points in clusters of their own, away from the target "
+            "test points, are the distribution shift that λ brings in."
+        )
+        return [
+            FigureSpec(
+                "tsne",
+                "Interpolated training distributions",
+                caption,
+                lambda: fig.tsne_figure(table),
+            )
+        ]
+
+
+@_register("sweep")
+class SweepView(View):
+    title = "task-weight sweep"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        frame = _lam_stats_frame(
+            r.get("per_lam", {}),
+            {"tg_val": "TG (val)", "test_acc": "test acc (%)", "csd": "CSD"},
+        )
+        frame.insert(0, "method", "fixed λ")
+        extra = []
+        gs = r.get("grid_search")
+        if gs:
+            chosen = ", ".join(lam_text(x) for x in gs.get("lam_per_seed", []))
+            extra.append(
+                {
+                    "method": "grid search",
+                    "λ": f"chosen on val: {chosen}",
+                    "TG vs STL (test)": pm(gs["tg"]["mean"], gs["tg"]["std"]),
+                }
+            )
+        fm = r.get("forkmerge")
+        if fm:
+            extra.append(
+                {
+                    "method": "forkmerge",
+                    "λ": "merged",
+                    "TG vs STL (test)": pm(fm["tg"]["mean"], fm["tg"]["std"]),
+                    "test acc (%)": pm(fm["test_acc"]["mean"], fm["test_acc"]["std"], signed=False),
+                }
+            )
+        return pd.concat([frame, pd.DataFrame(extra)], ignore_index=True).fillna("")
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        return _best_lam_summary(run)
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("sweep.csv")
+        if table is None:
+            return []
+        fixed = table[table["method"] == "fixed"] if "method" in table else table
+        fm = table[table["method"] == "forkmerge"] if "method" in table else None
+        gs = ((run.results or {}).get("grid_search") or {}).get("tg", {}).get("mean")
+        caption = (
+            "TG against λ, mean ± std over seeds with each seed as a faint dot; below the "
+            "dashed line is negative transfer. The orange band is ForkMerge with the same "
+            "budget and the dash-dotted line grid search (λ chosen on validation), when run."
+        )
+        return [
+            FigureSpec(
+                "sweep",
+                "Transfer gain against the task weight",
+                caption,
+                lambda: fig.sweep_figure(fixed, fm, gs),
+            )
+        ]
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        return _regime_table(run)
+
+
+@_register("pairwise")
+class PairwiseView(View):
+    title = "pairwise transfer"
+
+    def _table(self, run: Run) -> pd.DataFrame | None:
+        return run.table("pairwise.csv", "checkpoints/cells.csv")
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        rows = [
+            {
+                "method": m,
+                "pairs": str(v["cells"]),
+                "negative (TG < 0)": str(v["negative_cells"]),
+                "below −1": str(v["cells_below_minus_1"]),
+                "mean TG": pm(v["tg"]["mean"], v["tg"]["std"]),
+                "≥ +1 on every seed": ", ".join(v.get("positive_on_every_seed_ge_1", [])) or "—",
+            }
+            for m, v in r.get("methods", {}).items()
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        methods = (run.results or {}).get("methods", {})
+        return {
+            **super().summary(run),
+            "target": ", ".join((run.results or {}).get("domains", [])),
+            "method": "; ".join(f"{m}: mean TG {v['mean_tg']:+.2f}" for m, v in methods.items()),
+        }
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = self._table(run)
+        if table is None:
+            return []
+        limit = max(1.0, float(table.groupby(["method", "target", "aux"])["tg"].mean().abs().max()))
+        caption = (
+            "TG of training each row's target with each column's domain as the only "
+            "auxiliary task, mean over seeds (± std). Red cells (below 0) are negative "
+            "transfer; every method shares one colour scale."
+        )
+        return [
+            FigureSpec(
+                f"pairwise_{m}",
+                f"Pairwise transfer: {m}",
+                caption,
+                lambda m=m: fig.pairwise_figure(table, m, limit),
+            )
+            for m in table["method"].drop_duplicates()
+        ]
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        methods = (run.results or {}).get("methods", {})
+        if not methods:
+            return []
+        frame = pd.DataFrame({m: v.get("regime_per_target", {}) for m, v in methods.items()})
+        frame = frame.map(regime_text).rename_axis("target").reset_index()
+        return [TableSpec("Regime per target (over its auxiliary domains)", frame)]
+
+
+@_register("ternary")
+class TernaryView(View):
+    title = "ternary map of merged models"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        rows = [
+            {
+                "point": "best on validation",
+                "Λ": _weights(r["best"]["weights"]),
+                "TG vs STL (test)": num(r["best"]["tg"], signed=True),
+            },
+            {
+                "point": "best on test (hindsight)",
+                "Λ": _weights(r["best_test_point"]["weights"]),
+                "TG vs STL (test)": num(r["best_test_point"]["tg"], signed=True),
+            },
+            {
+                "point": "centre",
+                "Λ": _weights(r["centre"]["weights"]),
+                "TG vs STL (test)": num(r["centre"]["tg"], signed=True),
+            },
+        ]
+        rows += [
+            {"point": f"corner: {name}", "Λ": "", "TG vs STL (test)": num(v["tg"], signed=True)}
+            for name, v in r.get("corners", {}).items()
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        best = (run.results or {}).get("best") or {}
+        return {
+            **super().summary(run),
+            "method": f"merge Λ = {_weights(best.get('weights', []))}",
+            "tg": best.get("tg"),
+            "regime": sign_regime(best.get("tg")),
+        }
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("ternary.csv")
+        labels = run.config.get("branches")
+        if table is None or not labels:
+            return []
+        table = table.assign(best=table["best"].astype(str) == "True")
+        caption = (
+            "TG of the merged model Σ Λ_b θ_b at every point of the simplex; each corner is "
+            "one branch alone. Blue gains, red (below 0) is negative transfer; the star is "
+            "the point chosen on validation."
+        )
+        return [
+            FigureSpec(
+                "ternary",
+                "Merging three branches",
+                caption,
+                lambda: fig.ternary_figure(table, labels),
+            )
+        ]
+
+
+def _weights(w: list[float]) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in w) + ")"
+
+
+def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
+    """The overview of several runs: one row each, and TG bars where runs have a TG."""
+    rows = []
+    for run in runs:
+        s = view_for(run).summary(run)
+        rows.append(
+            {
+                "run": run.name,
+                "command": run.command,
+                "state": run.state,
+                "target": s["target"],
+                "method": s["method"],
+                "test acc (%)": num(s["test_acc"]),
+                "TG vs STL (test)": pm(s["tg"], s["tg_std"]),
+                "regime": s["regime"],
+                "_tg": s["tg"],
+                "_tg_std": s["tg_std"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    bars = frame[frame["_tg"].notna()]
+    specs = []
+    if len(bars) >= 2:
+        data = pd.DataFrame(
+            {
+                "label": [
+                    f"{r} ({m})" if len(str(m)) < 40 else r
+                    for r, m in zip(bars["run"], bars["method"])
+                ],
+                "tg": bars["_tg"].astype(float),
+                "tg_std": pd.to_numeric(bars["_tg_std"], errors="coerce"),
+            }
+        )
+        specs.append(
+            FigureSpec(
+                "comparison",
+                "Transfer gain of each run",
+                "TG of each run over the STL model of its own budget and seed (test accuracy "
+                "points; for sweeps the best λ). Red bars, left of 0, are negative transfer.",
+                lambda: fig.tg_bar_figure(data),
+            )
+        )
+    return frame.drop(columns=["_tg", "_tg_std"]), specs
+
+
+def iter_views() -> Iterator[str]:
+    return iter(VIEWS)
