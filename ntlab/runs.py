@@ -61,6 +61,15 @@ def device_description() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+_command_line: list[str] | None = None
+
+
+def set_command_line(words: list[str] | None) -> None:
+    """The command as the user gave it (set by the CLI once it has parsed the options)."""
+    global _command_line
+    _command_line = list(words) if words is not None else None
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -72,6 +81,7 @@ def environment() -> dict[str, Any]:
         "git_revision": git_revision(),
         "device": device_description(),
         "argv": sys.argv,
+        "command_line": _command_line,
     }
 
 

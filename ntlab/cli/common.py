@@ -18,7 +18,7 @@ from rich.table import Table
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
 from ntlab.report import check_format
-from ntlab.runs import RunDir, read_json
+from ntlab.runs import RunDir, read_json, set_command_line
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -128,7 +128,31 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     resolved["preset"] = preset_name
     if "format" in resolved:
         check_format(resolved["format"])
+    set_command_line(command_line(ctx))
     return resolved
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """`ntlab SUBCOMMAND --option value …` with the options given on the command line, in
+    their canonical spelling: what a report shows under "command" and a user can re-run."""
+    names, c = [], ctx
+    while c.parent is not None:
+        names.insert(0, c.info_name)
+        c = c.parent
+    words = ["ntlab", *names]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params.get(param.name)
+        if getattr(param, "is_flag", False) and isinstance(value, bool):
+            flags = param.opts if value else param.secondary_opts
+            words += flags[:1]
+            continue
+        long = max(param.opts, key=len)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            words += ([long] if param.param_type_name == "option" else []) + [str(item)]
+    return words
 
 
 def parse_numbers(text: str, option: str, kind: type = float) -> list:

@@ -97,14 +97,12 @@ def table_html(frame: pd.DataFrame) -> str:
 
 
 def _command_line(config: dict[str, Any]) -> str:
-    argv = list(config.get("environment", {}).get("argv") or [])
-    if not argv:
-        return f"ntlab {config.get('command', '')}"
-    first = Path(argv[0]).name
-    argv[0] = (
-        "ntlab" if first in ("ntlab", "__main__.py", "-m") or first.startswith("ntlab") else first
-    )
-    return shlex.join(argv)
+    env = config.get("environment", {})
+    words = env.get("command_line")
+    if not words:  # runs written before the command line was recorded
+        argv = list(env.get("argv") or [])
+        words = ["ntlab", *argv[1:]] if argv else ["ntlab", str(config.get("command", ""))]
+    return shlex.join(words)
 
 
 def _duration(run: Run) -> str:

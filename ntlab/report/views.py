@@ -639,7 +639,8 @@ class PairwiseView(View):
         return {
             **super().summary(run),
             "target": ", ".join((run.results or {}).get("domains", [])),
-            "method": "; ".join(f"{m}: mean TG {v['mean_tg']:+.2f}" for m, v in methods.items()),
+            "method": "mean TG: "
+            + ", ".join(f"{m} {num(v['mean_tg'], signed=True)}" for m, v in methods.items()),
         }
 
     def figures(self, run: Run) -> list[FigureSpec]:

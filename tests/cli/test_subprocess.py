@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.report_checks import check_report
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -52,6 +54,9 @@ def test_readme_commands_run_as_written(tiny_digits, tmp_path):
     assert finished, "the README examples wrote no run"
     for path in finished:
         assert json.loads((path.parent / "status.json").read_text())["state"] == "completed"
+        check_report(path.parent / "report.html")
+    for name, figures in (("b", 1), ("compare", 1 + 1 + 3 + 1), ("fm-svg", 3)):
+        check_report(tmp_path / "reports" / f"{name}.html", figures=figures)
 
 
 def test_usage_error_is_one_line_on_stderr(tmp_path):
