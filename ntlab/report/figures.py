@@ -157,6 +157,9 @@ def tsne_figure(table: pd.DataFrame) -> Figure:
         ax.set_title(f"λ={lam:g} (aux share {share:.0%})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+        for spine in ax.spines.values():  # a closed, light frame: t-SNE axes have no units
+            spine.set_visible(True)
+            spine.set_color("0.75")
     from matplotlib.lines import Line2D
 
     handles = [
