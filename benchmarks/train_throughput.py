@@ -59,7 +59,7 @@ def time_compute(state: TrainState, terms: list, steps: int, device: torch.devic
     sync(device)
     start = time.perf_counter()
     for step_batches in batches:
-        loss = (weights * term_losses(state.model, step_batches, heads)).sum()
+        loss = torch.stack(term_losses(state.model, step_batches, heads)[0]) @ weights
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()

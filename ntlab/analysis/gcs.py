@@ -124,9 +124,9 @@ def gcs_table(
     rows = []
     model.train()
     for b in range(opts.batches):
-        g_tgt = _grads(model, term_losses(model, [target_batches.next()], [[head]])[0], updated)
+        g_tgt = _grads(model, term_losses(model, [target_batches.next()], [[head]])[0][0], updated)
         if aux_batches is not None:
-            aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0]
+            aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0][0]
             g_aux = _grads(model, aux_loss, shared)
             g_aux.update({n: torch.zeros_like(params[n]) for n in updated if n not in shared})
         else:  # the regulariser ½‖θ‖²: its gradient is θ itself

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ntlab.core.rules import Rule, WeightedSum
 from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
 from ntlab.data.sampler import BatchSource, seeded_generator
@@ -55,27 +56,22 @@ def attach_sources(
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
-Rule = Callable[[torch.Tensor, TrainState], torch.Tensor]
 
 
 def term_losses(
     model: MultiTaskModel, batches: list[Batch], heads: list[list[int]]
-) -> torch.Tensor:
-    """One loss per term: a single backbone pass over all terms' batches, then each term's heads.
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One loss per term, and the backbone features they share: a single backbone pass over
+    all terms' batches (concatenated in term order), then each term's heads.
 
     Concatenating is exact with the per-sample normalisation of the default backbone
     (GroupNorm); a BatchNorm backbone would see the terms' batches pooled.
     """
     x = images_to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
-    features = model.features(x).split([len(b[1]) for b in batches])
-    return torch.stack(
-        [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(features, batches, heads)]
-    )
-
-
-def weighted_sum(weights: torch.Tensor) -> Rule:
-    """The static rule Σ_k ν_k L_k."""
-    return lambda losses, _state: (weights * losses).sum()
+    features = model.features(x)
+    parts = features.split([len(b[1]) for b in batches])
+    losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
+    return losses, features
 
 
 def train(
@@ -88,7 +84,12 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainState:
-    """Take `steps` optimiser steps from `state` (in place) and return it."""
+    """Take `steps` optimiser steps from `state` (in place) and return it.
+
+    The rule turns each step's per-term losses into gradients (default: Σ_k ν_k L_k with the
+    terms' weights). `on_log` gets the mean loss of each term over the last `log_every`
+    steps, and, for rules that weigh terms, their mean weight (as `<term>:weight`).
+    """
     terms = active_terms(terms)
     if not terms:
         raise NtlabError("every task weight is 0: nothing to train")
@@ -99,25 +100,33 @@ def train(
     sources = [state.sources[t.name] for t in terms]
     present = [[model.head_index(task) for task in t.tasks] for t in terms]
     device = next(model.parameters()).device
-    weights = torch.tensor([t.weight for t in terms], device=device)
-    rule = rule or weighted_sum(weights)
+    static = rule is None
+    rule = rule or WeightedSum(torch.tensor([t.weight for t in terms], device=device))
     running = torch.zeros(len(terms), device=device)
+    weight_sum = torch.zeros(len(terms), device=device)
     seen = 0
     model.train()
     for i in range(steps):
-        losses = term_losses(model, [src.next() for src in sources], present)
-        loss = rule(losses, state)
+        losses, features = term_losses(model, [src.next() for src in sources], present)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        weights = rule.backward(losses, features, state.step)
         optimizer.step()
         state.step += 1
         state.apply_schedule()
-        running += losses.detach()
+        running += torch.stack(losses).detach()
+        if weights is not None:
+            weight_sum += weights.detach().to(device)
         seen += 1
         if on_log and (state.step % log_every == 0 or i == steps - 1):
             means = (running / seen).tolist()
-            on_log(state.step, {t.name: v for t, v in zip(terms, means)})
+            logged = {t.name: v for t, v in zip(terms, means)}
+            if not static:
+                logged |= {
+                    f"{t.name}:weight": v for t, v in zip(terms, (weight_sum / seen).tolist())
+                }
+            on_log(state.step, logged)
             running.zero_()
+            weight_sum.zero_()
             seen = 0
         if on_step:
             on_step(state.step)

@@ -42,11 +42,11 @@ def test_one_step_params_match_a_manual_sgd_step(pretrained):
         zip(
             names,
             torch.autograd.grad(
-                term_losses(model, [source.next()], [[head]])[0], [params[n] for n in names]
+                term_losses(model, [source.next()], [[head]])[0][0], [params[n] for n in names]
             ),
         )
     )
-    aux_loss = term_losses(model, [aux_source.next()], [[model.head_index("mnist")]])[0]
+    aux_loss = term_losses(model, [aux_source.next()], [[model.head_index("mnist")]])[0][0]
     g_a = dict(
         zip(
             names,
@@ -105,7 +105,7 @@ def test_weight_decay_gradient_is_the_parameters(pretrained):
     head = model.head_index("optdigits")
     source = BatchSource([data["optdigits"]], [head], 16, seeded_generator(0, "gcs:optdigits"))
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    grads = torch.autograd.grad(term_losses(model, [source.next()], [[head]])[0], backbone)
+    grads = torch.autograd.grad(term_losses(model, [source.next()], [[head]])[0][0], backbone)
     g = torch.cat([x.reshape(-1) for x in grads])
     theta = torch.cat([p.detach().reshape(-1) for p in backbone])
     expected = (g @ theta / (g.norm() * theta.norm())).item()
