@@ -54,3 +54,22 @@ def regime_of_gains(gains: Iterable[float]) -> str:
     if max(values) <= 0:
         return "strong_negative"
     return "weak_negative" if min(values) < 0 else "positive"
+
+
+def delta_m(
+    method: Mapping[str, Mapping[str, float]],
+    base: Mapping[str, Mapping[str, float]],
+    lower_is_better: Iterable[tuple[str, str]] = (),
+) -> float:
+    """Δm in percent (App. C.1): the mean relative change of every metric against the
+    baseline `base` (STL), sign-flipped where lower is better; the metrics of one task are
+    averaged first, then the tasks. `method[task][metric]` holds the values."""
+    lower = set(lower_is_better)
+    per_task = []
+    for task, metrics in base.items():
+        changes = []
+        for name, b in metrics.items():
+            sign = -1.0 if (task, name) in lower else 1.0
+            changes.append(sign * (method[task][name] - b) / b)
+        per_task.append(sum(changes) / len(changes))
+    return 100.0 * sum(per_task) / len(per_task)

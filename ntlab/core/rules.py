@@ -31,6 +31,7 @@ class RuleContext:
     # Target validation batches (images, labels, heads), for rules that look at held-out
     # target data (Auto-λ); None where the training has none.
     val_batches: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    current_lr: Callable[[], float] | None = None  # the learning rate of the coming step
 
     @property
     def device(self) -> torch.device:
@@ -46,11 +47,12 @@ class Rule:
     `backward` returns the weight each term received this step (for the training log), or
     None where weights do not describe the rule. `features` is the backbone output of all
     terms' batches, concatenated in term order (what gradient-balancing rules differentiate
-    through).
+    through); `batches` are those batches (for rules that evaluate the losses elsewhere).
+    `step` counts the steps taken before this one.
     """
 
     def backward(
-        self, losses: list[torch.Tensor], features: torch.Tensor, step: int
+        self, losses: list[torch.Tensor], features: torch.Tensor, step: int, batches: list
     ) -> torch.Tensor | None:
         raise NotImplementedError
 
@@ -61,7 +63,7 @@ class WeightedSum(Rule):
     def __init__(self, weights: torch.Tensor) -> None:
         self.weights = weights
 
-    def backward(self, losses, features, step):
+    def backward(self, losses, features, step, batches):
         (torch.stack(losses) @ self.weights).backward()
         return self.weights
 

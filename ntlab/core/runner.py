@@ -15,9 +15,11 @@ import torch
 
 from ntlab import __version__
 from ntlab.core.evaluate import evaluate
+from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
 from ntlab.core.train import LossTerm, active_terms, attach_sources, train
 from ntlab.data import TaskData, get_benchmark
+from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.methods import get_method
 from ntlab.metrics import transfer_gain
@@ -165,17 +167,23 @@ def run_training(
     data = get_benchmark(cfg.benchmark).load(tasks, device)
     state = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
     attach_sources(state, terms, data, cfg.batch_size, cfg.seed)
+    rule = build_rule(cfg, state, terms, data)
     rows: list[dict] = []
 
-    def log(step: int, losses: dict[str, float]) -> None:
-        for name, value in losses.items():
+    def log(step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            task, _, metric = name.partition(":")
             rows.append(
-                {"step": step, "task": name, "split": "train", "metric": "loss", "value": value}
-            )
+                {"step": step, "task": task, "split": "train", "metric": metric or "loss",
+                 "value": value}
+            )  # fmt: skip
 
     while state.step < cfg.steps:
         chunk = min(cfg.eval_every, cfg.steps - state.step)
-        train(state, terms, chunk, log_every=min(50, cfg.eval_every), on_log=log, on_step=on_step)
+        train(
+            state, terms, chunk, rule, log_every=min(50, cfg.eval_every), on_log=log,
+            on_step=on_step,
+        )  # fmt: skip
         if state.step < cfg.steps:
             rows += metric_rows(
                 state.step,
@@ -203,6 +211,35 @@ def run_training(
         "tasks": per_task,
     }
     return TrainOutcome(state, data, rows, results)
+
+
+def build_rule(
+    cfg: TrainConfig, state: TrainState, terms: list[LossTerm], data: dict[str, TaskData]
+) -> Rule | None:
+    """The method's rule for this training (None for the static methods)."""
+    method = get_method(cfg.method)
+    if method.rule is None:
+        return None
+    model = state.model
+    target = data[cfg.target]
+    head = model.head_index(cfg.target)
+    val = BatchSource(
+        [TaskData(target.name, target.num_classes, {"train": target.splits["val"]})],
+        [head],
+        cfg.batch_size,
+        seeded_generator(cfg.seed, f"val:{cfg.target}"),
+    )
+    ctx = RuleContext(
+        model=model,
+        term_names=[t.name for t in terms],
+        term_heads=[[model.head_index(task) for task in t.tasks] for t in terms],
+        steps=cfg.steps,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        val_batches=val.next,
+        current_lr=lambda: state.optimizer.param_groups[0]["lr"],
+    )
+    return method.rule(ctx)
 
 
 # --- trainings shared through a cache (above all the STL baselines) ---------------------

@@ -107,9 +107,10 @@ def train(
     seen = 0
     model.train()
     for i in range(steps):
-        losses, features = term_losses(model, [src.next() for src in sources], present)
+        batches = [src.next() for src in sources]
+        losses, features = term_losses(model, batches, present)
         optimizer.zero_grad(set_to_none=True)
-        weights = rule.backward(losses, features, state.step)
+        weights = rule.backward(losses, features, state.step, batches)
         optimizer.step()
         state.step += 1
         state.apply_schedule()

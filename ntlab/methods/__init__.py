@@ -1,6 +1,15 @@
-"""Weighting methods: each turns (target, auxiliary tasks, λ) into weighted loss terms.
+"""Weighting methods: each turns (target, auxiliary tasks, λ) into weighted loss terms and,
+for the adaptive ones, a rule that sets the gradients of every step.
 
-Registered by name; the CLI's choices and help text come from this registry.
+Registered by name (`METHODS`); the CLI's choices and help text come from this registry.
+Every method trains in the one training loop (`ntlab.core.train.train`):
+
+- static: `stl`, `ew`, `fixed` (Σ_k ν_k L_k with fixed ν);
+- loss weighting: `uw`, `dwa`, `gradnorm`, `rlw` (ν_k change during training);
+- gradient balancing: `mgda`, `pcgrad`, `imtl`, `cagrad`, `nashmtl`, `gradvac`, `upgrad`,
+  `aligned-mtl` (TorchJD's aggregators of the per-task gradients on the shared backbone);
+- auxiliary-task methods: `gcs`, `ol-aux`, `arml`, `auto-lambda`, `post-train` (the target
+  is the primary task; the auxiliary tasks are weighted for its sake).
 """
 
 from __future__ import annotations
@@ -8,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.train import LossTerm
 from ntlab.registry import Registry
 
 AUX_TERM = "aux"  # the name of the mixed auxiliary term of Eq. 1
+KINDS = ("static", "loss weighting", "gradient balancing", "auxiliary")
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,8 @@ class Method:
     uses_aux: bool
     build_terms: Callable[[str, list[str], float], list[LossTerm]]
     uses_lam: bool = False
+    kind: str = "static"
+    rule: Callable[[RuleContext], Rule] | None = None  # None: the static weighted sum
 
     def terms(self, target: str, aux: list[str], lam: float = 1.0) -> list[LossTerm]:
         return self.build_terms(target, aux if self.uses_aux else [], lam)
@@ -33,6 +46,18 @@ def register_method(name: str, summary: str, uses_aux: bool = True, uses_lam: bo
     def decorator(fn: Callable[[str, list[str], float], list[LossTerm]]):
         METHODS.register(name)(Method(name, summary, uses_aux, fn, uses_lam))
         return fn
+
+    return decorator
+
+
+def register_rule(name: str, summary: str, kind: str):
+    """Register an adaptive method: one term per task (as EW), gradients from its rule."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown method kind {kind!r}")
+
+    def decorator(factory: Callable[[RuleContext], Rule]):
+        METHODS.register(name)(Method(name, summary, True, _ew, kind=kind, rule=factory))
+        return factory
 
     return decorator
 
@@ -64,3 +89,7 @@ def _fixed(target: str, aux: list[str], lam: float) -> list[LossTerm]:
 
 def get_method(name: str) -> Method:
     return METHODS.get(name)
+
+
+# The adaptive methods register themselves on import.
+from ntlab.methods import auxiliary, balancing, weighting  # noqa: E402, F401
