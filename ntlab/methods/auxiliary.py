@@ -94,18 +94,21 @@ class AuxiliaryReweighting(_JacobianRule):
     learning"), Eq. 6: auxiliary weights α that minimise ‖g_0 − Σ_{k≥1} α_k g_k‖², kept on
     {α ≥ 0, Σ α = K − 1}; w_0 = 1.
 
-    Deviations: α follows Adam (lr 0.01) on that objective, projected back after each step,
-    instead of the paper's Langevin dynamics (no injected noise).
+    Deviations: projected gradient descent on that objective (step 0.01), divided by
+    ‖g_0‖² so that the step has no units, instead of the paper's Langevin dynamics (no
+    injected noise).
     """
 
     def __init__(self, ctx: RuleContext) -> None:
         super().__init__(ctx)
-        self.alpha = torch.ones(self.k - 1, device=ctx.device, requires_grad=True)
-        self.optimizer = torch.optim.Adam([self.alpha], lr=float(ctx.option("arml_lr", 0.01)))
+        self.alpha = torch.ones(self.k - 1, device=ctx.device)
+        self.lr = float(ctx.option("arml_lr", 0.01))
 
     @staticmethod
-    def objective(alpha: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
-        return (jac[0] - alpha @ jac[1:]).pow(2).sum()
+    def objective_grad(alpha: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+        """∇_α ‖g_0 − α·G‖² / ‖g_0‖² = −2 G (g_0 − α·G) / ‖g_0‖²."""
+        residual = jac[0] - alpha @ jac[1:]
+        return -2 * (jac[1:] @ residual) / jac[0].pow(2).sum().clamp_min(1e-30)
 
     @staticmethod
     def project(alpha: torch.Tensor) -> torch.Tensor:
@@ -119,12 +122,9 @@ class AuxiliaryReweighting(_JacobianRule):
         return (alpha - theta).clamp_min(0.0)
 
     def weights(self, jac, step):
-        used = torch.cat([torch.ones(1, device=jac.device), self.alpha.detach()])
-        self.optimizer.zero_grad(set_to_none=True)
-        self.objective(self.alpha, jac.detach()).backward()
-        self.optimizer.step()
-        with torch.no_grad():
-            self.alpha.copy_(self.project(self.alpha))
+        used = torch.cat([torch.ones(1, device=jac.device), self.alpha])
+        step_ = self.alpha - self.lr * self.objective_grad(self.alpha, jac.detach())
+        self.alpha = self.project(step_)
         return used
 
 

@@ -178,14 +178,14 @@ def test_arml_weights_converge_to_the_constrained_least_squares_solution():
         device = torch.device("cpu")
 
         def option(self, name, default):
-            return {"arml_lr": 0.02}.get(name, default)
+            return default
 
     rule = AuxiliaryReweighting(Ctx())
     jac = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    for step in range(3000):
+    for step in range(500):
         rule.weights(jac, step)
     # min (1 − α1)² + α2² subject to α1 + α2 = 2, α ≥ 0 → α = (1.5, 0.5)
-    assert rule.alpha.detach().tolist() == pytest.approx([1.5, 0.5], abs=0.02)
+    assert rule.alpha.tolist() == pytest.approx([1.5, 0.5], abs=1e-3)
 
 
 # --- Δm -------------------------------------------------------------------------------------
