@@ -12,6 +12,7 @@ from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli import maps as maps_cli
 from ntlab.cli.common import err_console
+from ntlab.cli.compare import compare_command
 from ntlab.cli.report import report_command
 from ntlab.cli.train import train_command
 
@@ -33,6 +34,7 @@ app.command("tsne")(analysis_cli.tsne_command)
 app.command("sweep")(maps_cli.sweep_command)
 app.command("pairwise")(maps_cli.pairwise_command)
 app.command("ternary")(maps_cli.ternary_command)
+app.command("compare")(compare_command)
 app.command("report")(report_command)
 
 

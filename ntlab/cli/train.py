@@ -9,6 +9,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ntlab.analysis.compare import PROCEDURES, check_method, method_row
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -20,6 +21,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
 )
+from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import (
     MODEL_FILE,
     run_training,
@@ -33,7 +35,10 @@ from ntlab.data import get_benchmark
 from ntlab.methods import METHODS
 from ntlab.runs import RunDir
 
-METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS)
+METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS) + (
+    "; grid-search: the fixed-λ grid (--lams of sweep's default), λ chosen on validation; "
+    "forkmerge: ForkMerge with one branch per auxiliary task (defaults of forkmerge train)"
+)
 
 
 def _train_options(
@@ -50,6 +55,7 @@ def _train_options(
         bool,
         typer.Option(help="Compute transfer gain against the STL run (cached) of the same budget."),
     ] = True,
+    merge_every: opt.MergeEvery = None,
 ) -> None: ...
 
 
@@ -65,6 +71,9 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     with guarded():
         opts = resolve_options(ctx, values)
         bench = get_benchmark(opts["benchmark"])
+        check_method(opts["method"])
+        if opts["method"] in PROCEDURES:
+            return _train_procedure(opts, bench)
         cfg = opt.train_config(opts, bench.tasks())
         validate(cfg)
         bench.fingerprint()  # fails early, with the fix, when the data is not prepared
@@ -114,3 +123,51 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
         )
     console.print(table)
     print_paths(path)
+
+
+def _train_procedure(opts: dict, bench) -> None:
+    """`--method grid-search|forkmerge`: several trainings (cached), reported as one."""
+    method = opts["method"]
+    cfg = opt.train_config(opts, bench.tasks(), method="ew")
+    validate(cfg)
+    fm = ForkMergeOptions(merge_every=opts["merge_every"])
+    if method == "forkmerge":
+        validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
+    bench.fingerprint()
+    run = RunDir(
+        opts["out"] or default_out("train", method, cfg.target), overwrite=opts["overwrite"]
+    )
+    with guarded(run):
+        run.start(
+            "train",
+            {
+                "train": {**asdict(cfg), "method": method},
+                "preset": opts["preset"],
+                "data": bench.fingerprint(),
+            },
+        )  # noqa: E501
+        with StepProgress(opts["quiet"]) as progress:
+
+            def on_run(label, run_cfg):
+                total = run_cfg.steps * (len(run_cfg.aux) + 1 if label == "forkmerge" else 1)
+                return progress.callback(f"{label} → {run_cfg.target}", total)
+
+            row = method_row(cfg, method, cfg.seed, fm, on_run=on_run)
+        results = {
+            "target": cfg.target,
+            "method": method,
+            "aux": cfg.aux,
+            "steps": cfg.steps,
+            "val_acc": row["val_acc"],
+            "test_acc": row["test_acc"],
+            "stl": {
+                "val_acc": row["stl_val_acc"],
+                "test_acc": row["stl_test_acc"],
+                "source": "cache",
+            },
+            "transfer_gain": row["tg"],
+            "transfer_gain_val": row["tg_val"],
+            **({"lam": row["lam"]} if "lam" in row else {}),
+        }
+        complete(run, results, opts["format"])
+        print_summary(results, run.path, opts["quiet"])

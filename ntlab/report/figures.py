@@ -356,7 +356,9 @@ def search_figure(search: pd.DataFrame) -> Figure:
     return fig
 
 
-def tg_bar_figure(frame: pd.DataFrame) -> Figure:
+def tg_bar_figure(
+    frame: pd.DataFrame, title: str = "Transfer gain per run (below 0: negative transfer)"
+) -> Figure:
     """TG per labelled row (columns `label`, `tg` and optionally `tg_std`) as horizontal bars,
     sorted, gains in blue and losses in red, with seed std as error bars."""
     frame = frame.sort_values("tg")
@@ -367,6 +369,6 @@ def tg_bar_figure(frame: pd.DataFrame) -> Figure:
     ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
     ax.axvline(0, color="0.3", linewidth=0.8)
     ax.set_xlabel("TG vs STL (test accuracy points)")
-    ax.set_title("Transfer gain per run (below 0: negative transfer)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.spines["left"].set_visible(False)
     return fig

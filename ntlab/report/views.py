@@ -733,6 +733,73 @@ class TernaryView(View):
         ]
 
 
+@_register("compare")
+class CompareView(View):
+    title = "methods compared"
+
+    def headline(self, run: Run) -> pd.DataFrame | None:
+        r = run.results
+        if not r:
+            return None
+        rows = []
+        for rank, method in enumerate(r["ranking"], start=1):
+            v = r["methods"][method]
+            lams = v.get("lam_per_seed")
+            rows.append(
+                {
+                    "rank": str(rank),
+                    "method": method
+                    + (f" (λ = {', '.join(lam_text(x) for x in lams)})" if lams else ""),
+                    "test acc (%)": pm(v["test_acc"]["mean"], v["test_acc"]["std"], signed=False),
+                    "TG vs STL (test)": pm(v["tg"]["mean"], v["tg"]["std"]),
+                    "Δm (%)": pm(v["delta_m"]["mean"], v["delta_m"]["std"]),
+                    "seeds": str(v["seeds"]),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        r = run.results or {}
+        best = (r.get("ranking") or [""])[0]
+        stat = (r.get("methods") or {}).get(best, {})
+        return {
+            **super().summary(run),
+            "method": f"best: {best}"
+            + (f"; forkmerge #{r['forkmerge_rank']}" if "forkmerge_rank" in r else ""),
+            "tg": stat.get("tg", {}).get("mean"),
+            "tg_std": stat.get("tg", {}).get("std"),
+            "regime": sign_regime(stat.get("tg", {}).get("mean")),
+        }
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("compare.csv")
+        if table is not None:
+            tg = table[table["metric"] == "tg"].groupby("method", sort=False)["value"]
+            data = pd.DataFrame({"tg": tg.mean(), "tg_std": tg.std(ddof=1)}).reset_index()
+        else:  # a run that stopped early: its finished (method, seed) rows
+            rows = run.table("checkpoints/rows.csv")
+            if rows is None:
+                return []
+            tg = rows.groupby("method", sort=False)["tg"]
+            data = pd.DataFrame({"tg": tg.mean(), "tg_std": tg.std(ddof=1)}).reset_index()
+        data = data.rename(columns={"method": "label"})
+        caption = (
+            "TG of each method over the STL model of the same budget and seed (test accuracy "
+            "points), mean ± std over seeds. Red bars, left of 0, are negative transfer: the "
+            "method did worse than training the target alone."
+        )
+        return [
+            FigureSpec(
+                "compare",
+                "Transfer gain per method",
+                caption,
+                lambda: fig.tg_bar_figure(
+                    data, "Transfer gain per method (below 0: negative transfer)"
+                ),
+            )
+        ]
+
+
 def _weights(w: list[float]) -> str:
     return "(" + ", ".join(f"{x:g}" for x in w) + ")"
 

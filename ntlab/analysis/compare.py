@@ -1,0 +1,130 @@
+"""`ntlab compare`: every method on one target with the same model, data, budget and seeds.
+
+Each method is a training of the shared core (cached, like every training: STL runs once per
+seed and is reused); `grid-search` is the sweep's best λ chosen on validation and `forkmerge`
+is ForkMerge with per-task branches (Eq. 12), both with the same budget per training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import pandas as pd
+
+from ntlab.analysis.sweep import DEFAULT_LAMS, forkmerge_rows, grid_search_choice, lambda_grid_table
+from ntlab.core.forkmerge import ForkMergeOptions
+from ntlab.core.runner import TrainConfig, cached_run, stl_config
+from ntlab.errors import NtlabError
+from ntlab.methods import METHODS
+from ntlab.metrics import transfer_gain
+
+PROCEDURES = ("grid-search", "forkmerge")  # methods made of several trainings
+NOT_IN_ALL = ("fixed",)  # needs a λ: grid-search is its fair form
+OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
+
+
+def method_names() -> list[str]:
+    """Every method `compare` and `train` accept, in the registry's order."""
+    return [*METHODS, *PROCEDURES]
+
+
+def all_methods() -> list[str]:
+    return [m for m in method_names() if m not in NOT_IN_ALL]
+
+
+def parse_methods(text: str) -> list[str]:
+    """`all` or a comma list of known method names (stl is always added: the reference)."""
+    if text.strip() == "all":
+        names = all_methods()
+    else:
+        names = [m.strip() for m in text.split(",") if m.strip()]
+        if not names:
+            raise NtlabError("--methods is empty; give method names separated by commas, or all")
+        for name in names:
+            check_method(name)
+        if len(set(names)) != len(names):
+            raise NtlabError("--methods lists a method twice")
+    return ["stl", *[m for m in names if m != "stl"]]
+
+
+def check_method(name: str) -> str:
+    if name not in method_names():
+        raise NtlabError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    return name
+
+
+def method_row(
+    base: TrainConfig,
+    method: str,
+    seed: int,
+    fm: ForkMergeOptions,
+    lams: Sequence[float] = DEFAULT_LAMS,
+    on_run: OnRun | None = None,
+) -> dict:
+    """One method, one seed: val/test accuracy of the target and TG against STL."""
+    cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
+    stl, _ = cached_run(stl_config(cfg), on_run("stl", cfg) if on_run else None)
+    extra: dict = {}
+    if method == "grid-search":
+        table = lambda_grid_table(cfg, lams, [seed], on_run)
+        chosen = grid_search_choice(table).iloc[0]
+        row = table[(table["lam"] == chosen["lam"]) & (table["seed"] == seed)].iloc[0]
+        val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
+        extra["lam"] = float(chosen["lam"])
+    elif method == "forkmerge":
+        row = forkmerge_rows(cfg, [seed], fm, on_run).iloc[0]
+        val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
+    else:
+        run_cfg = TrainConfig(**{**asdict(cfg), "method": method, "lam": base.lam})
+        results, source = cached_run(run_cfg, on_run(method, run_cfg) if on_run else None)
+        val_acc, test_acc = results["val_acc"], results["test_acc"]
+    return {
+        "method": method,
+        "seed": seed,
+        "val_acc": float(val_acc),
+        "test_acc": float(test_acc),
+        "stl_val_acc": float(stl["val_acc"]),
+        "stl_test_acc": float(stl["test_acc"]),
+        "tg": transfer_gain(float(test_acc), stl["test_acc"]),
+        "tg_val": transfer_gain(float(val_acc), stl["val_acc"]),
+        "source": source,
+        **extra,
+    }
+
+
+def tidy(rows: pd.DataFrame) -> pd.DataFrame:
+    """compare.csv: one row per (method, seed, metric)."""
+    metrics = ["val_acc", "test_acc", "tg", "tg_val", "delta_m"]
+    frame = rows.assign(
+        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
+    )
+    return frame.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
+
+
+def compare_summary(rows: pd.DataFrame) -> dict:
+    """Per method: accuracy and TG mean ± seed std, Δm (App. C.1; one target metric, so the
+    relative change of accuracy against STL, in %); methods ranked by mean TG."""
+    frame = rows.assign(
+        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
+    )
+    grouped = frame.groupby("method", sort=False)
+    stats = {}
+    for method, group in grouped:
+        entry = {"seeds": len(group)}
+        for column in ("test_acc", "val_acc", "tg", "delta_m"):
+            values = group[column]
+            entry[column] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            }
+        if "lam" in group and group["lam"].notna().any():
+            entry["lam_per_seed"] = [float(x) for x in group["lam"]]
+        stats[method] = entry
+    ranking = sorted(stats, key=lambda m: stats[m]["tg"]["mean"], reverse=True)
+    out = {"methods": stats, "ranking": ranking}
+    if "forkmerge" in stats:
+        out["forkmerge_rank"] = ranking.index("forkmerge") + 1
+        others = [m for m in ranking if m not in ("forkmerge", "stl")]
+        out["forkmerge_leads"] = bool(others) and ranking[0] == "forkmerge"
+    return out

@@ -1,0 +1,136 @@
+"""`ntlab compare`: every method on one target, one table (the paper's Table 2 on your data)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from ntlab.analysis import compare as cmp
+from ntlab.analysis.common import check_lams
+from ntlab.cli import options as opt
+from ntlab.cli.common import (
+    StepProgress,
+    complete,
+    console,
+    default_out,
+    guarded,
+    parse_numbers,
+    parse_seeds,
+    print_paths,
+    resolve_options,
+    results_table,
+    run_record,
+)
+from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
+from ntlab.core.runner import validate
+from ntlab.data import get_benchmark
+from ntlab.runs import RunDir, atomic_write_text
+
+ROWS = Path("checkpoints") / "rows.csv"
+
+
+def _compare_options(
+    target: opt.Target,
+    aux: opt.Aux = "all",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Methods, comma-separated, or `all` (every method but `fixed`; stl is always "
+            f"run as the reference). Known: {', '.join(cmp.method_names())}."
+        ),
+    ] = "all",
+    seeds: opt.Seeds = "0",
+    lams: Annotated[
+        str, typer.Option(help="λ grid of `grid-search` (the λ is chosen on validation).")
+    ] = "0,0.0625,0.125,0.25,0.5,1,2",
+    merge_every: opt.MergeEvery = None,
+) -> None: ...
+
+
+@opt.command(_compare_options, opt.training_options, opt.run_options, exclude=("seed",))
+def compare_command(ctx: typer.Context, values: dict) -> None:
+    """Run every method on one target with the same model, data, budget and seeds.
+
+    Each (method, seed) is one training of the shared core, cached (STL runs once per seed);
+    grid-search trains the λ grid and keeps the λ best on validation; forkmerge uses one
+    branch per auxiliary task (Eq. 12). Writes compare.csv (method, seed, metric, value),
+    compare.png (TG per method, mean ± seed std), results.json (per method: accuracy, TG
+    and Δm mean ± std; the ranking) and prints the table sorted by TG.
+    """
+    with guarded():
+        opts = resolve_options(ctx, values)
+        bench = get_benchmark(opts["benchmark"])
+        cfg = opt.train_config(opts, bench.tasks(), method="ew", seed=0)
+        validate(cfg)
+        methods = cmp.parse_methods(opts["methods"])
+        seeds = parse_seeds(opts["seeds"])
+        lams = check_lams(parse_numbers(opts["lams"], "--lams"))
+        fm = ForkMergeOptions(merge_every=opts["merge_every"])
+        if "forkmerge" in methods:
+            validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
+        bench.fingerprint()
+        record = run_record(
+            opts, cfg, bench, methods=methods, seeds=seeds, lams=lams, forkmerge=asdict(fm)
+        )
+        run = RunDir(opts["out"] or default_out("compare", cfg.target), overwrite=opts["overwrite"])
+    with guarded(run):
+        run.start("compare", record)
+        (run.path / ROWS).unlink(missing_ok=True)
+        cells = [(m, s) for m in methods for s in seeds]
+        rows = []
+        with StepProgress(opts["quiet"]) as progress:
+            overall = progress.callback(
+                f"compare → {cfg.target}: {len(cells)} runs", len(cells), unit="runs", every=1
+            )
+
+            def on_run(label, run_cfg):
+                total = run_cfg.steps * (len(run_cfg.aux) + 1 if label == "forkmerge" else 1)
+                return progress.callback(f"{label} seed {run_cfg.seed}", total)
+
+            for i, (method, seed) in enumerate(cells):
+                rows.append(cmp.method_row(cfg, method, seed, fm, lams, on_run))
+                atomic_write_text(run.path / ROWS, pd.DataFrame(rows).to_csv(index=False))
+                if overall:
+                    overall(i + 1)
+        table = pd.DataFrame(rows)
+        run.write_table("compare.csv", cmp.tidy(table))
+        summary = cmp.compare_summary(table)
+        trained = int((table["source"] == "run").sum())
+        results = {
+            "target": cfg.target,
+            "aux": cfg.aux,
+            "steps": cfg.steps,
+            "seeds": seeds,
+            **summary,
+            "runs_trained": trained,
+            "runs_from_cache": len(table) - trained,
+        }
+        complete(run, results, opts["format"])
+        _print(results, run.path, opts["quiet"])
+
+
+def _print(results: dict, path: Path, quiet: bool) -> None:
+    if quiet:
+        console.print(str(path))
+        return
+    several = len(results["seeds"]) > 1
+
+    def pm(stat: dict, signed: bool = False) -> str:
+        text = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
+        return text + (f" ± {stat['std']:.2f}" if several else "")
+
+    table = results_table(
+        f"compare → {results['target']} ({results['steps']} steps, "
+        f"{len(results['seeds'])} seed{'s' if several else ''}), sorted by TG",
+        ["method", "test acc", "TG vs STL", "Δm (%)"],
+        left=("method",),
+    )
+    for method in results["ranking"]:
+        stat = results["methods"][method]
+        table.add_row(method, pm(stat["test_acc"]), pm(stat["tg"], True), pm(stat["delta_m"], True))
+    console.print(table)
+    print_paths(path)
