@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("sweep", ["sweep", "--target", TARGET, "--with-forkmerge"]),
     ("pairwise", ["pairwise", "--method", "ew,forkmerge"]),
     ("ternary", ["ternary", "--target", TARGET, "--aux", "mnist,syn"]),
+    ("compare", ["compare", "--target", TARGET, "--methods", "all"]),
 ]
 
 
