@@ -16,7 +16,7 @@ from ntlab.analysis.sweep import DEFAULT_LAMS, forkmerge_rows, grid_search_choic
 from ntlab.core.forkmerge import ForkMergeOptions
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError
-from ntlab.methods import METHODS
+from ntlab.methods import KINDS, METHODS
 from ntlab.metrics import transfer_gain
 
 PROCEDURES = ("grid-search", "forkmerge")  # methods made of several trainings
@@ -25,8 +25,10 @@ OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
 
 
 def method_names() -> list[str]:
-    """Every method `compare` and `train` accept, in the registry's order."""
-    return [*METHODS, *PROCEDURES]
+    """Every method `compare` and `train` accept: static, loss weighting, gradient
+    balancing, auxiliary-task methods, then grid-search and forkmerge."""
+    ordered = sorted(METHODS, key=lambda m: KINDS.index(METHODS.get(m).kind))
+    return [*ordered, *PROCEDURES]
 
 
 def all_methods() -> list[str]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from ntlab.analysis.compare import PROCEDURES, check_method, method_row
+from ntlab.analysis.compare import PROCEDURES, check_method, method_names, method_row
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -35,7 +35,9 @@ from ntlab.data import get_benchmark
 from ntlab.methods import METHODS
 from ntlab.runs import RunDir
 
-METHOD_HELP = "; ".join(f"{m}: {METHODS.get(m).summary}" for m in METHODS) + (
+METHOD_HELP = "; ".join(
+    f"{m}: {METHODS.get(m).summary}" for m in method_names() if m in METHODS
+) + (
     "; grid-search: the fixed-λ grid (--lams of sweep's default), λ chosen on validation; "
     "forkmerge: ForkMerge with one branch per auxiliary task (defaults of forkmerge train)"
 )
