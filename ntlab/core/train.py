@@ -104,7 +104,7 @@ def train(
     rule = rule or WeightedSum(torch.tensor([t.weight for t in terms], device=device))
     running = torch.zeros(len(terms), device=device)
     weight_sum = torch.zeros(len(terms), device=device)
-    seen = 0
+    seen = weighed = 0
     model.train()
     for i in range(steps):
         batches = [src.next() for src in sources]
@@ -117,18 +117,18 @@ def train(
         running += torch.stack(losses).detach()
         if weights is not None:
             weight_sum += weights.detach().to(device)
+            weighed += 1
         seen += 1
         if on_log and (state.step % log_every == 0 or i == steps - 1):
             means = (running / seen).tolist()
             logged = {t.name: v for t, v in zip(terms, means)}
-            if not static:
-                logged |= {
-                    f"{t.name}:weight": v for t, v in zip(terms, (weight_sum / seen).tolist())
-                }
+            if not static and weighed == seen:  # every step of the window reported weights
+                mean_w = (weight_sum / seen).tolist()
+                logged |= {f"{t.name}:weight": v for t, v in zip(terms, mean_w)}
             on_log(state.step, logged)
             running.zero_()
             weight_sum.zero_()
-            seen = 0
+            seen = weighed = 0
         if on_step:
             on_step(state.step)
     return state
