@@ -224,37 +224,23 @@ def _training_spec(run: Run) -> list[FigureSpec]:
 
 
 def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
-    rows = [
-        {
-            "model": main,
-            "val acc (%)": num(r.get("val_acc")),
-            "test acc (%)": num(r.get("test_acc")),
-            "TG vs STL (test)": num(r.get("transfer_gain"), signed=True),
-            "regime": sign_regime(r.get("transfer_gain")),
+    """The run's model, then the EW and STL runs it is compared with (where recorded)."""
+
+    def row(label: str, d: dict[str, Any], baseline: bool = False) -> dict[str, str]:
+        tg = d.get("transfer_gain")
+        return {
+            "model": label,
+            "val acc (%)": num(d.get("val_acc")),
+            "test acc (%)": num(d.get("test_acc")),
+            "TG vs STL (test)": "0 (baseline)" if baseline else num(tg, signed=True),
+            "regime": "" if baseline else sign_regime(tg),
         }
-    ]
-    ew = r.get("ew")
-    if ew:
-        rows.append(
-            {
-                "model": f"ew ({ew.get('source', '')})",
-                "val acc (%)": num(ew.get("val_acc")),
-                "test acc (%)": num(ew.get("test_acc")),
-                "TG vs STL (test)": num(ew.get("transfer_gain"), signed=True),
-                "regime": sign_regime(ew.get("transfer_gain")),
-            }
-        )
-    stl = r.get("stl")
-    if stl:
-        rows.append(
-            {
-                "model": f"stl ({stl.get('source', '')})",
-                "val acc (%)": num(stl.get("val_acc")),
-                "test acc (%)": num(stl.get("test_acc")),
-                "TG vs STL (test)": "0 (baseline)",
-                "regime": "",
-            }
-        )
+
+    rows = [row(main, r)]
+    if r.get("ew"):
+        rows.append(row(f"ew ({r['ew'].get('source', '')})", r["ew"]))
+    if r.get("stl"):
+        rows.append(row(f"stl ({r['stl'].get('source', '')})", r["stl"], baseline=True))
     return rows
 
 
@@ -444,7 +430,7 @@ def _lam_stats_frame(per_lam: dict[str, Any], extra: dict[str, str] | None = Non
 def _best_lam_summary(run: Run) -> dict[str, Any]:
     r = run.results or {}
     return {
-        **View.summary(View(), run),
+        **View().summary(run),
         "method": f"best fixed λ = {lam_text(r['best_lam'])}" if "best_lam" in r else "fixed λ",
         "tg": r.get("best_tg"),
         "tg_std": r.get("best_tg_std"),
