@@ -73,10 +73,6 @@ def shared_params(model: MultiTaskModel) -> list[torch.nn.Parameter]:
     return [p for p in model.backbone.parameters() if p.requires_grad]
 
 
-def head_params(model: MultiTaskModel) -> list[torch.nn.Parameter]:
-    return [p for p in model.heads.parameters() if p.requires_grad]
-
-
 def task_jacobian(losses: list[torch.Tensor], features: torch.Tensor, model: MultiTaskModel):
     """Per-term gradients on the shared parameters as one (K, P) matrix, with TorchJD's
     `mtl_backward` (one batched backward through the backbone). Each head's `.grad` gets
