@@ -95,21 +95,24 @@ def method_row(
     }
 
 
+def with_delta_m(rows: pd.DataFrame) -> pd.DataFrame:
+    """Δm (App. C.1) of each row: one target metric, so 100 · (acc − STL) / STL."""
+    return rows.assign(
+        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
+    )
+
+
 def tidy(rows: pd.DataFrame) -> pd.DataFrame:
     """compare.csv: one row per (method, seed, metric)."""
     metrics = ["val_acc", "test_acc", "tg", "tg_val", "delta_m"]
-    frame = rows.assign(
-        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
-    )
+    frame = with_delta_m(rows)
     return frame.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
 
 
 def compare_summary(rows: pd.DataFrame) -> dict:
     """Per method: accuracy and TG mean ± seed std, Δm (App. C.1; one target metric, so the
     relative change of accuracy against STL, in %); methods ranked by mean TG."""
-    frame = rows.assign(
-        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
-    )
+    frame = with_delta_m(rows)
     grouped = frame.groupby("method", sort=False)
     stats = {}
     for method, group in grouped:

@@ -168,6 +168,11 @@ class View:
     title = "run"
 
     def headline(self, run: Run) -> pd.DataFrame | None:
+        """The headline numbers; none for a run without results (failed or unfinished)."""
+        return self.rows(run.results) if run.results else None
+
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
+        """The headline table of a run's results.json."""
         return None
 
     def figures(self, run: Run) -> list[FigureSpec]:
@@ -272,9 +277,8 @@ def _per_task(r: dict[str, Any]) -> list[TableSpec]:
 class TrainView(View):
     title = "training"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        return pd.DataFrame(_model_rows(r, r.get("method", "?"))) if r else None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
+        return pd.DataFrame(_model_rows(r, r.get("method", "?")))
 
     def figures(self, run: Run) -> list[FigureSpec]:
         return _training_spec(run)
@@ -287,8 +291,8 @@ class TrainView(View):
 class ForkMergeView(View):
     title = "ForkMerge training"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        return pd.DataFrame(_model_rows(run.results, "forkmerge")) if run.results else None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
+        return pd.DataFrame(_model_rows(r, "forkmerge"))
 
     def summary(self, run: Run) -> dict[str, Any]:
         return {**super().summary(run), "method": "forkmerge"}
@@ -361,10 +365,7 @@ GCS_CAPTION = (
 class GcsView(View):
     title = "gradient cosine similarity vs transfer gain"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = [
             {
                 "λ": lam_text(lam),
@@ -442,10 +443,7 @@ def _best_lam_summary(run: Run) -> dict[str, Any]:
 class CsdView(View):
     title = "confidence score discrepancy vs transfer gain"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         return _lam_stats_frame(r.get("per_lam", {}), {"csd": "CSD on target test"})
 
     def summary(self, run: Run) -> dict[str, Any]:
@@ -491,10 +489,7 @@ def _regime_table(run: Run) -> list[TableSpec]:
 class TsneView(View):
     title = "t-SNE of interpolated training distributions"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = [
             {
                 "λ": lam_text(lam),
@@ -536,10 +531,7 @@ class TsneView(View):
 class SweepView(View):
     title = "task-weight sweep"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         frame = _lam_stats_frame(
             r.get("per_lam", {}),
             {"tg_val": "TG (val)", "test_acc": "test acc (%)", "csd": "CSD"},
@@ -603,10 +595,7 @@ class PairwiseView(View):
     def _table(self, run: Run) -> pd.DataFrame | None:
         return run.table("pairwise.csv", "checkpoints/cells.csv")
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = [
             {
                 "method": m,
@@ -662,10 +651,7 @@ class PairwiseView(View):
 class TernaryView(View):
     title = "ternary map of merged models"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = [
             {
                 "point": "best on validation",
@@ -723,10 +709,7 @@ class TernaryView(View):
 class CompareView(View):
     title = "methods compared"
 
-    def headline(self, run: Run) -> pd.DataFrame | None:
-        r = run.results
-        if not r:
-            return None
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = []
         for rank, method in enumerate(r["ranking"], start=1):
             v = r["methods"][method]
