@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ntlab.core.state import OptimConfig, TrainState
-from ntlab.core.train import LossTerm, attach_sources, images_to_float, term_losses, train
+from ntlab.core.train import LossTerm, attach_sources, term_losses, train
 from ntlab.data.benchmark import TaskData
+from ntlab.data.files import Images, labelled_chunks
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.metrics import gradient_cosine
@@ -118,8 +119,7 @@ def gcs_table(
             opts.batch_size,
             seeded_generator(opts.seed, "gcs:aux"),
         )
-    x_val = images_to_float(data[target].x("val"))
-    y_val = data[target].y("val")
+    x_val, y_val = data[target].x("val"), data[target].y("val")
     lam_t = torch.tensor(lams, device=device)
     rows = []
     model.train()
@@ -184,7 +184,7 @@ def one_step_scores(
     model: MultiTaskModel,
     head: int,
     stacked: dict[str, torch.Tensor],
-    x: torch.Tensor,
+    x: Images,
     y: torch.Tensor,
     chunk: int = 2048,
 ) -> tuple[list[float], list[float]]:
@@ -198,26 +198,27 @@ def one_step_scores(
     model.eval()
     prefix = f"heads.{head}."
     n_models = len(next(iter(stacked.values())))
-    acc, losses = [], []
-    for i in range(n_models):
-        backbone = {
-            k.removeprefix("backbone."): v[i]
-            for k, v in stacked.items()
-            if k.startswith("backbone.")
-        }
-        head_params = {
-            k.removeprefix(prefix): v[i] for k, v in stacked.items() if k.startswith(prefix)
-        }
-        correct, total = 0.0, 0.0
-        for xs, ys in zip(x.split(chunk), y.split(chunk)):
+    models = [
+        (
+            {
+                k.removeprefix("backbone."): v[i]
+                for k, v in stacked.items()
+                if k.startswith("backbone.")
+            },
+            {k.removeprefix(prefix): v[i] for k, v in stacked.items() if k.startswith(prefix)},
+        )
+        for i in range(n_models)
+    ]
+    correct, total, count = [0.0] * n_models, [0.0] * n_models, 0
+    for xs, ys in labelled_chunks(x, y, chunk):  # each chunk decoded once for every model
+        count += len(ys)
+        for i, (backbone, head_params) in enumerate(models):
             features = functional_call(model.backbone, backbone, (xs,))
             out = functional_call(model.heads[head], head_params, (features,))
-            correct += (out.argmax(1) == ys).sum().item()
-            total += F.cross_entropy(out, ys, reduction="sum").item()
-        acc.append(correct / len(y) * 100)
-        losses.append(total / len(y))
+            correct[i] += (out.argmax(1) == ys).sum().item()
+            total[i] += F.cross_entropy(out, ys, reduction="sum").item()
     model.train(was_training)
-    return acc, losses
+    return [c / count * 100 for c in correct], [t / count for t in total]
 
 
 def gcs_summary(table: pd.DataFrame) -> dict:

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from sklearn.manifold import TSNE
 
-from ntlab.core.train import images_to_float
 from ntlab.data.benchmark import TaskData
+from ntlab.data.files import Images, cat_images, labelled_chunks
 from ntlab.data.sampler import interpolated_draw, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
@@ -33,7 +33,7 @@ def top_classes(labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     return torch.tensor(sorted(order[:k]))
 
 
-def _pool(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator):
+def _pool(x: Images, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator):
     mask = torch.isin(y.cpu(), keep)
     idx = torch.nonzero(mask).flatten()
     idx = idx[torch.randperm(len(idx), generator=gen)]
@@ -41,12 +41,21 @@ def _pool(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, gen: torch.Gener
 
 
 @torch.no_grad()
-def features_of(model: MultiTaskModel, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def features_of(
+    model: MultiTaskModel, x: Images, y: torch.Tensor, chunk: int = 2048
+) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([model.features(images_to_float(part)) for part in x.split(chunk)])
+    parts, kept = [], 0
+    for images, labels in labelled_chunks(x, y, chunk):
+        parts.append(model.features(images))
+        kept += len(labels)
     model.train(was_training)
-    return out.float().cpu()
+    if kept != len(y):
+        raise NtlabError(
+            f"{len(y) - kept} images of a t-SNE pool could not be read; t-SNE needs them all"
+        )
+    return torch.cat(parts).float().cpu()
 
 
 def tsne_table(
@@ -72,7 +81,7 @@ def tsne_table(
         "target-test": _pool(tgt.x("test"), tgt.y("test"), keep, gen),
         "target-train": _pool(tgt.x("train"), tgt.y("train"), keep, gen),
         "aux-train": _pool(
-            torch.cat([data[a].x("train") for a in aux]),
+            cat_images([data[a].x("train") for a in aux]),
             torch.cat([data[a].y("train") for a in aux]),
             keep,
             gen,
@@ -99,9 +108,10 @@ def tsne_table(
         "target-train": max(int((~a).sum()) for _, a, _ in draws),
         "aux-train": max(int(a.sum()) for _, a, _ in draws),
     }
-    xs = torch.cat([pools[s][0][: sizes[s]] for s in SOURCES if sizes[s]])
+    xs = cat_images([pools[s][0][: sizes[s]] for s in SOURCES if sizes[s]])
+    ys = torch.cat([pools[s][1][: sizes[s]] for s in SOURCES if sizes[s]])
     offsets = dict(zip(SOURCES, np.cumsum([0] + [sizes[s] for s in SOURCES])[:-1]))
-    feats = features_of(model, xs).numpy()
+    feats = features_of(model, xs, ys).numpy()
     embedding = TSNE(
         n_components=2,
         init="pca",

@@ -28,7 +28,6 @@ from ntlab.cli.common import (
     run_record,
 )
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
-from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.runs import RunDir
 
@@ -40,7 +39,7 @@ def _lams(text: str) -> list[float]:
 def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfig, Any]:
     """Resolve options, check the training they describe and that the data is prepared."""
     opts = resolve_options(ctx, values)
-    bench = get_benchmark(opts["benchmark"])
+    bench = opt.benchmark(opts)
     overrides = {"steps": opts["pretrain_steps"]} if "pretrain_steps" in opts else {}
     if "seeds" in opts:
         overrides["seed"] = 0

@@ -27,7 +27,6 @@ from ntlab.cli.common import (
 )
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import validate
-from ntlab.data import get_benchmark
 from ntlab.runs import RunDir, atomic_write_text
 
 ROWS = Path("checkpoints") / "rows.csv"
@@ -63,7 +62,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         cfg = opt.train_config(opts, bench.tasks(), method="ew", seed=0)
         validate(cfg)
         methods = cmp.parse_methods(opts["methods"])

@@ -100,9 +100,13 @@ def list_benchmarks() -> None:
                     Path(row["path"]).name if row["path"] else "-",
                     row["description"],
                 )
-            console.print(table)
+            if rows:
+                console.print(table)
+            else:
+                console.print(f"{name}: {bench.description}", highlight=False)
             folders = sorted({str(Path(r["path"]).parent) for r in rows if r["path"]})
             if folders:
                 console.print(f"files in: {', '.join(folders)}", soft_wrap=True, highlight=False)
             else:
-                console.print(f"not prepared: run `ntlab data prepare {name}`")
+                hint = f"not prepared: run `ntlab data prepare {name}`"
+                console.print(getattr(bench, "setup_hint", hint))

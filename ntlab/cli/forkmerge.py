@@ -39,7 +39,6 @@ from ntlab.core.runner import (
     validate,
     with_transfer_gain,
 )
-from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.metrics import transfer_gain
 from ntlab.runs import RunDir
@@ -127,7 +126,7 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         cfg = opt.train_config(opts, bench.tasks(), method="ew")
         validate(cfg)
         specs = _branches(opts, cfg, bench.tasks())

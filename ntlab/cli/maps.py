@@ -40,7 +40,6 @@ from ntlab.core.forkmerge import (
 )
 from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
 from ntlab.core.train import LossTerm
-from ntlab.data import get_benchmark
 from ntlab.errors import NtlabError
 from ntlab.runs import RunDir, atomic_write_text
 
@@ -92,7 +91,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         cfg = _base(opts, bench.tasks(), method="stl")
         lams = check_lams(parse_numbers(opts["lams"], "--lams"))
         if not any(lam > 0 for lam in lams):
@@ -213,11 +212,15 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         tasks = bench.tasks()
         text = opts["domains"].strip()
+        canonical = getattr(bench, "canonical", str)
         domains = pw.check_domains(
-            tasks if text == "all" else [d.strip() for d in text.split(",") if d.strip()], tasks
+            tasks
+            if text == "all"
+            else [canonical(d.strip()) for d in text.split(",") if d.strip()],
+            tasks,
         )
         methods = pw.check_methods([m.strip() for m in opts["method"].split(",") if m.strip()])
         seeds = parse_seeds(opts["seeds"])
@@ -339,7 +342,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         tasks = bench.tasks()
         resolution = tn.check_resolution(opts["resolution"])
         if opts["branch"]:

@@ -20,7 +20,9 @@ import typer
 
 from ntlab.cli.common import preset_help
 from ntlab.core.runner import TrainConfig, resolve_aux
-from ntlab.data import BENCHMARKS
+from ntlab.data import BENCHMARKS, get_benchmark
+from ntlab.data.benchmark import DATA_OPTIONS
+from ntlab.models import BACKBONES
 from ntlab.presets import PRESETS
 
 Target = Annotated[
@@ -49,7 +51,51 @@ Schedule = Annotated[
     str | None,
     typer.Option(help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}"),
 ]
-Backbone = Annotated[str, typer.Option(help="Backbone: cnn (small, fast on CPU) or resnet18.")]
+Backbone = Annotated[
+    str,
+    typer.Option(
+        help=f"Backbone: {', '.join(BACKBONES)} (cnn: small, fast on CPU; the others: "
+        "torchvision's, trained from scratch unless --weights)."
+    ),
+]
+BackboneLrScale = Annotated[
+    float | None,
+    typer.Option(
+        help=f"The backbone's learning rate is --lr × this. {preset_help('backbone_lr_scale')}"
+    ),
+]
+Root = Annotated[
+    Path | None,
+    typer.Option(
+        help="Image-list data root (domainnet: else $NTLAB_DOMAINNET; imagelist: else "
+        "$NTLAB_IMAGELIST) with image_list/<domain>_<split>.txt."
+    ),
+]
+Domains = Annotated[
+    str,
+    typer.Option(
+        help="imagelist: its domains, comma-separated, or `all` (every "
+        "image_list/<domain>_train.txt)."
+    ),
+]
+ImageSize = Annotated[
+    int | None,
+    typer.Option(
+        help="Image lists: crop size in pixels (images are resized to size×256/224 first) "
+        "[default: 224]."
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(help="Image lists: loader processes decoding JPEGs [default: cores − 1, ≤ 8]."),
+]
+SkipBadImages = Annotated[
+    bool,
+    typer.Option(
+        help="Image lists: leave out unreadable images (warned once, counted in results.json) "
+        "instead of failing the run."
+    ),
+]
 Width = Annotated[int, typer.Option(help="Channels of the cnn backbone's first layer.")]
 Weights = Annotated[
     Path | None, typer.Option(help="A local state-dict file for the backbone (no download).")
@@ -88,10 +134,45 @@ MergeEvery = Annotated[
 ]
 
 
+def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
+    """The benchmark's data options from resolved command options (those it accepts)."""
+    accepted = getattr(BENCHMARKS.get(bench_name), "options", DATA_OPTIONS)
+    values = {
+        "root": str(opts["root"]) if opts.get("root") is not None else None,
+        "domains": _domain_list(opts.get("domains")),
+        "image_size": opts.get("image_size"),
+        "skip_bad_images": bool(opts.get("skip_bad_images")),
+        "workers": opts.get("workers"),
+    }
+    if "domains" not in accepted:  # e.g. domainnet: --domains only picks pairwise's domains
+        values["domains"] = None
+    return values
+
+
+def _domain_list(text: str | None) -> list[str] | None:
+    if text is None or text.strip() in ("", "all"):
+        return None
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
+def benchmark(opts: dict[str, Any]):
+    """The benchmark of resolved options; `target` and `aux` get their aliases expanded
+    (DomainNet: `-t c --aux p,r`) in `opts`."""
+    bench = get_benchmark(opts["benchmark"], **data_options(opts, opts["benchmark"]))
+    canonical = getattr(bench, "canonical", None)
+    if canonical is not None:
+        if opts.get("target"):
+            opts["target"] = canonical(opts["target"])
+        if opts.get("aux") and opts["aux"] != "all":
+            opts["aux"] = ",".join(canonical(a.strip()) for a in opts["aux"].split(","))
+    return bench
+
+
 def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:
     """The TrainConfig of resolved options (aux checked against the benchmark's tasks)."""
-    names = {f.name for f in fields(TrainConfig)} - {"aux"}
+    names = {f.name for f in fields(TrainConfig)} - {"aux"} - set(DATA_OPTIONS)
     values = {k: v for k, v in opts.items() if k in names}
+    values.update(data_options(opts, opts["benchmark"]))
     values.update(overrides)
     if values.get("weights") is not None:
         values["weights"] = str(values["weights"])
@@ -109,9 +190,15 @@ def training_options(
     backbone: Backbone = "cnn",
     width: Width = 16,
     weights: Weights = None,
+    backbone_lr_scale: BackboneLrScale = None,
     seed: Seed = 0,
     device: Device = "auto",
     eval_every: EvalEvery = None,
+    root: Root = None,
+    domains: Domains = "all",
+    image_size: ImageSize = None,
+    workers: Workers = None,
+    skip_bad_images: SkipBadImages = False,
 ) -> None:
     """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
 
@@ -137,13 +224,14 @@ def run_options(
 
 def command(*templates: Callable[..., None], exclude: tuple[str, ...] = ()):
     """Give a command the options of `templates` (less `exclude`, which the command declares
-    its own way); it is called as `fn(ctx, values)`."""
+    its own way; an option in two templates is the first one's); it is called as
+    `fn(ctx, values)`."""
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
     ]
     for template in templates:
         for p in inspect.signature(template, eval_str=True).parameters.values():
-            if p.name not in exclude:
+            if p.name not in exclude and p.name not in {q.name for q in params}:
                 params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
     def decorate(fn: Callable[[typer.Context, dict[str, Any]], None]):

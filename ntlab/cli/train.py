@@ -31,7 +31,6 @@ from ntlab.core.runner import (
     validate,
     with_transfer_gain,
 )
-from ntlab.data import get_benchmark
 from ntlab.methods import METHODS
 from ntlab.runs import RunDir
 
@@ -72,7 +71,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     """
     with guarded():
         opts = resolve_options(ctx, values)
-        bench = get_benchmark(opts["benchmark"])
+        bench = opt.benchmark(opts)
         check_method(opts["method"])
         if opts["method"] in PROCEDURES:
             return _train_procedure(opts, bench)

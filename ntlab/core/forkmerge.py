@@ -31,8 +31,10 @@ from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
 from ntlab.core.runner import (
     TrainConfig,
+    benchmark_of,
     build_model,
     cache_key,
+    data_notes,
     digest,
     metric_rows,
     resolve_device,
@@ -48,8 +50,9 @@ from ntlab.core.search import (
     prune_branches,
 )
 from ntlab.core.state import TrainState
-from ntlab.core.train import LossTerm, active_terms, attach_sources, images_to_float, train
-from ntlab.data import TaskData, get_benchmark
+from ntlab.core.train import LossTerm, active_terms, attach_sources, train
+from ntlab.data import TaskData
+from ntlab.data.files import take
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.methods import AUX_TERM
@@ -175,7 +178,7 @@ def _weights_text(weights) -> str:
 
 
 def fork_branches(
-    cfg: TrainConfig, branches: list[BranchSpec]
+    cfg: TrainConfig, branches: list[BranchSpec], bench=None
 ) -> tuple[dict[str, TaskData], list[TrainState]]:
     """One seeded start θ_0 (with every branch's batch sources), forked once per branch.
 
@@ -184,7 +187,7 @@ def fork_branches(
     device = resolve_device(cfg.device)
     terms = [t for b in branches for t in active_terms(list(b.terms))]
     tasks = list(dict.fromkeys(task for t in terms for task in t.tasks))
-    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    data = (bench or benchmark_of(cfg)).load(tasks, device)
     base = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
     attach_sources(base, terms, data, cfg.batch_size, cfg.seed)
     return data, [base.fork() for _ in branches]
@@ -201,7 +204,8 @@ def run_forkmerge(
 ) -> ForkMergeOutcome:
     """Train the target with ForkMerge; checkpoint after every merge, resume from the last."""
     validate_forkmerge(cfg, branches, opts)
-    data, states = fork_branches(cfg, branches)
+    bench = benchmark_of(cfg)
+    data, states = fork_branches(cfg, branches, bench)
     probe = copy.deepcopy(states[0].model)
     target = data[cfg.target]
     x_val, y_val = target.x("val"), target.y("val")
@@ -211,7 +215,7 @@ def run_forkmerge(
         x_val, y_val = x_val[pick], y_val[pick]
 
     def val_score(model: torch.nn.Module) -> float:
-        return accuracy(predict(model, cfg.target, x_val), y_val)
+        return accuracy(*predict(model, cfg.target, x_val, y_val))
 
     out = ForkMergeOutcome(model=states[0].model)
     kept = list(range(len(branches)))
@@ -268,7 +272,7 @@ def run_forkmerge(
                 recalibrate_batchnorm(
                     states[b].model,
                     _target_batches(target, cfg, opts, round_index),
-                    forward=lambda x, m=states[b].model: m.features(images_to_float(x)),
+                    forward=states[b].model.features,
                 )
         for i, b in enumerate(kept):
             out.merges.append(
@@ -317,6 +321,7 @@ def run_forkmerge(
         "val_acc": per_split["val"]["acc"],
         "test_acc": per_split["test"]["acc"],
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
+        **data_notes(bench),
     }
     return out
 
@@ -325,9 +330,9 @@ def _target_batches(target, cfg: TrainConfig, opts: ForkMergeOptions, round_inde
     """The same target training batches for every branch of a round (own seeded stream)."""
     g = seeded_generator(cfg.seed, f"bn-recalibrate-{round_index}")
     x = target.x("train")
-    for _ in range(opts.bn_batches):
-        idx = torch.randint(len(x), (cfg.batch_size,), generator=g).to(x.device)
-        yield x[idx]
+    for b in range(opts.bn_batches):
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=g)
+        yield take(x, idx, target.y("train").device, seed=b)
 
 
 def _search(score, own_scores: list[float], opts: ForkMergeOptions) -> SearchResult:

@@ -28,7 +28,9 @@ from ntlab.paths import runs_cache_dir
 from ntlab.runs import read_json, write_json
 
 CORE_VERSION = 2  # bump when a change to the core changes trained numbers (invalidates caches)
-NOT_IN_KEY = {"eval_every"}  # options that never change the trained weights
+NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
+DEFAULTS_IN_KEY = {"backbone_lr_scale": 1.0, "root": None, "domains": None, "image_size": None,
+                   "skip_bad_images": False}  # fmt: skip  # left out at these values: old keys hold
 
 
 @dataclass
@@ -49,15 +51,42 @@ class TrainConfig:
     backbone: str = "cnn"
     width: int = 16
     weights: str | None = None
+    backbone_lr_scale: float = 1.0
     seed: int = 0
     device: str = "auto"
     eval_every: int = 100
+    # Image-list benchmarks (domainnet, imagelist): where the data is and how it is loaded.
+    root: str | None = None
+    domains: list[str] | None = None
+    image_size: int | None = None
+    skip_bad_images: bool = False
+    workers: int | None = None
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(self.optimizer, self.lr, self.weight_decay, schedule=self.schedule)
+        return OptimConfig(
+            self.optimizer,
+            self.lr,
+            self.weight_decay,
+            schedule=self.schedule,
+            backbone_lr_scale=self.backbone_lr_scale,
+        )
+
+    def data_options(self) -> dict:
+        return {
+            "root": self.root,
+            "domains": self.domains,
+            "image_size": self.image_size,
+            "skip_bad_images": self.skip_bad_images,
+            "workers": self.workers,
+        }
 
     def terms(self) -> list[LossTerm]:
         return get_method(self.method).terms(self.target, self.aux, self.lam)
+
+
+def benchmark_of(cfg: TrainConfig):
+    """The benchmark of `cfg`, with its data options."""
+    return get_benchmark(cfg.benchmark, **cfg.data_options())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,6 +149,8 @@ def validate(cfg: TrainConfig) -> None:
         )
     if get_method(cfg.method).uses_aux and not cfg.aux:
         raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
+    if not cfg.backbone_lr_scale > 0:
+        raise NtlabError(f"--backbone-lr-scale must be positive, got {cfg.backbone_lr_scale}")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise NtlabError(f"--weights file {cfg.weights} does not exist")
     resolve_device(cfg.device)
@@ -130,7 +161,7 @@ def build_model(
 ) -> MultiTaskModel:
     """Backbone then heads (target first), seeded: STL and joint runs start from the same θ_0."""
     torch.manual_seed(cfg.seed)
-    image_size = next(iter(data.values())).x("train").shape[-1]
+    image_size = next(iter(data.values())).x("train").shape[-1]  # tensors and ImageFiles
     backbone = BACKBONES.get(cfg.backbone)(
         image_size=image_size, width=cfg.width, weights=cfg.weights
     )
@@ -164,7 +195,8 @@ def run_training(
     device = resolve_device(cfg.device)
     terms = active_terms(cfg.terms())
     tasks = trained_tasks(cfg)
-    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    bench = benchmark_of(cfg)
+    data = bench.load(tasks, device)
     state = TrainState.create(build_model(cfg, data, device), cfg.optim(), cfg.steps)
     attach_sources(state, terms, data, cfg.batch_size, cfg.seed)
     rule = build_rule(cfg, state, terms, data)
@@ -209,8 +241,14 @@ def run_training(
         "val_acc": per_task[cfg.target]["val_acc"],
         "test_acc": per_task[cfg.target]["test_acc"],
         "tasks": per_task,
+        **data_notes(bench),
     }
     return TrainOutcome(state, data, rows, results)
+
+
+def data_notes(bench) -> dict:
+    """What the results should say about the data: images skipped as unreadable."""
+    return bench.skipped() if hasattr(bench, "skipped") else {}
 
 
 def build_rule(
@@ -228,6 +266,7 @@ def build_rule(
         [head],
         cfg.batch_size,
         seeded_generator(cfg.seed, f"val:{cfg.target}"),
+        augment=False,
     )
     ctx = RuleContext(
         model=model,
@@ -237,7 +276,7 @@ def build_rule(
         lr=cfg.lr,
         seed=cfg.seed,
         val_batches=val.next,
-        current_lr=lambda: state.optimizer.param_groups[0]["lr"],
+        current_lr=lambda: state.optimizer.param_groups[-1]["lr"],  # the heads' (full) rate
     )
     return method.rule(ctx)
 
@@ -255,11 +294,15 @@ def cache_key(cfg: TrainConfig) -> str:
     options a method ignores (λ outside `fixed`, the auxiliary tasks of `stl`) are left out."""
     method = get_method(cfg.method)
     payload = {
-        **{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY},
+        **{
+            k: v
+            for k, v in asdict(cfg).items()
+            if k not in NOT_IN_KEY and not (k in DEFAULTS_IN_KEY and v == DEFAULTS_IN_KEY[k])
+        },
         "aux": cfg.aux if method.uses_aux else [],
         "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,
-        "data": get_benchmark(cfg.benchmark).fingerprint(),
+        "data": benchmark_of(cfg).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
         "core": CORE_VERSION,
         "ntlab": __version__,
@@ -354,7 +397,7 @@ def trained_model(
         store_run(cfg, outcome)
         results, source = outcome.results, "run"
         state = outcome.state.model.state_dict()
-    data = get_benchmark(cfg.benchmark).load(tasks, device)
+    data = benchmark_of(cfg).load(tasks, device)
     model = build_model(cfg, data, device)
     load_weights(model, state, own)
     return model, data, results, source
@@ -418,7 +461,7 @@ def load_model(
         cfg = TrainConfig(**{**asdict(cfg), "device": device})
     target_device = resolve_device(cfg.device)
     names = list(dict.fromkeys(saved["tasks"] + list(tasks or [])))
-    data = get_benchmark(cfg.benchmark).load(names, target_device)
+    data = benchmark_of(cfg).load(names, target_device)
     model = build_model(cfg, data, target_device)
     load_weights(model, saved["state"], saved["tasks"])
     return model, data, cfg

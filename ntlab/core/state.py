@@ -25,6 +25,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "constant"
+    backbone_lr_scale: float = 1.0  # the backbone's rate is lr × this (the paper: 0.1)
 
 
 class Schedule:
@@ -41,14 +42,25 @@ class Schedule:
         return 1.0
 
 
+def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
+    """One group at lr; or, with a backbone scale ≠ 1, the backbone at lr × scale first and
+    the rest (the heads) at lr."""
+    if cfg.backbone_lr_scale == 1.0 or not hasattr(model, "backbone"):
+        return [{"params": list(model.parameters())}]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    return [
+        {"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_scale},
+        {"params": [p for p in model.parameters() if id(p) not in backbone]},
+    ]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
     if cfg.name == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
-        )
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            groups,
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.momentum > 0,

@@ -10,6 +10,7 @@ import torch
 from ntlab.core.rules import Rule, WeightedSum
 from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
+from ntlab.data.files import to_float as images_to_float
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
@@ -22,11 +23,6 @@ class LossTerm:
     name: str
     tasks: tuple[str, ...]
     weight: float
-
-
-def images_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] → float in [-1, 1]."""
-    return x.float().mul_(2 / 255).sub_(1)
 
 
 def active_terms(terms: list[LossTerm]) -> list[LossTerm]:

@@ -1,4 +1,9 @@
-"""Benchmarks: named sets of tasks, each with train/val/test data held as uint8 tensors."""
+"""Benchmarks: named sets of tasks, each with train/val/test images and labels.
+
+Small benchmarks hold their images in memory as uint8 tensors; image-list benchmarks hold
+`ImageFiles` (decoded on demand). The training core handles both through
+`ntlab.data.files` (`to_float`, `labelled_chunks`, `take`) and `BatchSource`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from ntlab.errors import NtlabError
 from ntlab.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -14,13 +20,13 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class TaskData:
-    """One task's data: images as uint8 [N, C, H, W] and integer labels, per split."""
+    """One task's data, per split: images (uint8 [N, C, H, W] or ImageFiles) and labels."""
 
     name: str
     num_classes: int
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
 
-    def x(self, split: str) -> torch.Tensor:
+    def x(self, split: str):
         return self.splits[split][0]
 
     def y(self, split: str) -> torch.Tensor:
@@ -39,8 +45,8 @@ class Benchmark(Protocol):
     def tasks(self) -> list[str]:
         """The task names, in a stable order."""
 
-    def fingerprint(self) -> str:
-        """Changes whenever the data would change (for caches and run configs)."""
+    def fingerprint(self) -> str | dict:
+        """Changes whenever the data would change (for caches and run configs; JSON)."""
 
     def load(self, tasks: list[str], device: torch.device | str = "cpu") -> dict[str, TaskData]:
         """Only the named tasks' data, on `device`."""
@@ -52,6 +58,20 @@ class Benchmark(Protocol):
 BENCHMARKS: Registry[type] = Registry("benchmark")
 
 
-def get_benchmark(name: str) -> Benchmark:
-    """An instance of the registered benchmark `name` (unknown names fail with the choices)."""
-    return BENCHMARKS.get(name)()
+def get_benchmark(name: str, **options: object) -> Benchmark:
+    """An instance of the registered benchmark `name` (unknown names fail with the choices).
+
+    `options` are the data options of a run (root, domains, image_size, skip_bad_images,
+    workers); None means "not given". A benchmark that has no use for one given fails.
+    """
+    cls = BENCHMARKS.get(name)
+    given = {k: v for k, v in options.items() if v not in (None, False)}
+    accepted = getattr(cls, "options", DATA_OPTIONS)
+    extra = [k for k in given if k not in accepted]
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise NtlabError(f"{flags} {'does' if len(extra) == 1 else 'do'} not apply to {name}")
+    return cls(**{k: v for k, v in options.items() if k in accepted})
+
+
+DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers")

@@ -368,6 +368,7 @@ def prepare_digits(
 class DigitsBenchmark:
     """The embedded default benchmark (see module docstring)."""
 
+    options: tuple[str, ...] = ()  # built by `ntlab data prepare`, nothing to choose per run
     name = "digits"
     description = "10-class digits in 5 domains (2 real, 3 generated), built locally"
 

@@ -8,12 +8,16 @@ reported with the file and line, at start-up, before any image is opened.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ntlab.data.benchmark import BENCHMARKS, TaskData
+from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers
 from ntlab.errors import NtlabError
 
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -29,15 +33,18 @@ class ImageList:
     path: Path
     images: tuple[str, ...]
     labels: torch.Tensor  # int64, one per image
+    lines: tuple[int, ...] = ()  # the line of each image in the list file
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: torch.Tensor, name: str) -> ImageList:
+    def subset(self, index: torch.Tensor) -> ImageList:
+        """The images at `index`, still named by their file and line."""
         return ImageList(
-            Path(f"{self.path}[{name}]"),
+            self.path,
             tuple(self.images[i] for i in index.tolist()),
             self.labels[index],
+            tuple(self.lines[i] for i in index.tolist()),
         )
 
 
@@ -81,7 +88,7 @@ def read_list(path: Path, num_classes: int | None = None) -> ImageList:
     integer or is out of range fails with the file and line number."""
     if not path.is_file():
         raise NtlabError(f"image list {path} does not exist")
-    images, labels = [], []
+    images, labels, lines = [], [], []
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             text = line.strip()
@@ -102,9 +109,10 @@ def read_list(path: Path, num_classes: int | None = None) -> ImageList:
                 raise NtlabError(f"{path}:{number}: label {value} is out of range ({bound})")
             images.append(image.strip())
             labels.append(value)
+            lines.append(number)
     if not images:
         raise NtlabError(f"image list {path} is empty")
-    return ImageList(path, tuple(images), torch.tensor(labels, dtype=torch.long))
+    return ImageList(path, tuple(images), torch.tensor(labels, dtype=torch.long), tuple(lines))
 
 
 def split_val_from_test(test: ImageList, seed: int = VAL_FROM_TEST_SEED) -> dict[str, ImageList]:
@@ -114,8 +122,8 @@ def split_val_from_test(test: ImageList, seed: int = VAL_FROM_TEST_SEED) -> dict
     order = torch.randperm(len(test), generator=generator)
     half = len(test) // 2
     return {
-        "val": test.subset(order[:half].sort().values, "val"),
-        "test": test.subset(order[half:].sort().values, "test"),
+        "val": test.subset(order[:half].sort().values),
+        "test": test.subset(order[half:].sort().values),
     }
 
 
@@ -135,3 +143,164 @@ def read_domain(root: Path, domain: str, num_classes: int | None = None) -> dict
 def count_classes(lists: list[ImageList]) -> int:
     """The class count of a benchmark read from its lists (largest label + 1)."""
     return int(max(int(lst.labels.max()) for lst in lists)) + 1
+
+
+# --- the benchmarks ------------------------------------------------------------------------
+
+
+class ImageListBenchmark:
+    """Any dataset in the image-list layout: `--root DIR`, domains from `--domains a,b,c`
+    (default: every `image_list/<domain>_train.txt`), class count read from the lists."""
+
+    name = "imagelist"
+    description = "image lists under --root (Office-31, Office-Home, PACS, VisDA, …)"
+    env = "NTLAB_IMAGELIST"
+    known_domains: tuple[str, ...] | None = None
+    classes: int | None = None  # fixed class count (labels are checked against it)
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        domains: list[str] | None = None,
+        image_size: int | None = None,
+        skip_bad_images: bool = False,
+        workers: int | None = None,
+    ) -> None:
+        self._root_arg, self._domains_arg = root, domains
+        self.image_size = image_size or DEFAULT_SIZE
+        if self.image_size < 32:
+            raise NtlabError(f"--image-size must be at least 32 pixels, got {self.image_size}")
+        self.log = SkipLog(skip_bad_images)
+        self.workers = default_workers() if workers is None else workers
+        if self.workers < 0:
+            raise NtlabError(f"--workers must be ≥ 0, got {self.workers}")
+        self._root: Path | None = None
+        self._lists: dict[str, dict] = {}
+
+    @property
+    def setup_hint(self) -> str:
+        return f"not configured: pass --root DIR or set {self.env}"
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = check_root(self._root_arg, self.env)
+        return self._root
+
+    def canonical(self, name: str) -> str:
+        """A task name with its alias expanded (DomainNet: c → clipart)."""
+        if self.known_domains == DOMAINNET_DOMAINS:
+            return DOMAINNET_ALIASES.get(name, name)
+        return name
+
+    def tasks(self) -> list[str]:
+        if self._domains_arg:
+            return resolve_domains(list(self._domains_arg), self.known_domains)
+        if self.known_domains is not None:
+            return list(self.known_domains)
+        found = sorted(
+            p.name.removesuffix("_train.txt")
+            for p in (self.root / "image_list").glob("*_train.txt")
+        )
+        if not found:
+            raise NtlabError(
+                f"{self.root / 'image_list'} has no <domain>_train.txt list; pass --domains"
+            )
+        return found
+
+    def domain(self, name: str) -> dict:
+        """The domain's lists (read and checked once)."""
+        if name not in self._lists:
+            self._lists[name] = read_domain(self.root, name, self.classes)
+        return self._lists[name]
+
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return self.classes
+        return count_classes(
+            [self.domain(d)[s] for d in self.tasks() for s in ("train", "val", "test")]
+        )
+
+    def fingerprint(self) -> dict:
+        """The root, the domains, a digest of every list file and how each val split was
+        made (recorded in each run's config): changes whenever the lists change."""
+        digest = hashlib.sha256()
+        val = {}
+        for d in self.tasks():
+            lists = self.domain(d)
+            val[d] = lists["val_source"]
+            for split in ("train", "val", "test"):
+                path = list_path(self.root, d, split)
+                if path.is_file():
+                    digest.update(f"{d}_{split}".encode())
+                    digest.update(path.read_bytes())
+        return {
+            "benchmark": self.name,
+            "root": str(self.root.resolve()),
+            "domains": self.tasks(),
+            "classes": self.num_classes(),
+            "lists_sha256": digest.hexdigest()[:16],
+            "val_split": val,
+        }
+
+    def load(self, tasks: list[str], device: torch.device | str = "cpu") -> dict[str, TaskData]:
+        known = self.tasks()
+        classes = self.num_classes()
+        out = {}
+        for name in tasks:
+            if name not in known:
+                raise NtlabError(f"unknown domain {name!r}; choose one of: {', '.join(known)}")
+            lists = self.domain(name)
+            splits = {}
+            for split in ("train", "val", "test"):
+                lst: ImageList = lists[split]
+                files = ImageFiles(
+                    self.root,
+                    np.array(lst.images, dtype=object),
+                    (str(lst.path),),
+                    np.zeros(len(lst), dtype=np.int32),
+                    np.array(lst.lines, dtype=np.int64),
+                    self.image_size,
+                    self.workers,
+                    self.log,
+                )
+                splits[split] = (files, lst.labels.to(device))
+            out[name] = TaskData(name, classes, splits)
+        return out
+
+    def skipped(self) -> dict:
+        return self.log.summary()
+
+    def describe(self) -> list[dict]:
+        try:
+            tasks = self.tasks() if self._root_arg or os.environ.get(self.env) else []
+            rows = []
+            for d in tasks:
+                lists = self.domain(d)
+                rows.append(
+                    {
+                        "task": d,
+                        "kind": "image list",
+                        "splits": {s: len(lists[s]) for s in ("train", "val", "test")},
+                        "path": str(self.root / d),
+                        "description": f"val: {lists['val_source']}",
+                    }
+                )
+            return rows
+        except NtlabError:
+            return []
+
+
+class DomainNet(ImageListBenchmark):
+    """DomainNet (Peng et al. 2019): six domains, 345 classes, `--root` or NTLAB_DOMAINNET."""
+
+    name = "domainnet"
+    description = "DomainNet under --root or NTLAB_DOMAINNET (6 domains, 345 classes)"
+    env = "NTLAB_DOMAINNET"
+    options = ("root", "image_size", "skip_bad_images", "workers")  # the six domains, always
+    known_domains = DOMAINNET_DOMAINS
+    classes = DOMAINNET_CLASSES
+
+
+BENCHMARKS.register("imagelist")(ImageListBenchmark)
+BENCHMARKS.register("domainnet")(DomainNet)

@@ -1,4 +1,5 @@
-"""Mini-batches by indexing tensors that already live on the training device."""
+"""Mini-batches: by indexing tensors that already live on the training device, or, for
+images kept on disk, decoded ahead by loader workers in the same seeded order."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import torch
 
 from ntlab.data.benchmark import TaskData
+from ntlab.data.files import ImageFiles, cat_images, normalise
+from ntlab.errors import NtlabError
 
 
 def seeded_generator(seed: int, salt: str) -> torch.Generator:
@@ -29,8 +32,11 @@ class BatchSource:
         head_ids: list[int],
         batch_size: int,
         generator: torch.Generator,
+        augment: bool = True,
     ) -> None:
-        self.x = torch.cat([t.x("train") for t in tasks]) if len(tasks) > 1 else tasks[0].x("train")
+        self.x = (
+            cat_images([t.x("train") for t in tasks]) if len(tasks) > 1 else tasks[0].x("train")
+        )
         self.y = torch.cat([t.y("train") for t in tasks]) if len(tasks) > 1 else tasks[0].y("train")
         device = self.y.device
         self.head = torch.cat(
@@ -41,23 +47,59 @@ class BatchSource:
         )
         self.batch_size = min(batch_size, len(self.y))
         self.generator = generator
+        self.augment = augment  # image files: training transform (random crop, flip) or eval
+        self.salt = generator.initial_seed()
         self.batches_drawn = 0
         self._perm = torch.empty(0, dtype=torch.long)
         self._pos = 0
+        self._stream = None  # image files: the loader decoding the coming batches
+        self._stream_at = -1
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _advance(self) -> torch.Tensor:
+        """The positions of the next batch (the only place the order is decided)."""
         if self._pos + self.batch_size > len(self._perm):
             self._perm = torch.randperm(len(self.y), generator=self.generator).to(self.y.device)
             self._pos = 0
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         self.batches_drawn += 1
+        return idx
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if isinstance(self.x, ImageFiles):
+            return self._next_decoded()
+        idx = self._advance()
         return self.x[idx], self.y[idx], self.head[idx]
+
+    def _requests(self):
+        """The coming batch requests, from a copy of this source (the source itself only
+        moves when a batch is taken, so forks and checkpoints see the logical position)."""
+        ahead = self.fork()
+        while True:
+            number = ahead.batches_drawn
+            yield ahead._advance().cpu(), self.augment, batch_seed(self.salt, number)
+
+    def _next_decoded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for _ in range(100):
+            if self._stream is None or self._stream_at != self.batches_drawn:
+                pin = self.y.device.type == "cuda"
+                self._stream = self.x.loader(self._requests(), pin=pin)
+                self._stream_at = self.batches_drawn
+            request, out = next(self._stream)
+            idx = self._advance()
+            self._stream_at += 1
+            ok = self.x.check(request, out).to(idx.device)
+            if len(ok):  # a batch whose every image was skipped is passed over
+                keep = idx[ok]
+                x = normalise(out.x.to(self.y.device, non_blocking=True))
+                return x, self.y[keep], self.head[keep]
+        raise NtlabError("100 batches in a row had no readable image; check the image files")
 
     def fork(self) -> BatchSource:
         twin = object.__new__(BatchSource)
         twin.__dict__.update(self.__dict__)
         twin.generator = torch.Generator().set_state(self.generator.get_state())
+        twin._stream, twin._stream_at = None, -1
         return twin
 
     def state_dict(self) -> dict:
@@ -73,6 +115,12 @@ class BatchSource:
         self._perm = state["perm"].to(self.y.device)
         self._pos = state["pos"]
         self.batches_drawn = state["batches_drawn"]
+        self._stream, self._stream_at = None, -1
+
+
+def batch_seed(salt: int, number: int) -> int:
+    """The seed of the random crops of a source's `number`-th batch."""
+    return (salt * 1_000_003 + number) % 2**63
 
 
 def aux_share(lam: float) -> float:

@@ -48,17 +48,46 @@ def small_cnn(
     return model
 
 
+def _torchvision_backbone(
+    name: str, out_features: int, head: str, weights: Path | None, **kwargs: object
+) -> nn.Module:
+    """torchvision's `name`, built without weights (never downloaded), then a local
+    state-dict file loaded (its classifier `head` ignored), then the classifier removed."""
+    import torchvision.models as tvm
+
+    model = getattr(tvm, name)(weights=None, **kwargs)
+    if weights is not None:
+        load_weights(model, weights, ignore_prefixes=(f"{head}.",))
+    parent, _, attr = head.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+    model.out_features = out_features
+    return model
+
+
 @BACKBONES.register("resnet18")
 def resnet18(weights: Path | None = None, **_: object) -> nn.Module:
-    """torchvision's ResNet-18 without its classifier; `weights` is a local state-dict file."""
-    from torchvision.models import resnet18 as tv_resnet18
+    """torchvision's ResNet-18 (512 features); `weights` is a local state-dict file."""
+    return _torchvision_backbone("resnet18", 512, "fc", weights)
 
-    model = tv_resnet18(weights=None)
-    if weights is not None:
-        load_weights(model, weights, ignore_prefixes=("fc.",))
-    model.fc = nn.Identity()
-    model.out_features = 512
-    return model
+
+@BACKBONES.register("resnet50")
+def resnet50(weights: Path | None = None, **_: object) -> nn.Module:
+    """torchvision's ResNet-50 (2048 features): the paper's DomainNet backbone."""
+    return _torchvision_backbone("resnet50", 2048, "fc", weights)
+
+
+@BACKBONES.register("resnet101")
+def resnet101(weights: Path | None = None, **_: object) -> nn.Module:
+    """torchvision's ResNet-101 (2048 features)."""
+    return _torchvision_backbone("resnet101", 2048, "fc", weights)
+
+
+@BACKBONES.register("vit_b_16")
+def vit_b_16(weights: Path | None = None, image_size: int = 224, **_: object) -> nn.Module:
+    """torchvision's ViT-B/16 (768 features); images must be a multiple of 16 pixels."""
+    if image_size % 16:
+        raise NtlabError(f"vit_b_16 needs --image-size a multiple of 16, got {image_size}")
+    return _torchvision_backbone("vit_b_16", 768, "heads.head", weights, image_size=image_size)
 
 
 def load_weights(model: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
@@ -73,10 +102,21 @@ def load_weights(model: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] 
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NtlabError(f"weights file {path} is not a state dict (name → tensor)")
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise NtlabError(
+            f"weights file {path} does not match the backbone: {wrong[0]} has shape "
+            f"{tuple(state[wrong[0]].shape)}, the backbone expects {tuple(own[wrong[0]].shape)}"
+            f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}"
+        )
     result = model.load_state_dict(state, strict=False)
     expected = {k for k in model.state_dict() if not k.startswith(ignore_prefixes)}
     if result.unexpected_keys or set(result.missing_keys) & expected:
         raise NtlabError(
             f"weights file {path} does not match the backbone "
-            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys)"
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, "
+            f"e.g. {(result.missing_keys + result.unexpected_keys)[0]!r})"
         )

@@ -79,7 +79,8 @@ def test_evaluate_matches_a_reference_accuracy(tiny_digits):
 
     data = get_benchmark("digits").load(["syn"])
     model = build_model(TrainConfig(target="syn"), data, torch.device("cpu"))
-    pred = predict(model, "syn", data["syn"].x("test")).argmax(1)
+    logits, _ = predict(model, "syn", data["syn"].x("test"), data["syn"].y("test"))
+    pred = logits.argmax(1)
     acc = accuracy_score(data["syn"].y("test").numpy(), pred.numpy()) * 100
     assert evaluate(model, data["syn"], "test")["acc"] == pytest.approx(acc)
 

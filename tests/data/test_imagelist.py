@@ -102,7 +102,14 @@ def test_split_is_a_partition():
     from ntlab.data.imagelist import ImageList
 
     lst = ImageList(
-        __import__("pathlib").Path("x"), tuple(str(i) for i in range(10)), torch.arange(10)
+        __import__("pathlib").Path("x"),
+        tuple(str(i) for i in range(10)),
+        torch.arange(10),
+        tuple(range(1, 11)),
     )
     parts = split_val_from_test(lst, seed=3)
     assert sorted(parts["val"].labels.tolist() + parts["test"].labels.tolist()) == list(range(10))
+    # each image keeps the line that named it in the test list
+    for part in parts.values():
+        assert part.path == lst.path
+        assert [int(i) + 1 for i in part.images] == list(part.lines)
