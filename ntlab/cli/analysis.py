@@ -235,7 +235,10 @@ def _tsne_options(
     target: opt.Target,
     aux: opt.Aux = "all",
     lams: opt.Lams = "0,0.0625,0.25,1",
-    classes: Annotated[int, typer.Option(help="Keep the K most frequent classes.")] = 10,
+    classes: Annotated[
+        int | None,
+        typer.Option(help="Keep the K most frequent classes [default: 10, or all if fewer]."),
+    ] = None,
     max_points: Annotated[
         int, typer.Option(help="At most this many distinct points go into the t-SNE.")
     ] = 1500,
@@ -266,6 +269,8 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
         if opts["max_points"] < 30:
             raise NtlabError(f"--max-points must be at least 30, got {opts['max_points']}")
         num_classes = bench.load([cfg.target])[cfg.target].num_classes
+        if opts["classes"] is None:
+            opts["classes"] = min(10, num_classes)
         if not 0 < opts["classes"] <= num_classes:
             raise NtlabError(
                 f"--classes must be between 1 and {num_classes} (the label set of "

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,14 @@ import numpy as np
 import torch
 
 from ntlab.errors import NtlabError
+
+# torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; they are the
+# decoders of the torchvision this project pins, and they work: the notice is not for users.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,10 +238,12 @@ def _worker_init(_: int) -> None:
 
 
 def _reason(exc: Exception) -> str:
+    """One short line: torchvision's source location and advice are cut."""
     if isinstance(exc, FileNotFoundError):
         return "no such file"
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^.*?\.cpp:\d+,\s*", "", lines[0] if lines else type(exc).__name__)
+    return text.split(". ")[0].rstrip(".")[:160]
 
 
 def _transform(
