@@ -67,3 +67,47 @@ def test_unknown_names_list_the_choices():
         UnknownNameError, match="unknown backbone 'vgg'; choose one of: cnn, resnet18"
     ):
         BACKBONES.get("vgg")
+
+
+def test_a_torchvision_imagenet_checkpoint_loads_without_its_classifier(tmp_path):
+    """The format torchvision publishes: the whole classifier model's state dict, fc included."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(2)
+    full = resnet18(weights=None)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(full.state_dict(), path)
+    backbone = BACKBONES.get("resnet18")(weights=path)
+    assert isinstance(backbone.fc, torch.nn.Identity)
+    assert torch.equal(backbone.conv1.weight, full.conv1.weight)
+    assert torch.equal(backbone.layer4[1].bn2.running_var, full.layer4[1].bn2.running_var)
+
+
+def test_a_checkpoint_of_another_architecture_names_the_first_mismatch(tmp_path):
+    from torchvision.models import resnet50
+
+    path = tmp_path / "resnet50.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    with pytest.raises(NtlabError) as err:
+        BACKBONES.get("resnet18")(weights=path)
+    text = str(err.value)
+    assert "does not match the backbone" in text and "layer1.0.conv1.weight" in text
+    assert "(64, 64, 1, 1)" in text and "(64, 64, 3, 3)" in text
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(NtlabError, match="cannot read weights file"):
+        BACKBONES.get("resnet18")(weights=path)
+
+
+def test_the_backbone_learning_rate_scale_makes_two_groups():
+    from ntlab.core.state import OptimConfig, build_optimizer
+
+    model = MultiTaskModel(BACKBONES.get("cnn")(image_size=16), {"a": 3})
+    opt = build_optimizer(model, OptimConfig("sgd", 0.01, 5e-4, backbone_lr_scale=0.1))
+    backbone, heads = opt.param_groups
+    assert backbone["lr"] == pytest.approx(0.001) and heads["lr"] == pytest.approx(0.01)
+    assert backbone["nesterov"] and backbone["momentum"] == 0.9
+    assert backbone["weight_decay"] == 5e-4
+    assert len(backbone["params"]) == len(list(model.backbone.parameters()))
+    assert len(heads["params"]) == 2
+    single = build_optimizer(model, OptimConfig("sgd", 0.01))
+    assert len(single.param_groups) == 1
