@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
 EVAL_CACHE_ENV = "NTLAB_EVAL_CACHE_MB"  # decoded eval crops kept in memory (default 1024 MB)
+_eval_cache_bytes = 0  # held by every ImageFiles of this process together
 
 
 def default_workers() -> int:
@@ -184,14 +186,17 @@ class ImageFiles:
         self, chunk: int, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images on `device`, their positions) for every image, in order, with
-        the eval transform. Decoded crops are kept in memory for the next pass when they fit
-        in NTLAB_EVAL_CACHE_MB (the merge search evaluates the same split many times)."""
+        the eval transform. Decoded crops are kept in memory for the next pass while all
+        kept crops of the process fit in NTLAB_EVAL_CACHE_MB (the merge search scores the
+        same validation split for every candidate)."""
+        global _eval_cache_bytes
         if self._eval_cache is not None:
             for x, ok in self._eval_cache:
                 yield normalise(x.to(device, non_blocking=True)), ok
             return
         budget = float(os.environ.get(EVAL_CACHE_ENV, "1024")) * 2**20
-        keep = len(self) * 3 * self.size**2 <= budget
+        size = len(self) * 3 * self.size**2
+        keep = _eval_cache_bytes + size <= budget
         cache = []
         requests = [
             (torch.arange(s, min(s + chunk, len(self))), False, 0)
@@ -204,6 +209,13 @@ class ImageFiles:
             yield normalise(out.x.to(device, non_blocking=True)), ok
         if keep:
             self._eval_cache = cache
+            _eval_cache_bytes += size
+            weakref.finalize(self, _release_eval_cache, size)
+
+
+def _release_eval_cache(size: int) -> None:
+    global _eval_cache_bytes
+    _eval_cache_bytes -= size
 
 
 @dataclass

@@ -113,6 +113,26 @@ def _duration(run: Run) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
+def _data_meta(run: Run) -> list[tuple[str, str]]:
+    """Image-list runs: where the data is, how val was made, and any images left out."""
+    data = run.config.get("data")
+    out = []
+    if isinstance(data, dict) and "root" in data:
+        made = sorted(set((data.get("val_split") or {}).values()))
+        out.append(
+            (
+                "data",
+                f"{data.get('benchmark')} at {data['root']}: {', '.join(data.get('domains', []))}"
+                f"; {data.get('classes')} classes; val: {'; '.join(made)}",
+            )
+        )
+    skipped = (run.results or {}).get("skipped_images")
+    if skipped:
+        examples = (run.results or {}).get("skipped_examples", [])[:3]
+        out.append(("skipped images", f"{skipped} unreadable, left out: {'; '.join(examples)}"))
+    return out
+
+
 def _device(config: dict[str, Any]) -> str:
     env = config.get("environment", {})
     chosen = config.get("train", {}).get("device", "")
@@ -161,6 +181,7 @@ def run_context(run: Run, fmt: str, anchor: str) -> dict[str, Any]:
             ", ".join(f"{k} {env[k]}" for k in ("ntlab", "torch", "python") if env.get(k)),
         ),
         ("git revision", str(env.get("git_revision") or "")),
+        *_data_meta(run),
     ]
     config = {k: v for k, v in run.config.items() if k != "environment"}
     return {

@@ -76,7 +76,10 @@ def test_domainnet_train(dn: Path, tmp_path: Path):
     assert config["data"]["val_split"]["real"] == "list"
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics["task"]) >= {"clipart", "painting", "real"}
-    check_report(out / "report.html", texts=("clipart",))
+    check_report(
+        out / "report.html",
+        texts=("clipart", "345 classes", "val: list; test split 50/50, seed 0"),
+    )
 
 
 def test_domainnet_forkmerge_train(dn: Path, tmp_path: Path):
@@ -266,3 +269,4 @@ def test_skip_bad_images_finishes_and_counts_them(dn: Path, tmp_path: Path):
     for w in where:
         assert any(w in e for e in res["skipped_examples"])
     assert finite(res["test_acc"])
+    check_report(out / "report.html", texts=("skipped images", "2 unreadable, left out"))
