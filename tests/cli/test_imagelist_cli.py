@@ -11,6 +11,8 @@ import json
 import math
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -238,23 +240,35 @@ def test_bad_list_lines_name_the_file_and_line(dn: Path, tmp_path: Path, line: s
     one_line_error(invoke(*train_args(root, tmp_path / "r")), message)
 
 
-def break_images(root: Path) -> list[str]:
+BROKEN = {  # list line → how the image is broken, and the reason the error gives
+    4: ("missing", "no such file"),
+    7: ("undecodable", "Unsupported image file"),
+}
+
+
+def break_images(root: Path, which=tuple(BROKEN)) -> list[str]:
     lines = (root / "image_list" / "clipart_train.txt").read_text().splitlines()
-    missing, garbage = (lines[i].rsplit(maxsplit=1)[0] for i in (3, 6))
-    (root / missing).unlink()
-    (root / garbage).write_bytes(b"\xff\xd8 truncated")
-    return ["clipart_train.txt:4", "clipart_train.txt:7"]
+    for number in which:
+        image = root / lines[number - 1].rsplit(maxsplit=1)[0]
+        if BROKEN[number][0] == "missing":
+            image.unlink()
+        else:
+            image.write_bytes(b"\xff\xd8 truncated")
+    return [f"clipart_train.txt:{n}" for n in which]
 
 
-def test_an_unreadable_image_fails_the_run_with_its_path(dn: Path, tmp_path: Path):
+@pytest.mark.parametrize("number", list(BROKEN))
+def test_an_unreadable_image_fails_the_run_with_its_path(dn: Path, tmp_path: Path, number: int):
     root = broken(dn, tmp_path)
-    where = break_images(root)
+    (where,) = break_images(root, (number,))
     out = tmp_path / "r"
     result = invoke(*train_args(root, out), "--steps", "6")
-    line = one_line_error(result, str(root / "clipart" / "class_0"), "--skip-bad-images")
-    assert any(w in line for w in where)
+    one_line_error(
+        result, "cannot read image", str(root / "clipart"), where, BROKEN[number][1],
+        "--skip-bad-images",
+    )  # fmt: skip
     status = json.loads((out / "status.json").read_text())
-    assert status["state"] == "failed" and "cannot read image" in status["error"]
+    assert status["state"] == "failed" and where in status["error"]
     assert not (out / "results.json").exists()  # no result that looks complete
 
 
@@ -270,3 +284,30 @@ def test_skip_bad_images_finishes_and_counts_them(dn: Path, tmp_path: Path):
         assert any(w in e for e in res["skipped_examples"])
     assert finite(res["test_acc"])
     check_report(out / "report.html", texts=("skipped images", "2 unreadable, left out"))
+
+
+def test_data_list_shows_the_configured_image_lists(dn: Path, monkeypatch):
+    monkeypatch.setenv("NTLAB_DOMAINNET", str(dn))
+    result = runner.invoke(app, ["data", "list"], env={"COLUMNS": "200"})
+    ok(result)
+    row = next(line for line in result.output.splitlines() if "│ real " in line and "image" in line)
+    assert "│    15 │" in row  # 5 classes × 3 train images
+    assert "val: list" in row
+    assert "test split 50/50, seed 0" in result.output
+
+
+def test_the_console_script_trains_with_loader_processes(office: Path, tmp_path: Path):
+    """The real entry point, two worker processes decoding: the same numbers as in-process."""
+    outs = []
+    for workers in ("2", "0"):
+        out = tmp_path / f"w{workers}"
+        args = shlex.split(f"train --benchmark imagelist --root {office} -t dslr --method ew")
+        args += [*FAST, "--workers", workers, "--steps", "4", "--out", str(out)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ntlab", *args], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((out / "config.json").read_text())["train"]["workers"] == int(workers)
+        outs.append(results(out))
+    assert outs[0]["test_acc"] == outs[1]["test_acc"]
+    assert outs[0]["stl"]["test_acc"] == outs[1]["stl"]["test_acc"]
