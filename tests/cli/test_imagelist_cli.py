@@ -152,11 +152,12 @@ def test_imagelist_forkmerge_train(office: Path, tmp_path: Path):
     ok(
         cli(
             f"forkmerge train --benchmark imagelist --root {office} "
-            f"-t amazon --steps 4 --merge-every 2 --out {out}"
+            f"-t amazon --steps 4 --merge-every 2 --bn-recalibrate --out {out}"
         )
     )
     res = results(out)
     assert res["aux"] == ["dslr", "webcam"] and res["rounds"] == 2
+    assert finite(res["test_acc"], res["val_acc"])  # BatchNorm re-estimated on decoded batches
 
 
 def test_imagelist_pairwise_and_gcs(office: Path, tmp_path: Path):
