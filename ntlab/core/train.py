@@ -11,7 +11,7 @@ from ntlab.core.rules import Rule, WeightedSum
 from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
 from ntlab.data.files import to_float as images_to_float
-from ntlab.data.sampler import BatchSource, seeded_generator
+from ntlab.data.sampler import BatchSource, seeded_generator, share_workers
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
 
@@ -102,29 +102,34 @@ def train(
     weight_sum = torch.zeros(len(terms), device=device)
     seen = weighed = 0
     model.train()
-    for i in range(steps):
-        batches = [src.next() for src in sources]
-        losses, features = term_losses(model, batches, present)
-        optimizer.zero_grad(set_to_none=True)
-        weights = rule.backward(losses, features, state.step, batches)
-        optimizer.step()
-        state.step += 1
-        state.apply_schedule()
-        running += torch.stack(losses).detach()
-        if weights is not None:
-            weight_sum += weights.detach().to(device)
-            weighed += 1
-        seen += 1
-        if on_log and (state.step % log_every == 0 or i == steps - 1):
-            means = (running / seen).tolist()
-            logged = {t.name: v for t, v in zip(terms, means)}
-            if not static and weighed == seen:  # every step of the window reported weights
-                mean_w = (weight_sum / seen).tolist()
-                logged |= {f"{t.name}:weight": v for t, v in zip(terms, mean_w)}
-            on_log(state.step, logged)
-            running.zero_()
-            weight_sum.zero_()
-            seen = weighed = 0
-        if on_step:
-            on_step(state.step)
+    share_workers(sources)
+    try:
+        for i in range(steps):
+            batches = [src.next() for src in sources]
+            losses, features = term_losses(model, batches, present)
+            optimizer.zero_grad(set_to_none=True)
+            weights = rule.backward(losses, features, state.step, batches)
+            optimizer.step()
+            state.step += 1
+            state.apply_schedule()
+            running += torch.stack(losses).detach()
+            if weights is not None:
+                weight_sum += weights.detach().to(device)
+                weighed += 1
+            seen += 1
+            if on_log and (state.step % log_every == 0 or i == steps - 1):
+                means = (running / seen).tolist()
+                logged = {t.name: v for t, v in zip(terms, means)}
+                if not static and weighed == seen:  # every step of the window reported weights
+                    mean_w = (weight_sum / seen).tolist()
+                    logged |= {f"{t.name}:weight": v for t, v in zip(terms, mean_w)}
+                on_log(state.step, logged)
+                running.zero_()
+                weight_sum.zero_()
+                seen = weighed = 0
+            if on_step:
+                on_step(state.step)
+    finally:  # loader processes of image files stop between calls (ForkMerge's idle branches)
+        for src in sources:
+            src.release()
     return state

@@ -160,8 +160,15 @@ class ImageFiles:
         )
         return Decoded(x, torch.tensor(ok, dtype=torch.long), bad)
 
-    def loader(self, requests: Iterable[tuple[torch.Tensor, bool, int]], pin: bool) -> Iterator:
-        """(request, Decoded) for each request, decoded by `workers` processes ahead."""
+    def loader(
+        self,
+        requests: Iterable[tuple[torch.Tensor, bool, int]],
+        pin: bool,
+        workers: int | None = None,
+    ) -> Iterator:
+        """(request, Decoded) for each request, decoded ahead by `workers` processes
+        (default: this benchmark's --workers)."""
+        workers = self.workers if workers is None else workers
         from torch.utils.data import DataLoader
 
         return iter(
@@ -169,9 +176,9 @@ class ImageFiles:
                 _Requests(self),
                 sampler=_Passthrough(requests),
                 batch_size=None,
-                num_workers=self.workers,
+                num_workers=workers,
                 pin_memory=pin,
-                prefetch_factor=2 if self.workers else None,
+                prefetch_factor=2 if workers else None,
                 worker_init_fn=_worker_init,
             )
         )

@@ -54,6 +54,7 @@ class BatchSource:
         self._pos = 0
         self._stream = None  # image files: the loader decoding the coming batches
         self._stream_at = -1
+        self.workers: int | None = None  # image files: loader processes (None: --workers)
 
     def _advance(self) -> torch.Tensor:
         """The positions of the next batch (the only place the order is decided)."""
@@ -83,7 +84,7 @@ class BatchSource:
         for _ in range(100):
             if self._stream is None or self._stream_at != self.batches_drawn:
                 pin = self.y.device.type == "cuda"
-                self._stream = self.x.loader(self._requests(), pin=pin)
+                self._stream = self.x.loader(self._requests(), pin=pin, workers=self.workers)
                 self._stream_at = self.batches_drawn
             request, out = next(self._stream)
             idx = self._advance()
@@ -94,6 +95,11 @@ class BatchSource:
                 x = normalise(out.x.to(self.y.device, non_blocking=True))
                 return x, self.y[keep], self.head[keep]
         raise NtlabError("100 batches in a row had no readable image; check the image files")
+
+    def release(self) -> None:
+        """Stop this source's loader processes (and drop what they decoded ahead); the next
+        batch starts them again at the same position."""
+        self._stream, self._stream_at = None, -1
 
     def fork(self) -> BatchSource:
         twin = object.__new__(BatchSource)
@@ -116,6 +122,18 @@ class BatchSource:
         self._pos = state["pos"]
         self.batches_drawn = state["batches_drawn"]
         self._stream, self._stream_at = None, -1
+
+
+def share_workers(sources: list[BatchSource]) -> None:
+    """Sources that train together split the --workers processes between them (at least one
+    each), so that a step of K image-list terms runs about --workers decoders, not K times."""
+    decoded = [s for s in sources if isinstance(s.x, ImageFiles)]
+    for src in decoded:
+        total = src.x.workers
+        share = max(1, total // len(decoded)) if total else 0
+        if src.workers != share:
+            src.workers = share
+            src.release()
 
 
 def batch_seed(salt: int, number: int) -> int:

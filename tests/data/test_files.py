@@ -169,3 +169,29 @@ def test_data_options_a_benchmark_does_not_take_are_refused():
         get_benchmark("domainnet", domains=["c"])
     with pytest.raises(NtlabError, match="--image-size must be at least 32"):
         get_benchmark("imagelist", image_size=8)
+
+
+def test_training_in_chunks_releases_loaders_and_keeps_the_stream(tree: Path):
+    """Sources training together split --workers; each train() call stops its loaders at the
+    end, and 2 + 2 steps give the parameters of 4 steps in one call."""
+    from ntlab.core.state import OptimConfig, TrainState
+    from ntlab.core.train import LossTerm, attach_sources, train
+    from ntlab.models import BACKBONES, MultiTaskModel
+
+    def trained(chunks: list[int]) -> tuple[TrainState, list[int | None]]:
+        bench = get_benchmark("imagelist", root=str(tree), image_size=32, workers=2)
+        data = bench.load(["amazon", "dslr"])
+        torch.manual_seed(0)
+        model = MultiTaskModel(BACKBONES.get("resnet18")(), {"amazon": 7, "dslr": 7})
+        state = TrainState.create(model, OptimConfig("sgd", 0.01), sum(chunks))
+        terms = [LossTerm("amazon", ("amazon",), 1.0), LossTerm("dslr", ("dslr",), 1.0)]
+        attach_sources(state, terms, data, 4, 0)
+        for steps in chunks:
+            train(state, terms, steps)
+            assert all(src._stream is None for src in state.sources.values())
+        return state, [src.workers for src in state.sources.values()]
+
+    (a, shares), (b, _) = trained([2, 2]), trained([4])
+    assert shares == [1, 1]  # 2 workers split between 2 image-list terms
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
