@@ -332,7 +332,7 @@ def _target_batches(target, cfg: TrainConfig, opts: ForkMergeOptions, round_inde
     x = target.x("train")
     for b in range(opts.bn_batches):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=g)
-        yield take(x, idx, target.y("train").device, seed=b)
+        yield take(x, idx, target.y("train").device, seed=round_index * 100_003 + b)
 
 
 def _search(score, own_scores: list[float], opts: ForkMergeOptions) -> SearchResult:
