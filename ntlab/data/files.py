@@ -44,6 +44,7 @@ warnings.filterwarnings(
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
+FILE_CHUNK = 64  # images per eval request: spread over the workers, bounded in memory
 EVAL_CACHE_ENV = "NTLAB_EVAL_CACHE_MB"  # decoded eval crops kept in memory (default 1024 MB)
 _eval_cache_bytes = 0  # held by every ImageFiles of this process together
 
@@ -340,10 +341,11 @@ def cat_images(parts: list[Images]) -> Images:
 def labelled_chunks(
     x: Images, y: torch.Tensor, chunk: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float images, labels) on y's device, in order, `chunk` at a time; unreadable images
-    skipped under --skip-bad-images are left out with their labels."""
+    """(float images, labels) on y's device, in order, `chunk` at a time (files: at most
+    FILE_CHUNK, so that every worker decodes a part); unreadable images skipped under
+    --skip-bad-images are left out with their labels."""
     if isinstance(x, ImageFiles):
-        for images, ok in x.eval_chunks(chunk, y.device):
+        for images, ok in x.eval_chunks(min(chunk, FILE_CHUNK), y.device):
             yield images, y[ok.to(y.device)]
         return
     for part, labels in zip(x.split(chunk), y.split(chunk)):
