@@ -83,11 +83,23 @@ def list_path(root: Path, domain: str, split: str) -> Path:
     return root / "image_list" / f"{domain}_{split}.txt"
 
 
+_READ: dict[tuple, ImageList] = {}  # (path, mtime, size, classes) → the list, read once
+
+
 def read_list(path: Path, num_classes: int | None = None) -> ImageList:
     """Read one list; a missing file, a line without a label, a label that is not an
-    integer or is out of range fails with the file and line number."""
+    integer or is out of range fails with the file and line number. A list is parsed once
+    per process while its file is unchanged (cache keys and loads read it again and again)."""
     if not path.is_file():
         raise NtlabError(f"image list {path} does not exist")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, num_classes)
+    if key not in _READ:
+        _READ[key] = _parse_list(path, num_classes)
+    return _READ[key]
+
+
+def _parse_list(path: Path, num_classes: int | None) -> ImageList:
     images, labels, lines = [], [], []
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
@@ -264,7 +276,7 @@ class ImageListBenchmark:
                     self.workers,
                     self.log,
                 )
-                splits[split] = (files, lst.labels.to(device))
+                splits[split] = (files, lst.labels.to(device, copy=True))  # the list is shared
             out[name] = TaskData(name, classes, splits)
         return out
 

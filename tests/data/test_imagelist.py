@@ -113,3 +113,15 @@ def test_split_is_a_partition():
     for part in parts.values():
         assert part.path == lst.path
         assert [int(i) + 1 for i in part.images] == list(part.lines)
+
+
+def test_a_list_is_parsed_once_while_its_file_is_unchanged(tmp_path):
+    from ntlab.data.imagelist import read_list
+
+    path = tmp_path / "d_train.txt"
+    path.write_text("a.jpg 0\nb.jpg 1\n")
+    first = read_list(path, 5)
+    assert read_list(path, 5) is first  # cached
+    path.write_text("a.jpg 0\nb.jpg 1\nc.jpg 2\n")
+    again = read_list(path, 5)
+    assert again is not first and again.images == ("a.jpg", "b.jpg", "c.jpg")
