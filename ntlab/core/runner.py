@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,8 +29,9 @@ from ntlab.runs import read_json, write_json
 
 CORE_VERSION = 2  # bump when a change to the core changes trained numbers (invalidates caches)
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
-DEFAULTS_IN_KEY = {"backbone_lr_scale": 1.0, "root": None, "domains": None, "image_size": None,
-                   "skip_bad_images": False}  # fmt: skip  # left out at these values: old keys hold
+# Options added after caches existed: left out of the cache key at their default, so that
+# the keys (and cached trainings) of earlier configs still hold.
+KEY_ONLY_IF_SET = {"backbone_lr_scale", "root", "domains", "image_size", "skip_bad_images"}
 
 
 @dataclass
@@ -82,6 +83,9 @@ class TrainConfig:
 
     def terms(self) -> list[LossTerm]:
         return get_method(self.method).terms(self.target, self.aux, self.lam)
+
+
+FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def benchmark_of(cfg: TrainConfig):
@@ -297,7 +301,7 @@ def cache_key(cfg: TrainConfig) -> str:
         **{
             k: v
             for k, v in asdict(cfg).items()
-            if k not in NOT_IN_KEY and not (k in DEFAULTS_IN_KEY and v == DEFAULTS_IN_KEY[k])
+            if k not in NOT_IN_KEY and not (k in KEY_ONLY_IF_SET and v == FIELD_DEFAULTS[k])
         },
         "aux": cfg.aux if method.uses_aux else [],
         "lam": cfg.lam if method.uses_lam else None,

@@ -10,7 +10,7 @@ import torch
 from ntlab.core.rules import Rule, WeightedSum
 from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
-from ntlab.data.files import to_float as images_to_float
+from ntlab.data.files import to_float
 from ntlab.data.sampler import BatchSource, seeded_generator, share_workers
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
@@ -63,7 +63,7 @@ def term_losses(
     Concatenating is exact with the per-sample normalisation of the default backbone
     (GroupNorm); a BatchNorm backbone would see the terms' batches pooled.
     """
-    x = images_to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
+    x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
     features = model.features(x)
     parts = features.split([len(b[1]) for b in batches])
     losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]

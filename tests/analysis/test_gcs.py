@@ -15,7 +15,8 @@ from ntlab.analysis.gcs import (
 )
 from ntlab.core.evaluate import evaluate
 from ntlab.core.runner import TrainConfig, trained_model
-from ntlab.core.train import images_to_float, term_losses
+from ntlab.core.train import term_losses
+from ntlab.data.files import to_float
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 
@@ -72,7 +73,7 @@ def test_one_step_params_match_a_manual_sgd_step(pretrained):
 
     # Scoring the stacked parameters equals evaluating the stepped module.
     task = data["optdigits"]
-    acc, loss = one_step_scores(model, head, stacked, images_to_float(task.x("val")), task.y("val"))
+    acc, loss = one_step_scores(model, head, stacked, to_float(task.x("val")), task.y("val"))
     reference = evaluate(manual, task, "val")
     assert acc[1] == pytest.approx(reference["acc"])
     assert loss[1] == pytest.approx(reference["loss"], rel=1e-5)
