@@ -26,7 +26,7 @@ from ntlab.data.files import Images, labelled_chunks
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.metrics import gradient_cosine
-from ntlab.models.multitask import MultiTaskModel
+from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
 
 AUX_KINDS = ("task", "weight-decay")
 DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
@@ -36,7 +36,7 @@ DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
 class GcsOptions:
     lams: tuple[float, ...] = DEFAULT_LAMS
     batches: int = 64
-    eta: float = 0.05
+    eta: float = 0.01  # the paper's η; the CLI takes its defaults from these fields
     aux_kind: str = "task"
     batch_size: int = 64
     probe_steps: int = 100
@@ -69,7 +69,8 @@ def fit_heads(
     """Fit the heads of `tasks` on the frozen backbone (a linear probe), with the core's loop.
 
     An STL model's auxiliary heads are untrained; their gradients on the backbone would say
-    more about a random head than about the auxiliary task.
+    more about a random head than about the auxiliary task. The backbone, BatchNorm
+    statistics included, is left exactly as trained.
     """
     if steps == 0 or not tasks:
         return
@@ -80,7 +81,8 @@ def fit_heads(
         state = TrainState.create(model, OptimConfig("adam", lr), steps)
         terms = [LossTerm(f"probe:{t}", (t,), 1.0) for t in tasks]
         attach_sources(state, terms, data, batch_size, seed)
-        train(state, terms, steps)
+        with frozen_batchnorm_statistics(model):
+            train(state, terms, steps)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -122,35 +124,37 @@ def gcs_table(
     x_val, y_val = data[target].x("val"), data[target].y("val")
     lam_t = torch.tensor(lams, device=device)
     rows = []
-    model.train()
-    for b in range(opts.batches):
-        g_tgt = _grads(model, term_losses(model, [target_batches.next()], [[head]])[0][0], updated)
-        if aux_batches is not None:
-            aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0][0]
-            g_aux = _grads(model, aux_loss, shared)
-            g_aux.update({n: torch.zeros_like(params[n]) for n in updated if n not in shared})
-        else:  # the regulariser ½‖θ‖²: its gradient is θ itself
-            g_aux = {n: params[n].detach() for n in updated}
-        cos = gradient_cosine(_flat(g_tgt, shared), _flat(g_aux, shared)).item()
-        stacked = one_step_params(
-            {n: params[n].detach() for n in updated}, g_tgt, g_aux, lam_t, opts.eta
-        )
-        acc, loss = one_step_scores(model, head, stacked, x_val, y_val)
-        for i, lam in enumerate(lams):
-            rows.append(
-                {
-                    "batch": b,
-                    "lam": lam,
-                    "gcs": cos,
-                    "tg": acc[i] - acc[lams.index(0.0)],
-                    "tg_loss": loss[lams.index(0.0)] - loss[i],
-                    "val_acc": acc[i],
-                    "val_loss": loss[i],
-                    "aux_kind": opts.aux_kind,
-                }
+    model.train()  # the gradients of training steps; θ_T's BatchNorm buffers stay as trained
+    with frozen_batchnorm_statistics(model):
+        for b in range(opts.batches):
+            tgt_loss = term_losses(model, [target_batches.next()], [[head]])[0][0]
+            g_tgt = _grads(model, tgt_loss, updated)
+            if aux_batches is not None:
+                aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0][0]
+                g_aux = _grads(model, aux_loss, shared)
+                g_aux.update({n: torch.zeros_like(params[n]) for n in updated if n not in shared})
+            else:  # the regulariser ½‖θ‖²: its gradient is θ itself
+                g_aux = {n: params[n].detach() for n in updated}
+            cos = gradient_cosine(_flat(g_tgt, shared), _flat(g_aux, shared)).item()
+            stacked = one_step_params(
+                {n: params[n].detach() for n in updated}, g_tgt, g_aux, lam_t, opts.eta
             )
-        if on_batch:
-            on_batch(b + 1)
+            acc, loss = one_step_scores(model, head, stacked, x_val, y_val)
+            for i, lam in enumerate(lams):
+                rows.append(
+                    {
+                        "batch": b,
+                        "lam": lam,
+                        "gcs": cos,
+                        "tg": acc[i] - acc[lams.index(0.0)],
+                        "tg_loss": loss[lams.index(0.0)] - loss[i],
+                        "val_acc": acc[i],
+                        "val_loss": loss[i],
+                        "aux_kind": opts.aux_kind,
+                    }
+                )
+            if on_batch:
+                on_batch(b + 1)
     return pd.DataFrame(rows)
 
 

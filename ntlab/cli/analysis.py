@@ -65,15 +65,15 @@ def _gcs_options(
             help="task: the auxiliary domains, mixed; weight-decay: the regulariser ½‖θ‖² "
             "as the auxiliary task (Fig. 2c–d)."
         ),
-    ] = "task",
-    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1",
+    ] = gcs_analysis.GcsOptions.aux_kind,
+    lams: opt.Lams = ",".join(f"{lam:g}" for lam in gcs_analysis.DEFAULT_LAMS),
     batches: Annotated[
         int | None,
         typer.Option(help=f"Sampled mini-batch pairs. {preset_help('batches')}"),
     ] = None,
     eta: Annotated[
         float, typer.Option(help="η of the one-step update θ − η(g_tgt + λ g_aux) (plain SGD).")
-    ] = 0.01,
+    ] = gcs_analysis.GcsOptions.eta,
     pretrain_steps: Annotated[
         int | None,
         typer.Option(
@@ -87,7 +87,7 @@ def _gcs_options(
             help="Steps fitting the auxiliary heads on the frozen θ_T backbone before measuring "
             "(an STL model has untrained auxiliary heads)."
         ),
-    ] = 100,
+    ] = gcs_analysis.GcsOptions.probe_steps,
 ) -> None: ...
 
 

@@ -14,6 +14,7 @@ from ntlab.core.rules import (
     task_jacobian,
 )
 from ntlab.methods import register_rule
+from ntlab.models.multitask import frozen_batchnorm_statistics
 
 
 def cosines_to_target(jac: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,8 @@ class _JacobianRule(Rule):
     """Weights from the per-task gradients on the shared backbone: the update is
     Σ_k w_k g_k there, and each auxiliary head is scaled by its task's weight."""
 
+    scales_heads = True  # False: each head learns from its own loss at weight 1
+
     def __init__(self, ctx: RuleContext) -> None:
         self.ctx = ctx
         self.k = len(ctx.term_names)
@@ -39,14 +42,19 @@ class _JacobianRule(Rule):
         jac = task_jacobian(losses, features, self.ctx.model)
         weights = self.weights(jac, step)
         set_shared_grad(self.ctx.model, weights @ jac)
-        scale_head_grads(self.ctx.model, self.ctx.term_heads, weights)
+        if self.scales_heads:
+            scale_head_grads(self.ctx.model, self.ctx.term_heads, weights)
         return weights
 
 
 class GradientCosineSimilarity(_JacobianRule):
     """GCS — Du et al., 2018 ("Adapting auxiliary losses using gradient similarity"), Alg. 1,
     unweighted version: an auxiliary gradient is added only when its cosine with the target
-    gradient is positive (w_k = 1[cos(g_0, g_k) > 0], w_0 = 1), on the shared parameters."""
+    gradient is positive (w_k = 1[cos(g_0, g_k) > 0], w_0 = 1), on the shared parameters.
+    Only the shared gradient is gated (as in Du et al. and the ForkMerge authors' baseline):
+    an auxiliary head always learns from its own loss."""
+
+    scales_heads = False
 
     @staticmethod
     def weights_from(jac: torch.Tensor) -> torch.Tensor:
@@ -133,17 +141,27 @@ class AutoLambda(Rule):
     meta-gradient of the target's validation loss after a virtual SGD step,
     θ' = θ − η ∇_θ Σ_k λ_k L_k(θ), approximated by finite differences:
     ∇_λ L_val(θ') ≈ −η [∇_λ L_train(θ⁺) − ∇_λ L_train(θ⁻)] / 2ε, with
-    θ± = θ ± ε ∇_θ' L_val(θ') and ε = 0.01 / ‖∇_θ' L_val(θ')‖. All λ start at 1 and follow
-    Adam (lr 1e-4, as in the paper's dense-prediction setting).
+    θ± = θ ± ε ∇_θ' L_val(θ') and ε = 0.01 / ‖∇_θ' L_val(θ')‖. Every λ (the target's too)
+    starts at 0.1, as in the official code, and follows Adam.
 
     The validation batches are the target's validation split (the data ForkMerge's merge
-    search also sees). Deviation: λ is kept ≥ 0.
+    search also sees). The meta passes leave BatchNorm statistics alone: validation images
+    must not move the model's running estimates. Deviations: λ is kept ≥ 0; the meta
+    learning rate is 3e-3 instead of the official 1e-4, which is tuned for budgets of
+    ~10⁵ steps: Adam moves λ by at most about lr per step, so at 1e-4 a 500-step budget could
+    move it by 0.05 and the method would be EW in disguise.
     """
+
+    INITIAL = 0.1
+    META_LR = 3e-3
 
     def __init__(self, ctx: RuleContext) -> None:
         self.ctx = ctx
-        self.lam = torch.ones(len(ctx.term_names), device=ctx.device, requires_grad=True)
-        self.optimizer = torch.optim.Adam([self.lam], lr=float(ctx.option("auto_lambda_lr", 1e-4)))
+        k = len(ctx.term_names)
+        initial = float(ctx.option("auto_lambda_init", self.INITIAL))
+        self.lam = torch.full((k,), initial, device=ctx.device, requires_grad=True)
+        lr = float(ctx.option("auto_lambda_lr", self.META_LR))
+        self.optimizer = torch.optim.Adam([self.lam], lr=lr)
         self.every = int(ctx.option("auto_lambda_every", 1))
         if ctx.val_batches is None:
             raise ValueError("auto-lambda needs the target's validation batches")
@@ -165,7 +183,8 @@ class AutoLambda(Rule):
         for p, g in zip(params, grads):
             p.grad = g.clone()
         if step % self.every == 0:
-            self._meta_step(names, params, grads, weights, batches)
+            with frozen_batchnorm_statistics(model):
+                self._meta_step(names, params, grads, weights, batches)
         return weights
 
     def _meta_step(self, names, params, grads, weights, batches) -> None:

@@ -48,3 +48,31 @@ class MultiTaskModel(nn.Module):
             mask = heads == h
             total = total + F.cross_entropy(self.heads[h](features[mask]), y[mask], reduction="sum")
         return total / len(y)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class frozen_batchnorm_statistics:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Within the block, BatchNorm layers in train mode normalise with the batch's own
+    statistics (as in training) but update none of their buffers: running mean, variance
+    and `num_batches_tracked` stay bitwise what they were.
+
+    Measurements that take gradient passes on a trained model θ_T (gcs, Auto-λ's meta
+    steps) use it, so that θ_T — buffers included — is exactly the trained model.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = batchnorm_layers(model)
+        self.saved: list[bool] = []
+
+    def __enter__(self) -> frozen_batchnorm_statistics:
+        self.saved = [m.track_running_stats for m in self.layers]
+        for m in self.layers:
+            m.track_running_stats = False  # train mode: batch statistics, no buffer update
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, tracked in zip(self.layers, self.saved):
+            m.track_running_stats = tracked

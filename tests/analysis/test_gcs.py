@@ -136,3 +136,33 @@ def test_fit_heads_trains_only_the_auxiliary_heads(pretrained):
 def test_bad_options_are_rejected(opts, message):
     with pytest.raises(NtlabError, match=message):
         opts.check()
+
+
+def test_gcs_leaves_a_batchnorm_model_exactly_as_trained(tiny_digits):
+    """θ_T, BatchNorm buffers included, is the trained model during every measurement: the
+    probe of the auxiliary heads and the per-batch gradient passes move no buffer."""
+    cfg = TrainConfig(
+        target="optdigits", backbone="resnet18", steps=3, batch_size=8, device="cpu"
+    )
+    model, data, _, _ = trained_model(cfg, tasks=AUX)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_heads(model, data, AUX, steps=3, batch_size=8, seed=0)
+    table = gcs_table(model, data, "optdigits", AUX, GcsOptions(batches=2, batch_size=8))
+    after = model.state_dict()
+    buffers = [k for k, _ in model.named_buffers()]
+    assert any("running_mean" in k for k in buffers) and any("num_batches" in k for k in buffers)
+    for k in buffers:
+        assert torch.equal(before[k], after[k]), f"{k} moved during gcs"
+    backbone = [k for k, _ in model.named_parameters() if k.startswith("backbone.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert (table[table["lam"] == 0.0]["tg"] == 0.0).all()
+
+
+def test_gcs_library_and_cli_share_one_default_step_size():
+    from typer.testing import CliRunner
+
+    from ntlab.cli import app
+
+    assert GcsOptions().eta == 0.01  # the paper's η
+    help_text = CliRunner().invoke(app, ["gcs", "--help"], terminal_width=200).output
+    assert "0.01" in help_text and "0.05" not in help_text

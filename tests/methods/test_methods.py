@@ -209,3 +209,82 @@ def test_delta_m_reproduces_forkmerge_on_nyuv2():
     ew = nyu((52.13, 74.51), (39.03, 16.43), (24.14, 17.62, 33.98, 59.63, 70.93))
     assert round(delta_m(ew, stl, NYU_LOWER), 2) == 0.30
     assert delta_m(stl, stl, NYU_LOWER) == 0.0
+
+
+# --- auxiliary-task methods on a model: what they leave alone ---------------------------------
+
+
+def _model(backbone: str = "cnn"):
+    from ntlab.models import BACKBONES, MultiTaskModel
+
+    torch.manual_seed(0)
+    return MultiTaskModel(BACKBONES.get(backbone)(image_size=16), {"t": 10, "a": 10})
+
+
+def test_gcs_gates_only_the_shared_gradient_heads_learn_from_their_own_loss():
+    from ntlab.core.rules import RuleContext
+
+    model = _model()
+    with torch.no_grad():  # the auxiliary head is the negated target head: cos(g_0, g_1) = −1
+        model.heads[1].weight.copy_(-model.heads[0].weight)
+        model.heads[1].bias.copy_(-model.heads[0].bias)
+    x = torch.rand(8, 3, 16, 16)
+    features = model.features(x)
+    losses = [model.heads[0](features).sum(), model.heads[1](features).sum()]
+    ctx = RuleContext(model=model, term_names=["t", "a"], term_heads=[[0], [1]], steps=1, lr=1e-3)
+    weights = GradientCosineSimilarity(ctx).backward(losses, features, 0, [])
+    assert weights.tolist() == [1.0, 0.0]  # the conflicting auxiliary gradient is gated
+    expected = features.detach().sum(0, keepdim=True).expand_as(model.heads[1].weight)
+    assert torch.allclose(model.heads[1].weight.grad, expected)  # … but not its own head
+
+
+def _auto_lambda(model, tiny_digits_data, steps=5):
+    from ntlab.core.rules import RuleContext
+    from ntlab.data.sampler import BatchSource, seeded_generator
+    from ntlab.methods.auxiliary import AutoLambda
+
+    t, a = tiny_digits_data["optdigits"], tiny_digits_data["mnist"]
+    src = [BatchSource([d], [h], 8, seeded_generator(0, str(h))) for d, h in ((t, 0), (a, 1))]
+    val = BatchSource([t], [0], 8, seeded_generator(0, "val"), augment=False)
+    ctx = RuleContext(
+        model=model, term_names=["t", "a"], term_heads=[[0], [1]], steps=steps, lr=1e-3,
+        val_batches=val.next, options={"auto_lambda_lr": 1e-2},
+    )  # fmt: skip
+    return AutoLambda(ctx), src
+
+
+@pytest.fixture
+def digits_data(tiny_digits):
+    from ntlab.data import get_benchmark
+
+    return get_benchmark("digits").load(["optdigits", "mnist"], torch.device("cpu"))
+
+
+def test_auto_lambda_starts_at_the_official_0_1_and_moves(digits_data):
+    from ntlab.core.train import term_losses
+
+    model = _model()
+    rule, sources = _auto_lambda(model, digits_data)
+    assert rule.lam.tolist() == pytest.approx([0.1, 0.1])
+    for step in range(5):
+        batches = [s.next() for s in sources]
+        losses, features = term_losses(model, batches, [[0], [1]])
+        rule.backward(losses, features, step, batches)
+        model.zero_grad(set_to_none=True)
+    assert (rule.lam.detach() - 0.1).abs().max() > 1e-3  # the meta steps move λ
+
+
+def test_auto_lambda_meta_passes_leave_batchnorm_statistics_alone(digits_data):
+    from ntlab.core.train import term_losses
+    from ntlab.models.multitask import frozen_batchnorm_statistics
+
+    model = _model("resnet18")
+    model.train()
+    rule, sources = _auto_lambda(model, digits_data)
+    batches = [s.next() for s in sources]
+    with frozen_batchnorm_statistics(model):  # the training pass itself is not under test
+        losses, features = term_losses(model, batches, [[0], [1]])
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    rule.backward(losses, features, 0, batches)
+    for k, v in model.named_buffers():
+        assert torch.equal(before[k], v), f"{k} moved in Auto-λ's meta passes"
