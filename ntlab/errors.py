@@ -7,3 +7,7 @@ class NtlabError(Exception):
 
 class UnknownNameError(NtlabError):
     """A name that is not in a registry."""
+
+
+class NonFiniteError(NtlabError):
+    """A training produced a non-finite loss or parameters (it diverged)."""

@@ -105,6 +105,13 @@ def _forkmerge_options(
         str,
         typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
     ] = "keep",
+    merge_heads: Annotated[
+        str,
+        typer.Option(
+            help="all: merge every head with the backbone; shared: merge the backbone and the "
+            "target head, each branch keeps its own auxiliary heads."
+        ),
+    ] = ForkMergeOptions.merge_heads,
     resume: Annotated[
         bool, typer.Option(help="Continue the unfinished run in --out from its last merge.")
     ] = False,
@@ -139,6 +146,7 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             prune=opts["prune"],
             bn_recalibrate=opts["bn_recalibrate"],
             optimizer_state=opts["optimizer_state"],
+            merge_heads=opts["merge_heads"],
         )
         validate_forkmerge(cfg, specs, fm)
         bench.fingerprint()
@@ -231,4 +239,8 @@ def _print_summary(results: dict, path: Path, quiet: bool) -> None:
         "(" + ", ".join(f"{w:.1f}" for w in r) + ")" for r in results["lambda_per_round"]
     )
     console.print(f"Λ* per round: {lams}")
+    for row in results.get("excluded_branches", []):
+        console.print(
+            f"[yellow]branch {row['branch']} left out of merge {row['round']}[/]: {row['reason']}"
+        )
     print_paths(path)

@@ -10,6 +10,13 @@ State at a merge, decided:
 - BatchNorm running statistics are averaged like any float buffer; `bn_recalibrate`
   re-estimates them on target training batches after the merge (the chosen merge only:
   candidates are scored with averaged statistics);
+- `merge_heads="all"` merges every head with the backbone (the authors' DomainNet code);
+  `"shared"` merges the backbone and the target head only, and each branch keeps its own
+  auxiliary heads (the authors' NYUv2 code). Branch 0 never trains an auxiliary head, so
+  under "all" a branch whose Λ is small restarts each round with a nearly untrained head;
+- a branch that diverges (non-finite loss or parameters) takes no part in that round's
+  search: it is named in merges.csv, on the terminal and in results.json, and restarts
+  from the merged model with fresh optimiser moments;
 - each branch keeps its own optimiser moments and its own batch stream across rounds (the
   authors' code and our prototype do the same: a branch's Adam state describes the
   curvature of its own objective); `optimizer_state="reset"` clears the moments after
@@ -28,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ntlab.core.evaluate import evaluate, predict
-from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
+from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
     TrainConfig,
     benchmark_of,
@@ -54,7 +61,7 @@ from ntlab.core.train import LossTerm, active_terms, attach_sources, train
 from ntlab.data import TaskData
 from ntlab.data.files import take
 from ntlab.data.sampler import seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NonFiniteError, NtlabError
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
 from ntlab.paths import runs_cache_dir
@@ -62,6 +69,7 @@ from ntlab.runs import read_json
 
 BRANCH_MODES = ("joint", "per-task")
 OPTIMIZER_STATES = ("keep", "reset")
+MERGE_HEADS = ("all", "shared")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,7 @@ class ForkMergeOptions:
     bn_recalibrate: bool = False
     bn_batches: int = 20
     optimizer_state: str = "keep"  # or "reset": fresh optimiser moments after every merge
+    merge_heads: str = "all"  # or "shared": the backbone and the target head only
 
     def search_for(self, branches: int) -> str:
         if self.search == "auto":
@@ -157,6 +166,10 @@ def validate_forkmerge(
             f"unknown --optimizer-state {opts.optimizer_state!r}; choose one of: "
             + ", ".join(OPTIMIZER_STATES)
         )
+    if opts.merge_heads not in MERGE_HEADS:
+        raise NtlabError(
+            f"unknown --merge-heads {opts.merge_heads!r}; choose one of: {', '.join(MERGE_HEADS)}"
+        )
     if opts.merge_margin < 0:
         raise NtlabError(f"--merge-margin must be ≥ 0 accuracy points, got {opts.merge_margin}")
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
@@ -171,6 +184,7 @@ class ForkMergeOutcome:
     search: list[dict] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
     results: dict = field(default_factory=dict)
+    excluded: list[dict] = field(default_factory=list)  # branches left out of a merge
 
 
 def _weights_text(weights) -> str:
@@ -226,9 +240,12 @@ def run_forkmerge(
         for b in kept:
             states[b].load_state_dict(saved["states"][b])
         out.merges, out.search, out.metrics = saved["merges"], saved["search"], saved["metrics"]
+        out.excluded = saved.get("excluded", [])
     step = states[kept[0]].step
+    merged_keys = _merged_keys(states[0].model, cfg.target, opts.merge_heads)
     while step < cfg.steps:
         dt = min(opts.merge_every, cfg.steps - step)
+        diverged: dict[int, str] = {}
         for b in kept:
 
             def log(s: int, losses: dict[str, float], b: int = b) -> None:
@@ -243,16 +260,31 @@ def run_forkmerge(
                     for name, v in losses.items()
                 )
 
-            train(
-                states[b],
-                list(branches[b].terms),
-                dt,
-                log_every=min(50, dt),
-                on_log=log,
-                on_step=on_step,
-            )
+            try:
+                train(
+                    states[b],
+                    list(branches[b].terms),
+                    dt,
+                    log_every=min(50, dt),
+                    on_log=log,
+                    on_step=on_step,
+                )
+            except NonFiniteError as exc:
+                if b == 0:
+                    raise
+                diverged[b] = str(exc)
+                states[b].step = step + dt  # the round's steps count for every branch
+                states[b].apply_schedule()
+            if b not in diverged and not finite_state(states[b].model.state_dict()):
+                if b == 0:
+                    raise NonFiniteError(
+                        f"the target-alone branch has non-finite parameters after step "
+                        f"{step + dt}; lower --lr"
+                    )
+                diverged[b] = f"non-finite parameters after step {step + dt}"
         step += dt
-        space = MergeSpace([states[b].model.state_dict() for b in kept])
+        alive = [b for b in kept if b not in diverged]
+        space = MergeSpace([states[b].model.state_dict() for b in alive], keys=merged_keys)
 
         def score(weights, space: MergeSpace = space) -> float:
             space.load_into(probe, weights)
@@ -261,12 +293,13 @@ def run_forkmerge(
         # A branch's own score is the score of Λ = e_b (load_into is exact there): one
         # memoised scorer serves both, so the search never evaluates a corner twice.
         score = RecordingScore(score)
-        corners = [tuple(float(i == j) for j in range(len(kept))) for i in range(len(kept))]
-        own = {b: score(corner) for b, corner in zip(kept, corners)}
-        result = _search(score, [own[b] for b in kept], opts)
+        corners = [tuple(float(i == j) for j in range(len(alive))) for i in range(len(alive))]
+        own = {b: score(corner) for b, corner in zip(alive, corners)}
+        result = _search(score, [own[b] for b in alive], opts)
+        chosen = dict(zip(alive, result.weights))
         for b in kept:
             space.load_into(states[b].model, result.weights)
-            if opts.optimizer_state == "reset":
+            if opts.optimizer_state == "reset" or b in diverged:
                 states[b].optimizer.state.clear()
             if opts.bn_recalibrate:
                 recalibrate_batchnorm(
@@ -274,20 +307,25 @@ def run_forkmerge(
                     _target_batches(target, cfg, opts, round_index),
                     forward=states[b].model.features,
                 )
-        for i, b in enumerate(kept):
+        for b in kept:
             out.merges.append(
                 {
                     "round": round_index,
                     "step": step,
                     "branch": b,
                     "task_weights": branches[b].describe(),
-                    "val_acc": own[b],
-                    "lambda": result.weights[i],
+                    "val_acc": own.get(b),
+                    "lambda": chosen.get(b, 0.0),
+                    "excluded": diverged.get(b, ""),
                 }
             )
+        out.excluded += [
+            {"round": round_index, "step": step, "branch": b, "reason": why}
+            for b, why in diverged.items()
+        ]
         for c, (weights, s) in enumerate(result.candidates):
             full = [0.0] * len(branches)
-            for i, b in enumerate(kept):
+            for i, b in enumerate(alive):
                 full[b] = weights[i]
             out.search.append(
                 {
@@ -301,7 +339,8 @@ def run_forkmerge(
             )
         out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
         if opts.prune is not None and round_index == 0 and opts.prune < len(kept):
-            kept = [kept[i] for i in prune_branches(result.weights, opts.prune, protected=0)]
+            weights = [chosen.get(b, 0.0) for b in kept]
+            kept = [kept[i] for i in prune_branches(weights, opts.prune, protected=0)]
         round_index += 1
         if checkpoint is not None:
             _save(checkpoint, states, kept, round_index, out)
@@ -321,9 +360,19 @@ def run_forkmerge(
         "val_acc": per_split["val"]["acc"],
         "test_acc": per_split["test"]["acc"],
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
+        "merge_heads": opts.merge_heads,
+        "excluded_branches": out.excluded,
         **data_notes(bench),
     }
     return out
+
+
+def _merged_keys(model: torch.nn.Module, target: str, merge_heads: str) -> list[str] | None:
+    """The state entries a merge combines: all (None), or the backbone and the target head."""
+    if merge_heads == "all":
+        return None
+    head = f"heads.{model.head_index(target)}."
+    return [k for k in model.state_dict() if not k.startswith("heads.") or k.startswith(head)]
 
 
 def _target_batches(target, cfg: TrainConfig, opts: ForkMergeOptions, round_index: int):
@@ -367,6 +416,7 @@ def _save(
             "merges": out.merges,
             "search": out.search,
             "metrics": out.metrics,
+            "excluded": out.excluded,
         },
         tmp,
     )

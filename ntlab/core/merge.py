@@ -3,6 +3,9 @@
 Floating-point tensors (parameters and float buffers) are combined. Integer buffers, such
 as BatchNorm's `num_batches_tracked`, are counters, not estimates: averaging them is
 meaningless, so they are taken from the branch with the largest weight.
+
+A branch with weight 0 takes no part in the sum (so 0 · NaN never reaches a merge), and a
+merge with all its weight on one branch is a bitwise copy of that branch.
 """
 
 from __future__ import annotations
@@ -34,44 +37,59 @@ class MergeSpace:
     """The branches' states, stacked once per merge, so that any Λ is materialised cheaply.
 
     `load_into(model, Λ)` writes Σ_b Λ_b θ_b into an existing model in place: a search
-    evaluates many candidates with one model and no new allocations per tensor.
+    evaluates many candidates with one model and no new allocations per tensor. `keys`
+    limits the merge to some entries of the state (e.g. the backbone and the target head);
+    the model's other entries are left as they are.
     """
 
-    def __init__(self, states: Sequence[StateDict]) -> None:
+    def __init__(self, states: Sequence[StateDict], keys: Iterable[str] | None = None) -> None:
         if not states:
             raise NtlabError("nothing to merge: no branches")
-        keys = list(states[0])
+        names = list(states[0])
         for s in states[1:]:
-            if list(s) != keys:
+            if list(s) != names:
                 raise NtlabError("branches to merge do not have the same parameters")
+        chosen = None if keys is None else set(keys)
+        keys = [k for k in names if chosen is None or k in chosen]
         self.branches = len(states)
         self.float_keys = [k for k in keys if is_mergeable(states[0][k])]
         self.other_keys = [k for k in keys if not is_mergeable(states[0][k])]
         self.stacked = {k: torch.stack([s[k].detach() for s in states]) for k in self.float_keys}
         self.others = [{k: s[k].detach() for k in self.other_keys} for s in states]
 
+    def _terms(self, weights: Sequence[float]) -> tuple[list[int], list[float], int]:
+        """The branches that take part (weight > 0), their weights, and the heaviest."""
+        weights = check_weights(weights, self.branches)
+        used = [b for b, w in enumerate(weights) if w > 0]
+        return used, [weights[b] for b in used], max(used, key=lambda b: weights[b])
+
+    def _merged(self, stack: torch.Tensor, used: list[int], w: list[float]) -> torch.Tensor:
+        if len(used) == 1:
+            return stack[used[0]]  # all weight on one branch: that branch, bit for bit
+        weights = torch.tensor(w, dtype=stack.dtype, device=stack.device)
+        return torch.tensordot(weights, stack[used], dims=1)
+
     def combine(self, weights: Sequence[float]) -> StateDict:
         """A new state dict Σ_b Λ_b θ_b."""
-        weights = check_weights(weights, self.branches)
-        out: StateDict = {}
-        for key, stack in self.stacked.items():
-            w = torch.tensor(weights, dtype=stack.dtype, device=stack.device)
-            out[key] = torch.tensordot(w, stack, dims=1)
-        heaviest = max(range(self.branches), key=lambda b: weights[b])
+        used, w, heaviest = self._terms(weights)
+        out = {key: self._merged(stack, used, w).clone() for key, stack in self.stacked.items()}
         out.update({k: v.clone() for k, v in self.others[heaviest].items()})
         return out
 
     @torch.no_grad()
     def load_into(self, model: torch.nn.Module, weights: Sequence[float]) -> None:
         """Write Σ_b Λ_b θ_b into `model`'s own tensors."""
-        weights = check_weights(weights, self.branches)
+        used, w, heaviest = self._terms(weights)
         target = model.state_dict()
         for key, stack in self.stacked.items():
-            w = torch.tensor(weights, dtype=stack.dtype, device=stack.device)
-            target[key].copy_(torch.tensordot(w, stack, dims=1))
-        heaviest = max(range(self.branches), key=lambda b: weights[b])
+            target[key].copy_(self._merged(stack, used, w))
         for key, value in self.others[heaviest].items():
             target[key].copy_(value)
+
+
+def finite_state(state: StateDict) -> bool:
+    """Whether every floating-point tensor of `state` is finite (a diverged branch is not)."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
 def merge_state_dicts(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:

@@ -6,7 +6,10 @@ synthetic scores. Every evaluated candidate is recorded.
 
 Ties, and improvements no larger than `margin`, go to the candidate that keeps more
 weight on the target-alone branch (branch 0): on a small validation split, a slightly
-better score for a merge that adds auxiliary weight is as likely noise as signal.
+better score for a merge that adds auxiliary weight is as likely noise as signal. Every
+search ends with the same check (`protect_target`): the Λ it found must beat the
+target-alone branch Λ = (1, 0, …, 0) by more than `margin`, or the target-alone branch is
+the result. So with a margin larger than any possible gain, every search returns branch 0.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def grid_search(
         s = rec(w)
         if beats(s, best_score, margin if w[0] < best[0] else 0.0):
             best, best_score = w, s
-    return SearchResult(best, best_score, rec.candidates)
+    return protect_target(rec, SearchResult(best, best_score, rec.candidates), margin)
 
 
 def binary_search(score: Score, tol: float = 1 / 32, margin: float = 0.0) -> SearchResult:
@@ -107,7 +110,12 @@ def greedy_search(
     score: Score, branch_scores: Sequence[float], grid: int = 10, margin: float = 0.0
 ) -> SearchResult:
     """Algorithm 3: add branches in order of their own P̂, each with a weight from a uniform
-    grid of [0, U], U = mean of the weights so far; Λ* is the normalised result."""
+    grid of [0, U], U = mean of the weights so far; Λ* is the normalised result.
+
+    The margin is measured against the target-alone branch (index 0), wherever it ranks:
+    weight on an auxiliary branch must raise P̂ by more than `margin`, weight on the target
+    branch only has to match (ties go to it), and the result must beat Λ = e_0 by more than
+    `margin` (`protect_target`)."""
     if grid < 1:
         raise NtlabError(f"greedy search needs a grid of at least 1 step, got {grid}")
     rec = RecordingScore(score)
@@ -129,11 +137,13 @@ def greedy_search(
             trial = list(raw)
             trial[b] = upper * i / grid
             s = rec(normalised(trial))
-            if beats(s, chosen_score, margin):  # more weight on a new branch must earn it
+            # more weight on an auxiliary branch must earn it; on the target, a tie suffices
+            if (s >= chosen_score) if b == 0 else beats(s, chosen_score, margin):
                 chosen, chosen_score = trial[b], s
         raw[b] = chosen
         best_score = chosen_score
-    return SearchResult(normalised(raw), best_score, rec.candidates)
+    result = SearchResult(normalised(raw), best_score, rec.candidates)
+    return protect_target(rec, result, margin)
 
 
 def _best_with_margin(rec: RecordingScore, margin: float) -> SearchResult:
@@ -142,7 +152,19 @@ def _best_with_margin(rec: RecordingScore, margin: float) -> SearchResult:
     for w, s in ordered[1:]:
         if beats(s, best_score, margin if w[0] < best[0] else 0.0):
             best, best_score = w, s
-    return SearchResult(best, best_score, rec.candidates)
+    return protect_target(rec, SearchResult(best, best_score, rec.candidates), margin)
+
+
+def protect_target(rec: RecordingScore, result: SearchResult, margin: float) -> SearchResult:
+    """`result`, if it beats the target-alone branch Λ = (1, 0, …, 0) by more than `margin`;
+    otherwise the target-alone branch (evaluated once, memoised)."""
+    alone = tuple(float(i == 0) for i in range(len(result.weights)))
+    if tuple(result.weights) == alone:
+        return result
+    alone_score = rec(alone)
+    if beats(result.score, alone_score, margin):
+        return result
+    return SearchResult(alone, alone_score, rec.candidates)
 
 
 def prune_branches(weights: Sequence[float], keep: int, protected: int = 0) -> list[int]:

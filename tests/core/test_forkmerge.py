@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from ntlab.core.forkmerge import (
     ForkMergeOptions,
@@ -154,3 +155,75 @@ def test_val_samples_scores_candidates_on_a_fixed_subset(tiny_digits):
     assert all(abs(s / 10 - round(s / 10)) < 1e-6 for s in scores)  # 10 images: steps of 10 points
     full = [r for r in out.metrics if r["split"] == "val" and r["metric"] == "loss"]
     assert full  # the final model is evaluated on the whole validation split
+
+
+# --- the target-alone branch is protected; diverging branches are left out ----------------
+
+
+def _stl_model(c):
+    from ntlab.core.runner import run_training, stl_config
+
+    return run_training(stl_config(c)).state.model
+
+
+def _same_target_model(a, b, target="optdigits"):
+    """Backbone and target head bitwise equal (the auxiliary heads do not predict the target)."""
+    head_a, head_b = f"heads.{a.head_index(target)}.", f"heads.{b.head_index(target)}."
+    sa, sb = a.state_dict(), b.state_dict()
+    for k, v in sa.items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, sb[k]), k
+        elif k.startswith(head_a):
+            assert torch.equal(v, sb[head_b + k.removeprefix(head_a)]), k
+    return True
+
+
+@pytest.mark.parametrize("kind", ["joint", "per-task", "explicit"])
+@pytest.mark.parametrize("search", ["grid", "greedy", "binary"])
+def test_a_margin_larger_than_any_gain_gives_the_stl_model_bitwise(tiny_digits, kind, search):
+    c = TrainConfig(
+        target="optdigits", method="ew", aux=["mnist", "syn"], steps=8, batch_size=16, lr=3e-3
+    )
+    branches = {
+        "joint": joint_branches(c.target, c.aux),
+        "per-task": per_task_branches(c.target, c.aux),
+        "explicit": [parse_branch("optdigits=1", TASKS), parse_branch("optdigits=1,syn=2", TASKS)],
+    }[kind]
+    if search == "binary" and len(branches) != 2:
+        pytest.skip("binary search merges two branches")
+    opts = ForkMergeOptions(merge_every=3, search=search, merge_margin=1000.0)
+    out = run_forkmerge(c, branches, opts)
+    assert all(r[0] == 1.0 for r in out.results["lambda_per_round"])
+    assert _same_target_model(out.model, _stl_model(c))
+
+
+def test_the_auxiliary_heads_are_kept_per_branch_with_merge_heads_shared(tiny_digits):
+    c = cfg(steps=6)
+    branches = per_task_branches(c.target, c.aux)
+    out = run_forkmerge(
+        c, branches, ForkMergeOptions(merge_every=3, merge_margin=1000.0, merge_heads="shared")
+    )
+    states = [s.model.state_dict() for s in out.branch_states]
+    syn = f"heads.{out.model.head_index('syn')}.weight"
+    tgt = f"heads.{out.model.head_index('optdigits')}.weight"
+    assert torch.equal(states[0][tgt], states[2][tgt])  # the target head is merged …
+    assert not torch.equal(states[0][syn], states[2][syn])  # … the syn branch keeps its head
+    everything = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3, merge_margin=1000.0))
+    merged = [s.model.state_dict() for s in everything.branch_states]
+    assert torch.equal(merged[0][syn], merged[2][syn])  # merge_heads="all": Λ = e_0 everywhere
+
+
+def test_a_diverging_branch_is_left_out_of_the_merge(tiny_digits):
+    from ntlab.core.forkmerge import BranchSpec
+    from ntlab.core.train import LossTerm
+
+    c = cfg(steps=6)
+    ok = parse_branch("optdigits=1", TASKS)
+    wild = BranchSpec((LossTerm("optdigits", ("optdigits",), 1.0),
+                       LossTerm("mnist", ("mnist",), float("inf"))))  # fmt: skip
+    out = run_forkmerge(c, [ok, wild], ForkMergeOptions(merge_every=3))
+    assert [r["branch"] for r in out.results["excluded_branches"]] == [1, 1]
+    assert all(r[1] == 0.0 for r in out.results["lambda_per_round"])
+    assert [m["excluded"] != "" for m in out.merges] == [False, True, False, True]
+    assert all(torch.isfinite(p).all() for p in out.model.parameters())
+    assert _same_target_model(out.model, _stl_model(c))  # the target-alone branch, untouched

@@ -102,3 +102,40 @@ def test_pruning_keeps_the_target_branch_and_the_heaviest_others():
     assert prune_branches([0.1, 0.9], keep=1) == [0]
     with pytest.raises(NtlabError, match="at least 1"):
         prune_branches([0.5, 0.5], keep=0)
+
+
+def linear(corners):
+    """P̂ of a merge as the Λ-weighted mean of the branches' own scores."""
+    return lambda w: sum(a * b for a, b in zip(w, corners))
+
+
+def test_greedy_measures_the_margin_against_the_target_alone_branch():
+    # branch 1 ranks first on its own score, but not by more than the margin
+    score = linear((80.0, 80.2, 79.0))
+    assert greedy_search(score, (80.0, 80.2, 79.0), margin=0.5).weights == (1.0, 0.0, 0.0)
+    assert grid_search(score, 3, 0.1, margin=0.5).weights == (1.0, 0.0, 0.0)
+    # beyond the margin, the better branch wins under both
+    assert greedy_search(score, (80.0, 80.2, 79.0), margin=0.1).weights == (0.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("branches", [2, 3, 4])
+def test_ties_go_to_the_target_alone_branch_under_every_search(branches):
+    flat = lambda w: 50.0  # noqa: E731 - every merge scores the same
+    runs = [grid_search(flat, branches, 0.25), greedy_search(flat, [50.0] * branches, 4)]
+    if branches == 2:
+        runs.append(binary_search(flat))
+    for result in runs:
+        assert result.weights == tuple(float(i == 0) for i in range(branches))
+
+
+@pytest.mark.parametrize("peak", [(0.0, 1.0), (0.2, 0.5, 0.3), (0.0, 0.0, 0.5, 0.5)])
+def test_a_margin_larger_than_any_gain_returns_the_target_alone_branch(peak):
+    branches = len(peak)
+    score = peak_at(peak)  # every gain over the target corner is < 2
+    alone = tuple(float(i == 0) for i in range(branches))
+    own = [score(tuple(float(i == b) for i in range(branches))) for b in range(branches)]
+    runs = [grid_search(score, branches, 0.1, margin=3.0), greedy_search(score, own, margin=3.0)]
+    if branches == 2:
+        runs.append(binary_search(score, margin=3.0))
+    for result in runs:
+        assert result.weights == alone and result.score == score(alone)
