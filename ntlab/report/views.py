@@ -275,7 +275,7 @@ def _per_task(r: dict[str, Any]) -> list[TableSpec]:
         TableSpec(
             "Every task of the final model",
             frame,
-            "CSD is 1 − mean max-softmax confidence on that task's test set (PAPER.md Eq. 4).",
+            "CSD is 1 − mean max-softmax confidence on that task's test set (the paper's Eq. 4).",
         )
     ]
 
