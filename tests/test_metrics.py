@@ -8,6 +8,7 @@ from ntlab.errors import NtlabError
 from ntlab.metrics import (
     HELPS,
     HURTS,
+    REGIME_LABELS,
     WITHIN_NOISE,
     accuracy,
     confidence_score_discrepancy,
@@ -16,6 +17,7 @@ from ntlab.metrics import (
     gradient_cosine,
     regime_label,
     regime_of_effects,
+    regime_of_seeds,
     regime_rule,
     transfer_gain,
     transfer_regime,
@@ -171,3 +173,31 @@ def test_transfer_regime_needs_a_positive_lambda():
 def test_non_finite_gains_are_refused():
     with pytest.raises(NtlabError, match="not a finite number"):
         gain_effect([0.5, float("nan")])
+
+
+def _readme_cell(text: str) -> tuple[float, float, bool]:
+    """`**+1.02 ± 0.30**` → (1.02, 0.30, bold)."""
+    bold = text.startswith("**")
+    mean, std = text.strip("*").replace("−", "-").split(" ± ")
+    return float(mean), float(std), bold
+
+
+def test_readme_sweep_table_follows_the_rule():
+    """The README's sweep table: bold is "beyond twice the seed std", and the regime column is
+    the rule applied to its six λ (3 seeds with that mean and std: mean − std, mean, mean + std)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = "| target | STL | λ = 1/16 |"
+    lines = readme[readme.index(header) :].splitlines()[2:7]
+    labels = {v: k for k, v in REGIME_LABELS.items()}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        entries = {}
+        for i, text in enumerate([*cells[2:8], *cells[9:11]]):
+            mean, std, bold = _readme_cell(text)
+            seeds = [mean - std, mean, mean + std]
+            assert (gain_effect(seeds) != WITHIN_NOISE) == bold, (cells[0], text)
+            if i < 6:
+                entries[i] = seeds
+        assert regime_of_seeds(entries).regime == labels[cells[8]], cells[0]
