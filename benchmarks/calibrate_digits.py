@@ -1,10 +1,10 @@
 """Does the embedded `digits` benchmark show the paper's three regimes? (README: calibration)
 
-For each target, the sweep of `ntlab sweep` (fixed-λ joint training, PAPER.md Eq. 1, the
+For each target, the sweep of `ntlab sweep` (fixed-λ joint training, the paper's Eq. 1, the
 other domains mixed into one auxiliary task; STL and every training cached) over seeds,
 printed as TG mean ± std per λ with the regime, and which λ help or hurt by more than twice
-their seed std. Point NTLAB_HOME at a folder prepared with other domain sizes to compare
-calibrations without touching your main cache.
+their seed std (the regime's rule). Point NTLAB_HOME at a folder prepared with other domain
+sizes to compare calibrations without touching your main cache.
 
     python benchmarks/calibrate_digits.py [--targets mnist,permlo] [--seeds 0,1,2]
 """
@@ -54,10 +54,12 @@ def main() -> None:
             if lam != "0"
         )
         stl = summary["per_lam"]["0"]["test_acc_mean"]
-        beyond = summary.get("beyond_2_std", {})
+        effects = summary["effect_per_lam"]
+        helps = [lam for lam, e in effects.items() if e == "helps"]
+        hurts = [lam for lam, e in effects.items() if e == "hurts"]
         print(
             f"{target:9} STL {stl:.2f}  {cells}  → {summary['regime']}  "
-            f"(> 2 std: helps {beyond.get('helps')}, hurts {beyond.get('hurts')})",
+            f"({summary['regime_basis']}: helps {helps}, hurts {hurts})",
             flush=True,
         )
     print(f"({time.time() - start:.0f} s)")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-REGIMES = ("positive", "weak_negative", "strong_negative")
+from ntlab.errors import NtlabError
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -34,26 +38,186 @@ def confidence_score_discrepancy(probs: torch.Tensor) -> float:
     return 1.0 - probs.max(1).values.mean().item()
 
 
-def transfer_regime(tg_by_lam: Mapping[float, float]) -> str:
-    """Defs. 3.2/3.3 over a grid of λ > 0 (λ = 0 entries are ignored).
+# ---------------------------------------------------------------------------------------------
+# Transfer regimes that respect seed noise (Defs. 3.2/3.3)
+#
+# An *entry* is one λ of a sweep, one auxiliary domain of a pairwise row, or one method of a
+# comparison, with one TG per seed. With n ≥ 2 seeds it helps when its mean TG is above
+# twice the seeds' sample standard deviation (ddof = 1), hurts when it is below minus twice,
+# and is within noise otherwise. mean > 2·std is |t| = |mean| / (std / √n) > 2√n with n − 1
+# degrees of freedom; the two-sided p of that threshold (Student's t):
+#
+#     seeds n   2      3      4      5      10
+#     t >       2.83   3.46   4.00   4.47   6.32
+#     p ≈       0.22   0.074  0.028  0.011  0.00014
+#
+# So the rule is loose with 2 seeds and strict with many: it asks the effect to be twice the
+# spread of one seed's TG, not twice the standard error of the mean. Identical seeds (std 0)
+# are beyond noise when their mean is not 0: nothing was measured to explain the difference
+# away. TG = 0 never helps or hurts (Defs. 3.2/3.3 are strict inequalities). With one seed
+# there is no noise estimate: the sign decides, TG = 0 is neutral, and the basis says so.
 
-    `strong_negative`: no λ > 0 helps (max TG ≤ 0); `weak_negative`: some λ helps and some
-    hurts; `positive`: some λ helps and none hurts.
-    """
-    values = [tg for lam, tg in tg_by_lam.items() if lam > 0]
+HELPS, HURTS, WITHIN_NOISE = "helps", "hurts", "within_noise"
+EFFECTS = (HELPS, HURTS, WITHIN_NOISE)
+REGIMES = ("positive", "weak_negative", "strong_negative", "neutral")
+NOISE_STDS = 2.0  # an entry clears the seed noise when |mean| > NOISE_STDS · std
+
+REGIME_LABELS = {
+    "positive": "positive",
+    "weak_negative": "weak negative",
+    "strong_negative": "strong negative",
+    "neutral": "neutral (within noise)",
+}
+EFFECT_LABELS = {HELPS: "positive", HURTS: "negative", WITHIN_NOISE: "neutral (within noise)"}
+
+
+def gain_effect(tgs: Iterable[float]) -> str:
+    """`helps`, `hurts` or `within_noise`: one entry's per-seed TGs against their seed noise."""
+    values = [float(v) for v in tgs]
     if not values:
-        raise ValueError("the transfer regime needs at least one λ > 0")
-    return regime_of_gains(values)
+        raise ValueError("an effect needs at least one transfer gain")
+    if not all(math.isfinite(v) for v in values):
+        raise NtlabError(
+            f"a transfer gain is not a finite number ({', '.join(f'{v:g}' for v in values)}): "
+            "a training diverged; lower --lr or check the run's training curves"
+        )
+    mean = sum(values) / len(values)
+    noise = NOISE_STDS * statistics.stdev(values) if len(values) > 1 else 0.0
+    if mean > noise:
+        return HELPS
+    if mean < -noise:
+        return HURTS
+    return WITHIN_NOISE
 
 
-def regime_of_gains(gains: Iterable[float]) -> str:
-    """The regime of a set of transfer gains (of several λ, or of several auxiliary tasks)."""
-    values = list(gains)
+def regime_of_effects(effects: Iterable[str]) -> str:
+    """Defs. 3.2/3.3 on entries that cleared the noise: `positive` (some help, none hurts),
+    `weak_negative` (some help, some hurt), `strong_negative` (some hurt, none helps),
+    `neutral` (none helps or hurts beyond noise)."""
+    found = set(effects)
+    if not found:
+        raise ValueError("the transfer regime needs at least one transfer gain")
+    helps, hurts = HELPS in found, HURTS in found
+    if helps:
+        return "weak_negative" if hurts else "positive"
+    return "strong_negative" if hurts else "neutral"
+
+
+def two_sided_p(seeds: int) -> float:
+    """The two-sided p of the rule's threshold |t| > 2√n (Student's t, n − 1 dof)."""
+    if seeds < 2:
+        raise ValueError("a p-value needs at least two seeds")
+    from scipy.special import stdtr  # scipy comes with scikit-learn; imported when needed
+
+    return float(2 * stdtr(seeds - 1, -NOISE_STDS * math.sqrt(seeds)))
+
+
+def seeds_text(counts: Iterable[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    n = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return f"{n} seed{'' if hi == 1 else 's'}"
+
+
+def regime_basis(counts: Iterable[int]) -> str:
+    """What the regime rests on: the seed count, and whether there was a noise estimate."""
+    counts = list(counts)
+    if max(counts) == 1:
+        return "1 seed (no noise estimate)"
+    basis = f"{seeds_text(counts)} (mean beyond {NOISE_STDS:g} seed std)"
+    return basis if min(counts) > 1 else basis + "; entries with 1 seed by sign"
+
+
+def regime_rule(seeds: int) -> str:
+    """The criterion, in words, for results.json and reports."""
+    tail = (
+        "TG = 0 never helps or hurts. Regime: positive (some help, none hurts), weak negative "
+        "(some help, some hurt), strong negative (some hurt, none helps), neutral (none helps "
+        "or hurts)."
+    )
+    if seeds < 2:
+        return f"One seed, no noise estimate: TG > 0 helps, TG < 0 hurts. {tail}"
+    t = NOISE_STDS * math.sqrt(seeds)
+    return (
+        f"Over {seeds} seeds an entry helps when its mean TG is above {NOISE_STDS:g}× the "
+        f"seeds' sample std (ddof 1) and hurts when below −{NOISE_STDS:g}×, i.e. |t| > "
+        f"{t:.2f} with {seeds - 1} dof, two-sided p ≈ {two_sided_p(seeds):.2g}; identical "
+        f"seeds (std 0) count when the mean is not 0. {tail}"
+    )
+
+
+def rule_caption(seeds: int) -> str:
+    """The criterion in one short line, for the tables a command prints."""
+    if seeds < 2:
+        return "1 seed, no noise estimate: helps if TG > 0, hurts if TG < 0"
+    t = NOISE_STDS * math.sqrt(seeds)
+    return (
+        f"helps/hurts: |mean TG| > {NOISE_STDS:g} seed std ({seeds} seeds: |t| > {t:.2f}, "
+        f"two-sided p ≈ {two_sided_p(seeds):.2g}); otherwise within noise"
+    )
+
+
+def regime_label(regime: str, seeds: int | None = None) -> str:
+    """The regime as shown to people; `(1 seed)` where there was no noise estimate."""
+    if regime not in REGIME_LABELS:
+        return regime
+    if seeds == 1:
+        return f"{'neutral' if regime == 'neutral' else REGIME_LABELS[regime]} (1 seed)"
+    return REGIME_LABELS[regime]
+
+
+def effect_label(effect: str, seeds: int | None = None) -> str:
+    """One entry's effect as shown to people: positive, negative or neutral (within noise)."""
+    if effect not in EFFECT_LABELS:
+        return effect
+    if seeds == 1:
+        return f"{'neutral' if effect == WITHIN_NOISE else EFFECT_LABELS[effect]} (1 seed)"
+    return EFFECT_LABELS[effect]
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A target's regime over its entries, each entry's effect, and the seeds it rests on."""
+
+    regime: str
+    effects: dict[str, str]
+    seeds: tuple[int, ...]  # seed count of each entry
+
+    @property
+    def basis(self) -> str:
+        return regime_basis(self.seeds)
+
+    @property
+    def rule(self) -> str:
+        return regime_rule(min(self.seeds))
+
+    @property
+    def label(self) -> str:
+        return regime_label(self.regime, max(self.seeds))
+
+    def fields(self) -> dict[str, str]:
+        """The regime with what it rests on, for results.json."""
+        return {"regime": self.regime, "regime_basis": self.basis, "regime_rule": self.rule}
+
+
+def regime_of_seeds(tgs: Mapping[Any, Iterable[float]]) -> Regime:
+    """The regime of entries (λ, auxiliary domains, methods), each with its per-seed TGs."""
+    values = {str(key): [float(v) for v in seeds] for key, seeds in tgs.items()}
     if not values:
         raise ValueError("the transfer regime needs at least one transfer gain")
-    if max(values) <= 0:
-        return "strong_negative"
-    return "weak_negative" if min(values) < 0 else "positive"
+    effects = {key: gain_effect(v) for key, v in values.items()}
+    return Regime(
+        regime_of_effects(effects.values()),
+        effects,
+        tuple(len(v) for v in values.values()),
+    )
+
+
+def transfer_regime(tgs_by_lam: Mapping[float, Iterable[float]]) -> Regime:
+    """Defs. 3.2/3.3 over a grid of λ > 0 with one TG per seed (λ = 0 entries are ignored)."""
+    values = {f"{lam:g}": tgs for lam, tgs in tgs_by_lam.items() if lam > 0}
+    if not values:
+        raise ValueError("the transfer regime needs at least one λ > 0")
+    return regime_of_seeds(values)
 
 
 def delta_m(

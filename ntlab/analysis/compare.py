@@ -17,7 +17,7 @@ from ntlab.core.forkmerge import ForkMergeOptions
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError
 from ntlab.methods import KINDS, METHODS
-from ntlab.metrics import transfer_gain
+from ntlab.metrics import gain_effect, regime_basis, regime_rule, transfer_gain
 
 PROCEDURES = ("grid-search", "forkmerge")  # methods made of several trainings
 NOT_IN_ALL = ("fixed",)  # needs a λ: grid-search is its fair form
@@ -111,7 +111,8 @@ def tidy(rows: pd.DataFrame) -> pd.DataFrame:
 
 def compare_summary(rows: pd.DataFrame) -> dict:
     """Per method: accuracy and TG mean ± seed std, Δm (App. C.1; one target metric, so the
-    relative change of accuracy against STL, in %); methods ranked by mean TG."""
+    relative change of accuracy against STL, in %), and whether its TG helps, hurts or is
+    within its seed noise (the regime rule of `ntlab.metrics`); methods ranked by mean TG."""
     frame = with_delta_m(rows)
     grouped = frame.groupby("method", sort=False)
     stats = {}
@@ -123,11 +124,18 @@ def compare_summary(rows: pd.DataFrame) -> dict:
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             }
+        entry["effect"] = gain_effect(group["tg"])
         if "lam" in group and group["lam"].notna().any():
             entry["lam_per_seed"] = [float(x) for x in group["lam"]]
         stats[method] = entry
     ranking = sorted(stats, key=lambda m: stats[m]["tg"]["mean"], reverse=True)
-    out = {"methods": stats, "ranking": ranking}
+    counts = [stats[m]["seeds"] for m in stats]
+    out = {
+        "methods": stats,
+        "ranking": ranking,
+        "regime_basis": regime_basis(counts),
+        "regime_rule": regime_rule(min(counts)),
+    }
     if "forkmerge" in stats:
         out["forkmerge_rank"] = ranking.index("forkmerge") + 1
         others = [m for m in ranking if m not in ("forkmerge", "stl")]

@@ -17,7 +17,7 @@ from ntlab.analysis.sweep import mean_std
 from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError
-from ntlab.metrics import regime_of_gains, transfer_gain
+from ntlab.metrics import regime_basis, regime_of_seeds, regime_rule, transfer_gain
 
 PAIR_METHODS = ("ew", "forkmerge")
 COLUMNS = ["target", "aux", "method", "seed", "acc", "stl_acc", "tg", "val_acc", "stl_val_acc"]
@@ -120,18 +120,26 @@ def tg_matrix(table: pd.DataFrame, method: str, stat: str = "mean") -> pd.DataFr
 
 def pairwise_summary(table: pd.DataFrame) -> dict:
     """Per method: negative cells, cells below −1, mean TG; per target its regime over the
-    auxiliary domains (positive: every one helps; weak_negative: some help, some hurt;
-    strong_negative: none helps)."""
+    auxiliary domains, each cell helping, hurting or within its seed noise by the rule of
+    `ntlab.metrics` (positive: some help, none hurts; weak_negative: some help, some hurt;
+    strong_negative: some hurt, none helps; neutral: none clears the noise)."""
     summary: dict = {"seeds": sorted(int(s) for s in table["seed"].unique()), "methods": {}}
+    counts: list[int] = []
     for method, part in table.groupby("method", sort=False):
         cells = part.groupby(["target", "aux"], sort=False)["tg"]
         means = cells.mean()
         stds = cells.std(ddof=1).fillna(0.0)
         min_over_seeds = cells.min()
         regimes = {
-            target: regime_of_gains(group.values)
-            for target, group in means.groupby(level="target", sort=False)
+            target: regime_of_seeds(
+                {aux: cell["tg"].tolist() for aux, cell in rows.groupby("aux", sort=False)}
+            )
+            for target, rows in part.groupby("target", sort=False)
         }
+        effects = {
+            f"{t}<-{a}": effect for t, r in regimes.items() for a, effect in r.effects.items()
+        }
+        counts += [n for r in regimes.values() for n in r.seeds]
         summary["methods"][method] = {
             "cells": int(len(means)),
             "negative_cells": int((means < 0).sum()),
@@ -141,10 +149,17 @@ def pairwise_summary(table: pd.DataFrame) -> dict:
             "positive_on_every_seed_ge_1": [
                 f"{t}<-{a}" for (t, a), v in min_over_seeds.items() if v >= 1
             ],
-            "regime_per_target": regimes,
+            "regime_per_target": {t: r.regime for t, r in regimes.items()},
             "cells_tg": {
-                f"{t}<-{a}": {"mean": float(means[(t, a)]), "std": float(stds[(t, a)])}
+                f"{t}<-{a}": {
+                    "mean": float(means[(t, a)]),
+                    "std": float(stds[(t, a)]),
+                    "effect": effects[f"{t}<-{a}"],
+                }
                 for (t, a) in means.index
             },
         }
+    if counts:
+        summary["regime_basis"] = regime_basis(counts)
+        summary["regime_rule"] = regime_rule(min(counts))
     return summary

@@ -20,7 +20,7 @@ from ntlab.core.forkmerge import (
     per_task_branches,
 )
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
-from ntlab.metrics import transfer_gain, transfer_regime
+from ntlab.metrics import gain_effect, transfer_gain, transfer_regime
 
 DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
@@ -74,15 +74,18 @@ def lam_stats(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def lam_summary(table: pd.DataFrame, stats: pd.DataFrame) -> dict:
-    """Seeds, per-λ statistics, the regime on the mean TG of each λ > 0, and the best λ > 0."""
+    """Seeds, per-λ statistics, the regime (each λ > 0 helps, hurts or is within its seed
+    noise: `ntlab.metrics`) with the rule it used, and the best λ > 0 by mean TG."""
     positive = stats[stats.index > 0]
     best = float(positive["tg_mean"].idxmax())
+    regime = transfer_regime({lam: group.tolist() for lam, group in table.groupby("lam")["tg"]})
     return {
         "seeds": sorted(int(s) for s in table["seed"].unique()),
         "per_lam": {
             f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
         },
-        "regime": transfer_regime(positive["tg_mean"].to_dict()),
+        **regime.fields(),
+        "effect_per_lam": regime.effects,
         "best_lam": best,
         "best_tg": float(positive.loc[best, "tg_mean"]),
         "best_tg_std": float(positive.loc[best, "tg_std"]),
@@ -135,30 +138,22 @@ def mean_std(values: pd.Series) -> dict:
 
 def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> dict:
     """Per-λ mean ± std of TG, the regime, the best λ on test (mean) and the grid-search
-    baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run."""
+    baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run; grid
+    search and ForkMerge each with its effect by the regime's noise rule."""
     stats = lam_stats(table, ["tg", "tg_val", "test_acc", "val_acc", "csd"])
-    positive = stats[stats.index > 0]
     chosen = grid_search_choice(table)
     summary = {
         **lam_summary(table, stats),
         "grid_search": {
             "lam_per_seed": [float(v) for v in chosen["lam"]],
             "tg": mean_std(chosen["tg"]),
+            "effect": gain_effect(chosen["tg"]),
         },
     }
-    if len(summary["seeds"]) > 1:
-        # Is the regime more than seed noise? λ whose mean TG is beyond twice its seed std.
-        summary["beyond_2_std"] = {
-            "helps": [
-                f"{lam:g}" for lam, r in positive.iterrows() if r["tg_mean"] > 2 * r["tg_std"]
-            ],
-            "hurts": [
-                f"{lam:g}" for lam, r in positive.iterrows() if r["tg_mean"] < -2 * r["tg_std"]
-            ],
-        }
     if forkmerge is not None and len(forkmerge):
         summary["forkmerge"] = {
             "tg": mean_std(forkmerge["tg"]),
             "test_acc": mean_std(forkmerge["test_acc"]),
+            "effect": gain_effect(forkmerge["tg"]),
         }
     return summary

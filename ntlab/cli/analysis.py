@@ -29,6 +29,7 @@ from ntlab.cli.common import (
 )
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
 from ntlab.errors import NtlabError
+from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir
 
 
@@ -185,8 +186,8 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
     For each λ (and seed) trains the target jointly with the mixed auxiliary tasks at weight
     λ (λ = 0 is STL; trainings are cached), then measures CSD = 1 − mean max-softmax
     confidence on the target test split and TG(λ) = P(θ(λ)) − P(θ(0)). Writes csd.csv,
-    csd.png and results.json with the target's regime (positive, weak_negative or
-    strong_negative).
+    csd.png and results.json with the target's regime (positive, weak_negative,
+    strong_negative or neutral: each λ helps or hurts only beyond its seed noise).
     """
     with guarded():
         opts, cfg, bench = _start(ctx, values)
@@ -213,16 +214,20 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             console.print(str(run.path))
             return
         out = results_table(
-            f"csd: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']} "
+            f"csd: {cfg.target} ← {', '.join(cfg.aux)}: "
+            f"{regime_label(summary['regime'], len(seeds))} "
             f"(best λ={summary['best_lam']:g}, TG {summary['best_tg']:+.2f})",
-            ["λ", "CSD", "TG (test)"],
+            ["λ", "CSD", "TG (test)", "transfer"],
         )
+        out.caption = rule_caption(len(seeds))
         several = len(seeds) > 1
         for lam, row in summary["per_lam"].items():
+            effect = summary["effect_per_lam"].get(lam)
             out.add_row(
                 lam,
                 f"{row['csd_mean']:.3f}" + (f" ± {row['csd_std']:.3f}" if several else ""),
                 f"{row['tg_mean']:+.2f}" + (f" ± {row['tg_std']:.2f}" if several else ""),
+                effect_label(effect, len(seeds)) if effect else "STL",
             )
         console.print(out)
         print_paths(run.path)

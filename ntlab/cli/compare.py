@@ -27,6 +27,7 @@ from ntlab.cli.common import (
 )
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import validate
+from ntlab.metrics import effect_label, rule_caption
 from ntlab.runs import RunDir, atomic_write_text
 
 ROWS = Path("checkpoints") / "rows.csv"
@@ -125,11 +126,15 @@ def _print(results: dict, path: Path, quiet: bool) -> None:
     table = results_table(
         f"compare → {results['target']} ({results['steps']} steps, "
         f"{len(results['seeds'])} seed{'s' if several else ''}), sorted by TG",
-        ["method", "test acc", "TG vs STL", "Δm (%)"],
+        ["method", "test acc", "TG vs STL", "transfer", "Δm (%)"],
         left=("method",),
     )
+    table.caption = rule_caption(len(results["seeds"]))
     for method in results["ranking"]:
         stat = results["methods"][method]
-        table.add_row(method, pm(stat["test_acc"]), pm(stat["tg"], True), pm(stat["delta_m"], True))
+        transfer = "reference" if method == "stl" else effect_label(stat["effect"], stat["seeds"])
+        table.add_row(
+            method, pm(stat["test_acc"]), pm(stat["tg"], True), transfer, pm(stat["delta_m"], True)
+        )
     console.print(table)
     print_paths(path)

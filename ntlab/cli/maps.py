@@ -41,6 +41,7 @@ from ntlab.core.forkmerge import (
 from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
 from ntlab.core.train import LossTerm
 from ntlab.errors import NtlabError
+from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir, atomic_write_text
 
 CELLS = Path("checkpoints") / "cells.csv"
@@ -86,8 +87,9 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
 
     The auxiliary tasks are mixed into one loss of weight λ (λ = 0 is STL); every training
     is cached. Writes sweep.csv (method, lam, seed, val_acc, test_acc, tg, …), sweep.png
-    and results.json with the regime, the best λ, and the grid-search baseline: per seed
-    the λ with the best validation accuracy, and its test TG.
+    and results.json with the regime (each λ helps or hurts only beyond its seed noise), the
+    best λ, and the grid-search baseline: per seed the λ with the best validation accuracy,
+    and its test TG.
     """
     with guarded():
         opts = resolve_options(ctx, values)
@@ -144,26 +146,34 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
     if quiet:
         console.print(str(path))
         return
-    several = len(summary["seeds"]) > 1
+    n = len(summary["seeds"])
+    several = n > 1
     table = results_table(
-        f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {summary['regime']}",
-        ["λ", "val acc", "test acc", "TG (test)"],
+        f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {regime_label(summary['regime'], n)}",
+        ["λ", "val acc", "test acc", "TG (test)", "transfer"],
     )
+    table.caption = rule_caption(n)
 
     def pm(mean: float, std: float, fmt: str) -> str:
         return format(mean, fmt) + (f" ± {std:.2f}" if several else "")
 
     for lam, row in summary["per_lam"].items():
+        effect = summary["effect_per_lam"].get(lam)
         table.add_row(
             lam,
             pm(row["val_acc_mean"], row["val_acc_std"], ".2f"),
             pm(row["test_acc_mean"], row["test_acc_std"], ".2f"),
             pm(row["tg_mean"], row["tg_std"], "+.2f"),
+            effect_label(effect, n) if effect else "STL",
         )
     gs = summary["grid_search"]
     lam_text = ",".join(f"{v:g}" for v in gs["lam_per_seed"])
     table.add_row(
-        f"grid search (λ={lam_text})", "", "", pm(gs["tg"]["mean"], gs["tg"]["std"], "+.2f")
+        f"grid search (λ={lam_text})",
+        "",
+        "",
+        pm(gs["tg"]["mean"], gs["tg"]["std"], "+.2f"),
+        effect_label(gs["effect"], n),
     )
     if "forkmerge" in summary:
         f = summary["forkmerge"]
@@ -172,6 +182,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
             "",
             pm(f["test_acc"]["mean"], f["test_acc"]["std"], ".2f"),
             pm(f["tg"]["mean"], f["tg"]["std"], "+.2f"),
+            effect_label(f["effect"], n),
         )
     console.print(table)
     print_paths(path)
@@ -292,6 +303,7 @@ def _print_pairwise(
     if quiet:
         console.print(str(path))
         return
+    n = len(summary["seeds"])
     for m in methods:
         matrix = pw.tg_matrix(table, m)
         info = summary["methods"][m]
@@ -299,12 +311,16 @@ def _print_pairwise(
             title=f"{m}: TG (test, mean over seeds), {info['negative_cells']} of "
             f"{info['cells']} pairs negative, mean {info['mean_tg']:+.2f}",
             title_justify="left",
+            caption=f"regime of each target over its auxiliary domains; {rule_caption(n)}",
         )
         out.add_column("target \\ aux")
         for a in matrix.columns:
             out.add_column(a, justify="right")
+        out.add_column("regime")
+        regimes = info["regime_per_target"]
         for t, row in matrix.iterrows():
-            out.add_row(t, *["" if pd.isna(v) else f"{v:+.2f}" for v in row])
+            cells = ["" if pd.isna(v) else f"{v:+.2f}" for v in row]
+            out.add_row(t, *cells, regime_label(regimes[t], n) if t in regimes else "")
         console.print(out)
     print_paths(path)
 

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ntlab.errors import NtlabError
+from ntlab.metrics import EFFECT_LABELS, effect_label, gain_effect, regime_label
 from ntlab.registry import Registry
 from ntlab.report import figures as fig
 from ntlab.runs import read_json
@@ -136,22 +137,28 @@ def pm(mean: Any, std: Any, digits: int = 2, signed: bool = True) -> str:
     return text
 
 
-REGIME_TEXT = {
-    "positive": "positive transfer",
-    "weak_negative": "weak negative transfer",
-    "strong_negative": "strong negative transfer",
-}
+def seed_count(seeds: Any) -> int | None:
+    """How many seeds a results.json entry rests on (a list of seeds or a count)."""
+    if isinstance(seeds, list):
+        return len(seeds) or None
+    return seeds if isinstance(seeds, int) else None
 
 
-def regime_text(regime: str | None) -> str:
-    return REGIME_TEXT.get(regime or "", regime or "")
+def regime_text(regime: str | None, seeds: Any = None) -> str:
+    """A target's regime as shown to people, `(1 seed)` where there was no noise estimate."""
+    return regime_label(regime, seed_count(seeds)) if regime else ""
+
+
+def effect_text(effect: str | None, seeds: Any = None) -> str:
+    """One entry's effect (a λ, a method): positive, negative or neutral (within noise)."""
+    return effect_label(effect, seed_count(seeds)) if effect else ""
 
 
 def sign_regime(tg: float | None) -> str:
-    """Def. 3.1 for one run: TG > 0 is positive transfer, TG < 0 negative."""
-    if tg is None:
+    """One run (one seed): by the sign of its TG, TG = 0 neutral (`ntlab.metrics`)."""
+    if tg is None or (isinstance(tg, float) and not math.isfinite(tg)):
         return ""
-    return "positive transfer" if tg > 0 else "negative transfer" if tg < 0 else "no transfer"
+    return effect_label(gain_effect([tg]), 1)
 
 
 def lam_text(lam: Any) -> str:
@@ -268,7 +275,7 @@ def _per_task(r: dict[str, Any]) -> list[TableSpec]:
         TableSpec(
             "Every task of the final model",
             frame,
-            "CSD is 1 − mean max-softmax confidence on that task's test set (PAPER.md Eq. 4).",
+            "CSD is 1 − mean max-softmax confidence on that task's test set (the paper's Eq. 4).",
         )
     ]
 
@@ -415,10 +422,14 @@ class GcsView(View):
         return [TableSpec("Gradient conflict", frame)]
 
 
-def _lam_stats_frame(per_lam: dict[str, Any], extra: dict[str, str] | None = None) -> pd.DataFrame:
+def _lam_stats_frame(r: dict[str, Any], extra: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per λ: TG mean ± std, whether it clears the seed noise, and `extra` columns."""
+    effects = r.get("effect_per_lam", {})
     rows = []
-    for lam, v in per_lam.items():
+    for lam, v in r.get("per_lam", {}).items():
         row = {"λ": lam_text(lam), "TG vs STL (test)": pm(v.get("tg_mean"), v.get("tg_std"))}
+        if effects:
+            row["transfer"] = "λ = 0: STL" if float(lam) == 0 else _effect(effects, lam, r)
         for key, label in (extra or {}).items():
             if f"{key}_mean" in v:
                 signed = key.startswith("tg")
@@ -435,8 +446,12 @@ def _best_lam_summary(run: Run) -> dict[str, Any]:
         "method": f"best fixed λ = {lam_text(r['best_lam'])}" if "best_lam" in r else "fixed λ",
         "tg": r.get("best_tg"),
         "tg_std": r.get("best_tg_std"),
-        "regime": regime_text(r.get("regime")),
+        "regime": regime_text(r.get("regime"), r.get("seeds")),
     }
+
+
+def _effect(effects: dict[str, str], lam: str, r: dict[str, Any]) -> str:
+    return effect_text(effects.get(f"{float(lam):g}"), r.get("seeds"))
 
 
 @_register("csd")
@@ -444,7 +459,7 @@ class CsdView(View):
     title = "confidence score discrepancy vs transfer gain"
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
-        return _lam_stats_frame(r.get("per_lam", {}), {"csd": "CSD on target test"})
+        return _lam_stats_frame(r, {"csd": "CSD on target test"})
 
     def summary(self, run: Run) -> dict[str, Any]:
         return _best_lam_summary(run)
@@ -473,7 +488,11 @@ def _regime_table(run: Run) -> list[TableSpec]:
     if not r or "regime" not in r:
         return []
     rows = [
-        {"quantity": "regime (PAPER.md Defs. 3.2/3.3)", "value": regime_text(r["regime"])},
+        {
+            "quantity": "regime (Defs. 3.2/3.3, beyond seed noise)",
+            "value": regime_text(r["regime"], r.get("seeds")),
+        },
+        {"quantity": "regime rests on", "value": str(r.get("regime_basis", ""))},
         {"quantity": "best λ (test TG)", "value": lam_text(r["best_lam"])},
         {"quantity": "its TG", "value": pm(r.get("best_tg"), r.get("best_tg_std"))},
         {"quantity": "seeds", "value": ", ".join(str(s) for s in r.get("seeds", []))},
@@ -482,7 +501,7 @@ def _regime_table(run: Run) -> list[TableSpec]:
         rows.append(
             {"quantity": "corr(CSD, TG) over λ", "value": num(r["corr_csd_tg"], signed=True)}
         )
-    return [TableSpec("Transfer regime", pd.DataFrame(rows))]
+    return [TableSpec("Transfer regime", pd.DataFrame(rows), str(r.get("regime_rule", "")))]
 
 
 @_register("tsne")
@@ -533,8 +552,7 @@ class SweepView(View):
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         frame = _lam_stats_frame(
-            r.get("per_lam", {}),
-            {"tg_val": "TG (val)", "test_acc": "test acc (%)", "csd": "CSD"},
+            r, {"tg_val": "TG (val)", "test_acc": "test acc (%)", "csd": "CSD"}
         )
         frame.insert(0, "method", "fixed λ")
         extra = []
@@ -546,6 +564,7 @@ class SweepView(View):
                     "method": "grid search",
                     "λ": f"chosen on val: {chosen}",
                     "TG vs STL (test)": pm(gs["tg"]["mean"], gs["tg"]["std"]),
+                    "transfer": effect_text(gs.get("effect"), r.get("seeds")),
                 }
             )
         fm = r.get("forkmerge")
@@ -555,6 +574,7 @@ class SweepView(View):
                     "method": "forkmerge",
                     "λ": "merged",
                     "TG vs STL (test)": pm(fm["tg"]["mean"], fm["tg"]["std"]),
+                    "transfer": effect_text(fm.get("effect"), r.get("seeds")),
                     "test acc (%)": pm(fm["test_acc"]["mean"], fm["test_acc"]["std"], signed=False),
                 }
             )
@@ -639,12 +659,19 @@ class PairwiseView(View):
         ]
 
     def tables(self, run: Run) -> list[TableSpec]:
-        methods = (run.results or {}).get("methods", {})
+        r = run.results or {}
+        methods = r.get("methods", {})
         if not methods:
             return []
         frame = pd.DataFrame({m: v.get("regime_per_target", {}) for m, v in methods.items()})
-        frame = frame.map(regime_text).rename_axis("target").reset_index()
-        return [TableSpec("Regime per target (over its auxiliary domains)", frame)]
+        frame = frame.map(lambda x: regime_text(x, r.get("seeds")) if isinstance(x, str) else "")
+        frame = frame.rename_axis("target").reset_index()
+        caption = " ".join(
+            x for x in ("Each cell is one auxiliary domain.", r.get("regime_rule")) if x
+        )
+        if r.get("regime_basis"):
+            caption += f" Rests on {r['regime_basis']}."
+        return [TableSpec("Regime per target (over its auxiliary domains)", frame, caption)]
 
 
 @_register("ternary")
@@ -721,6 +748,7 @@ class CompareView(View):
                     + (f" (λ = {', '.join(lam_text(x) for x in lams)})" if lams else ""),
                     "test acc (%)": pm(v["test_acc"]["mean"], v["test_acc"]["std"], signed=False),
                     "TG vs STL (test)": pm(v["tg"]["mean"], v["tg"]["std"]),
+                    "transfer": "reference" if method == "stl" else _method_effect(v),
                     "Δm (%)": pm(v["delta_m"]["mean"], v["delta_m"]["std"]),
                     "seeds": str(v["seeds"]),
                 }
@@ -737,8 +765,15 @@ class CompareView(View):
             + (f"; forkmerge #{r['forkmerge_rank']}" if "forkmerge_rank" in r else ""),
             "tg": stat.get("tg", {}).get("mean"),
             "tg_std": stat.get("tg", {}).get("std"),
-            "regime": sign_regime(stat.get("tg", {}).get("mean")),
+            "regime": _method_effect(stat) if stat else "",
         }
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        r = run.results or {}
+        if not r.get("regime_rule"):
+            return []
+        frame = pd.DataFrame([{"quantity": "rests on", "value": r.get("regime_basis", "")}])
+        return [TableSpec("Transfer of each method against STL", frame, r["regime_rule"])]
 
     def figures(self, run: Run) -> list[FigureSpec]:
         table = run.table("compare.csv")
@@ -767,6 +802,14 @@ class CompareView(View):
                 ),
             )
         ]
+
+
+def _method_effect(stat: dict[str, Any]) -> str:
+    """A method's transfer by the noise rule; older results without it: by its mean TG."""
+    if stat.get("effect") in EFFECT_LABELS:
+        return effect_text(stat["effect"], stat.get("seeds"))
+    tg = stat.get("tg", {}).get("mean")
+    return sign_regime(tg) if stat.get("seeds") == 1 else ""
 
 
 def _weights(w: list[float]) -> str:

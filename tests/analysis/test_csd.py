@@ -39,14 +39,20 @@ def test_summary_mean_std_and_regime():
             "lam": [0.0, 0.0, 0.5, 0.5, 1.0, 1.0],
             "seed": [0, 1, 0, 1, 0, 1],
             "csd": [0.1, 0.1, 0.2, 0.3, 0.4, 0.4],
-            "tg": [0.0, 0.0, 1.0, 2.0, -1.0, -3.0],
+            "tg": [0.0, 0.0, 1.0, 2.0, -1.0, -1.5],
         }
     )
     stats = lam_stats(table, ["tg"])
     assert stats.loc[0.5, "tg_mean"] == pytest.approx(1.5)
-    assert stats.loc[1.0, "tg_std"] == pytest.approx(2**0.5)
+    assert stats.loc[1.0, "tg_std"] == pytest.approx(0.5 / 2**0.5)
     summary = csd_summary(table)
+    # +1.5 ± 0.71 helps and −1.25 ± 0.35 hurts, each beyond twice its seed std
     assert summary["regime"] == "weak_negative"
+    assert summary["effect_per_lam"] == {"0.5": "helps", "1": "hurts"}
+    assert summary["regime_basis"] == "2 seeds (mean beyond 2 seed std)"
+    # with seed 1 of λ = 1 at −3.0 instead, −2 ± 1.41 is within noise: positive, not weak
+    noisy = table.assign(tg=[0.0, 0.0, 1.0, 2.0, -1.0, -3.0])
+    assert csd_summary(noisy)["regime"] == "positive"
     assert summary["best_lam"] == 0.5
     assert summary["best_tg"] == pytest.approx(1.5)
     assert summary["seeds"] == [0, 1]

@@ -48,7 +48,29 @@ def test_sweep_summary_regime_best_and_grid_search():
     assert summary["grid_search"]["lam_per_seed"] == [0.5, 0.25]
     assert summary["forkmerge"]["tg"] == {"mean": 1.0, "std": pytest.approx(2**0.5 / 2)}
     # λ=0.5: −0.75 ± 0.35 is beyond 2 std; so are the seed-constant +1 (0.25) and −2 (1).
-    assert summary["beyond_2_std"] == {"helps": ["0.25"], "hurts": ["0.5", "1"]}
+    assert summary["effect_per_lam"] == {"0.25": "helps", "0.5": "hurts", "1": "hurts"}
+    assert summary["regime_basis"] == "2 seeds (mean beyond 2 seed std)"
+    assert "|t| > 2.83" in summary["regime_rule"]
+    # grid search −0.5, +1 and ForkMerge +0.5, +1.5 are within their seed noise
+    assert summary["grid_search"]["effect"] == summary["forkmerge"]["effect"] == "within_noise"
+
+
+def test_sweep_regime_is_neutral_when_nothing_clears_the_noise():
+    rows = sweep_rows().assign(tg=[0, 1, -0.5, -2, 0, -0.8, 0.5, 1.0])
+    summary = sweep_summary(rows)
+    # by the sign of the means (+0.1, 0, −0.5) this was "weak_negative"
+    assert summary["effect_per_lam"] == {
+        "0.25": "within_noise",
+        "0.5": "within_noise",
+        "1": "within_noise",
+    }
+    assert summary["regime"] == "neutral"
+
+
+def test_sweep_regime_with_one_seed_says_so():
+    summary = sweep_summary(sweep_rows()[lambda t: t["seed"] == 0].assign(tg=[0, 0, 0, 0]))
+    assert summary["regime"] == "neutral"  # was strong_negative: max TG ≤ 0
+    assert summary["regime_basis"] == "1 seed (no noise estimate)"
 
 
 def test_pairwise_cells_are_every_ordered_pair():
@@ -70,7 +92,7 @@ def test_pairwise_input_checks():
 def test_pairwise_summary_counts_and_regimes():
     rows = []
     tgs = {("a", "b"): [1.5, 1.0], ("a", "c"): [0.5, 0.3], ("b", "a"): [-2.0, -1.0]}
-    tgs |= {("b", "c"): [0.5, 0.1], ("c", "a"): [-0.2, -0.4], ("c", "b"): [-0.1, 0.0]}
+    tgs |= {("b", "c"): [0.5, 0.4], ("c", "a"): [-0.2, -0.4], ("c", "b"): [-0.1, 0.0]}
     for (t, a), values in tgs.items():
         for seed, tg in enumerate(values):
             rows.append({"target": t, "aux": a, "method": "ew", "seed": seed, "tg": tg})
@@ -82,11 +104,31 @@ def test_pairwise_summary_counts_and_regimes():
         "b": "weak_negative",
         "c": "strong_negative",
     }
+    # c ← b (−0.05 ± 0.07) is within noise: c is strongly negative through c ← a alone
+    assert s["cells_tg"]["c<-b"]["effect"] == "within_noise"
+    assert s["cells_tg"]["b<-c"]["effect"] == "helps"
     assert s["positive_on_every_seed_ge_1"] == ["a<-b"]
     assert s["mean_tg"] == pytest.approx(sum(sum(v) / 2 for v in tgs.values()) / 6)
     matrix = tg_matrix(table, "ew")
     assert list(matrix.index) == ["a", "b", "c"] and list(matrix.columns) == ["a", "b", "c"]
     assert matrix.loc["b", "a"] == pytest.approx(-1.5) and pd.isna(matrix.loc["a", "a"])
+
+
+def test_pairwise_forkmerge_row_at_exactly_zero_is_neutral():
+    """ForkMerge returning STL exactly (TG = 0 on every cell and seed) is not negative."""
+    rows = [
+        {"target": t, "aux": a, "method": m, "seed": seed, "tg": tg}
+        for seed in (0, 1, 2)
+        for t, a, m, tg in [
+            ("a", "b", "ew", -5.4 - 0.1 * seed),
+            ("a", "b", "forkmerge", 0.0),
+            ("a", "c", "forkmerge", 0.0),
+        ]
+    ]
+    s = pairwise_summary(pd.DataFrame(rows))
+    assert s["methods"]["forkmerge"]["regime_per_target"] == {"a": "neutral"}
+    assert s["methods"]["ew"]["regime_per_target"] == {"a": "strong_negative"}
+    assert s["regime_basis"] == "3 seeds (mean beyond 2 seed std)"
 
 
 def test_forkmerge_results_are_cached(tiny_digits):

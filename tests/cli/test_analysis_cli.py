@@ -72,20 +72,27 @@ def test_csd_writes_table_figure_and_regime(tiny_digits, tmp_path):
     assert table["csd"].between(0, 1).all()
     assert (table[table["lam"] == 0]["tg"] == 0).all()
     results = read(out / "results.json")
-    means = table[table["lam"] > 0].groupby("lam")["tg"].mean()
-    expected = (
-        "strong_negative"
-        if means.max() <= 0
-        else "weak_negative"
-        if means.min() < 0
-        else "positive"
-    )
+    tg = table[table["lam"] > 0].groupby("lam")["tg"]
+    means, stds = tg.mean(), tg.std(ddof=1)
+    helps, hurts = (means > 2 * stds).any(), (means < -2 * stds).any()
+    expected = {
+        (True, False): "positive",
+        (True, True): "weak_negative",
+        (False, True): "strong_negative",
+        (False, False): "neutral",
+    }[(bool(helps), bool(hurts))]
     assert results["regime"] == expected
+    assert results["regime_basis"] == "2 seeds (mean beyond 2 seed std)"
     assert results["best_lam"] == means.idxmax()
     assert results["seeds"] == [0, 1]
     assert_figure(out / "csd.png")
-    regime = results["regime"].replace("_", " ")
-    check_report(out / "report.html", figures=1, texts=(f"{regime} transfer", "CSD on target test"))
+    regime = {"neutral": "neutral (within noise)"}.get(expected, expected.replace("_", " "))
+    assert f"csd: optdigits ← mnist, syn: {regime} " in result.stdout
+    check_report(
+        out / "report.html",
+        figures=1,
+        texts=(f"<td>{regime}</td>", "CSD on target test", "p ≈ 0.22", "regime rests on"),
+    )
 
 
 def test_tsne_from_a_train_run(tiny_digits, tmp_path):

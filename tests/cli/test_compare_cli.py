@@ -111,3 +111,31 @@ def test_bad_input_exits_2_with_one_line(tiny_digits, tmp_path, args, message):
     names = result.stderr if "nosuch" in message else ""
     for name in method_names() if names else []:
         assert name in names
+
+
+def test_compare_forkmerge_at_exactly_stl_is_neutral(tiny_digits, tmp_path, monkeypatch):
+    """A method that returns STL exactly on every seed is neutral, not negative transfer; EW
+    at −5.4 ± 0.1 hurts beyond its seed noise (trainings replaced by fixed rows)."""
+    import ntlab.analysis.compare as cmp
+
+    def fake_row(base, method, seed, fm, lams, on_run=None):
+        tg = {"stl": 0.0, "forkmerge": 0.0, "ew": -5.4 - 0.1 * seed}[method]
+        return {
+            "method": method, "seed": seed, "val_acc": 90.0, "test_acc": 90.0 + tg,
+            "stl_val_acc": 90.0, "stl_test_acc": 90.0, "tg": tg, "tg_val": 0.0, "source": "run",
+        }  # fmt: skip
+
+    monkeypatch.setattr(cmp, "method_row", fake_row)
+    out = tmp_path / "cmp0"
+    result = invoke("compare", *ARGS, "--methods", "ew,forkmerge", "--seeds", "0,1,2", "--out", out)
+    assert result.exit_code == 0, result.output
+    results = read(out / "results.json")
+    assert results["methods"]["forkmerge"]["effect"] == "within_noise"
+    assert results["methods"]["ew"]["effect"] == "hurts"
+    assert results["regime_basis"] == "3 seeds (mean beyond 2 seed std)"
+    line = next(x for x in result.stdout.splitlines() if "│ forkmerge" in x)
+    assert "neutral" in line and "negative" not in line
+    assert "negative" in next(x for x in result.stdout.splitlines() if "│ ew" in x)
+    page = check_report(out / "report.html", texts=("p ≈ 0.074",))
+    assert '<td class="num">+0.00</td><td>neutral (within noise)</td>' in page
+    assert '<td class="num">−5.50 ± 0.10</td><td>negative</td>' in page

@@ -45,7 +45,9 @@ def test_sweep_with_forkmerge(tiny_digits, tmp_path):
     chosen = chosen.groupby("seed").first()
     assert results["grid_search"]["lam_per_seed"] == chosen["lam"].tolist()
     assert results["grid_search"]["tg"]["mean"] == pytest.approx(chosen["tg"].mean())
-    assert results["regime"] in ("positive", "weak_negative", "strong_negative")
+    assert results["regime"] in ("positive", "weak_negative", "strong_negative", "neutral")
+    assert results["regime_basis"] == "2 seeds (mean beyond 2 seed std)"
+    assert set(results["effect_per_lam"]) == {"0.5", "1"}
     fm = table[table["method"] == "forkmerge"]
     assert results["forkmerge"]["tg"]["mean"] == pytest.approx(fm["tg"].mean())
     assert_figure(out / "sweep.png")
@@ -121,6 +123,70 @@ def test_pairwise_resume_skips_finished_cells(tiny_digits, tmp_path, monkeypatch
     results = read(out / "results.json")
     assert results["cells_resumed"] == 2
     assert len(pd.read_csv(out / "pairwise.csv")) == 6
+
+
+def fake_cell(base, cell, fm, on_step=None):
+    """A pairwise cell without training: EW loses 5.4 ± 0.1, ForkMerge returns STL exactly."""
+    tg = 0.0 if cell.method == "forkmerge" else -5.4 - 0.1 * cell.seed
+    return {
+        "target": cell.target, "aux": cell.aux, "method": cell.method, "seed": cell.seed,
+        "acc": 90.0 + tg, "stl_acc": 90.0, "tg": tg, "val_acc": 90.0, "stl_val_acc": 90.0,
+        "source": "run",
+    }  # fmt: skip
+
+
+def test_pairwise_forkmerge_at_exactly_stl_is_neutral_not_strong_negative(
+    tiny_digits, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pw, "run_cell", fake_cell)
+    out = tmp_path / "p0"
+    result = invoke(
+        "pairwise", "--domains", "optdigits,mnist", "--method", "ew,forkmerge",
+        *BUDGET, "--seeds", "0,1,2", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = read(out / "results.json")
+    fm = results["methods"]["forkmerge"]
+    assert fm["regime_per_target"] == {"optdigits": "neutral", "mnist": "neutral"}
+    assert results["methods"]["ew"]["regime_per_target"]["mnist"] == "strong_negative"
+    assert {c["effect"] for c in fm["cells_tg"].values()} == {"within_noise"}
+    assert results["regime_basis"] == "3 seeds (mean beyond 2 seed std)"
+    assert "p ≈ 0.074" in results["regime_rule"]
+    fm_table = result.stdout[result.stdout.index("forkmerge: TG") :]
+    assert "neutral (within noise)" in fm_table and "strong negative" not in fm_table
+    assert "|t| > 3.46" in result.stdout  # the printed criterion
+    page = check_report(out / "report.html", figures=2, texts=("neutral (within noise)",))
+    for target in ("optdigits", "mnist"):  # the regime table: EW strong negative, ForkMerge not
+        row = f"<tr><td>{target}</td><td>strong negative</td><td>neutral (within noise)</td></tr>"
+        assert row in page
+    assert "p ≈ 0.074" in page
+
+
+def test_sweep_with_one_seed_says_the_regime_is_from_one_seed(tiny_digits, tmp_path, monkeypatch):
+    def exactly_stl(base, lams, seeds, on_run=None):
+        return pd.DataFrame(
+            [
+                {"lam": lam, "seed": s, "val_acc": 90.0, "test_acc": 90.0, "tg": 0.0,
+                 "tg_val": 0.0, "csd": 0.1, "source": "run"}
+                for s in seeds
+                for lam in lams
+            ]
+        )  # fmt: skip
+
+    import ntlab.analysis.sweep as sw
+
+    monkeypatch.setattr(sw, "lambda_grid_table", exactly_stl)
+    out = tmp_path / "s1"
+    result = invoke(
+        "sweep", "--target", "optdigits", "--aux", "mnist", "--lams", "0,0.5,1", *BUDGET,
+        "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = read(out / "results.json")
+    assert results["regime"] == "neutral"  # every λ exactly STL: was "strong_negative"
+    assert results["regime_basis"] == "1 seed (no noise estimate)"
+    assert "neutral (1 seed)" in result.stdout and "strong" not in result.stdout
+    check_report(out / "report.html", texts=("neutral (1 seed)", "1 seed (no noise estimate)"))
 
 
 def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
