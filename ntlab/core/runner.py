@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ntlab.cache import code_digest, entry_model, entry_results
+from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
 from ntlab.core.evaluate import evaluate
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
@@ -26,7 +26,7 @@ from ntlab.methods import get_method
 from ntlab.metrics import transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.paths import runs_cache_dir
-from ntlab.runs import read_json, write_failed, write_json
+from ntlab.runs import write_failed, write_json
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file
 
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
@@ -454,7 +454,10 @@ def load_model(
     """(model, data, config) of a finished run directory that saved its model."""
     run_dir = Path(run_dir)
     status = run_dir / "status.json"
-    if not status.is_file() or read_json(status).get("state") != "completed":
+    if (
+        not status.is_file()
+        or read_json_object(status, "train it again").get("state") != "completed"
+    ):
         raise NtlabError(f"{run_dir} is not a finished ntlab run (no completed status.json)")
     if not (run_dir / MODEL_FILE).is_file():
         raise NtlabError(

@@ -225,3 +225,9 @@ def test_a_write_that_fails_names_the_file_and_leaves_nothing_behind(tmp_path):
     ]
     assert list((tmp_path / "run").iterdir()) == []
     assert list((tmp_path / "cache" / "runs").iterdir()) == []
+
+
+def test_a_run_whose_status_is_not_an_object_is_named(tmp_path):
+    (tmp_path / "status.json").write_text("[]")
+    with pytest.raises(DamagedFileError, match=r"status\.json is damaged .*not an object"):
+        runner.load_model(tmp_path)
