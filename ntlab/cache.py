@@ -118,9 +118,9 @@ def entry_model(folder: Path, map_location: Any) -> tuple[dict, dict] | None:
     return results, state
 
 
-def set_aside(folder: Path, problem: DamagedFileError) -> Path | None:
+def set_aside(folder: Path, problem: DamagedFileError, say: bool = True) -> Path | None:
     """Move a damaged entry into `broken/` (where `ntlab cache info/clear` see it) and say
-    so in one line; the caller then trains again and stores a fresh entry."""
+    so in one line (unless not `say`); the caller then trains again and stores a fresh entry."""
     root = folder.parent.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = root / BROKEN / f"{folder.parent.name}-{folder.name}-{stamp}-{time.time_ns() % 10**6}"
@@ -129,12 +129,15 @@ def set_aside(folder: Path, problem: DamagedFileError) -> Path | None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         folder.rename(dest)
     except OSError as exc:
+        if not say:
+            raise NtlabError(f"could not move {folder} aside: {exc.strerror or exc}") from None
         if not folder.exists():  # another process set it aside meanwhile
             warn(f"{what}; training it again")
-            return None
-        warn(f"{what}; could not move it aside ({exc.strerror or exc}); training it again")
+        else:
+            warn(f"{what}; could not move it aside ({exc.strerror or exc}); training it again")
         return None
-    warn(f"{what}; moved it to {dest} and training it again")
+    if say:
+        warn(f"{what}; moved it to {dest} and training it again")
     return dest
 
 
@@ -201,8 +204,8 @@ def scan(root: Path | None = None, now: float | None = None) -> CacheScan:
     return out
 
 
-def check_entry(path: Path) -> str | None:
-    """What is wrong with a cache entry (its first damaged file), or None if it reads."""
+def check_entry(path: Path) -> DamagedFileError | None:
+    """The first damaged file of a cache entry, or None when every file reads."""
     try:
         read_json_object(path / "results.json")
         read_json_object(path / "config.json")
@@ -210,7 +213,7 @@ def check_entry(path: Path) -> str | None:
         if not isinstance(state, dict):
             raise DamagedFileError(path / "model.pt", "not a model state", RETRAIN)
     except DamagedFileError as exc:
-        return f"{exc.path.name}: {exc.reason}"
+        return exc
     return None
 
 

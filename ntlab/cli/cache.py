@@ -10,7 +10,6 @@ import typer
 
 from ntlab import cache
 from ntlab.cli.common import console, die, guarded, results_table
-from ntlab.storage import DamagedFileError
 
 app = typer.Typer(
     help="The run cache (NTLAB_HOME/cache): every training ntlab ran, reused by identical "
@@ -86,14 +85,14 @@ def verify(
             if problem is None:
                 continue
             damaged += 1
-            console.print(f"damaged: {item.path} ({problem})", soft_wrap=True, highlight=False)
+            console.print(
+                f"damaged: {item.path} ({problem.path.name}: {problem.reason})",
+                soft_wrap=True,
+                highlight=False,
+            )
             if fix:
-                name, _, reason = problem.partition(": ")
-                moved = cache.set_aside(
-                    item.path, DamagedFileError(item.path / name, reason, cache.RETRAIN)
-                )
-                if moved is not None:
-                    console.print(f"  moved to {moved}", soft_wrap=True, highlight=False)
+                moved = cache.set_aside(item.path, problem, say=False)
+                console.print(f"  moved to {moved}", soft_wrap=True, highlight=False)
         for item in found.leftovers:
             console.print(
                 f"leftover temporary folder: {item.path}", soft_wrap=True, highlight=False

@@ -116,7 +116,7 @@ def test_verify_lists_each_damaged_entry_and_exits_1(home):
     assert str(good) not in result.stdout
 
     fixed = invoke("cache", "verify", "--fix")
-    assert fixed.exit_code == 1 and fixed.stdout.count("moved to") == 3
+    assert fixed.exit_code == 1 and fixed.stdout.count("moved to") == 3 and not fixed.stderr
     assert sorted(p.name for p in (home / "cache" / "runs").iterdir()) == ["good"]
     assert len(list((home / "cache" / cache.BROKEN).iterdir())) == 3
     again = invoke("cache", "verify")
