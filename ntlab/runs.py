@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
@@ -18,12 +20,31 @@ from ntlab.errors import NtlabError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+    """Write to a temp file beside `path`, then rename: readers never see half a file.
+
+    A write that fails (full disk, no permission) leaves no temp file and raises NtlabError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
+
+
+def write_failed(path: Path, exc: OSError) -> NtlabError:
+    """The one-line error for a write that failed, with what to do about it."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "free some space (or set NTLAB_HOME / --out to another disk) and run again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check that the folder is writable, or choose another --out / NTLAB_HOME"
+    else:
+        fix = "check the disk and run again"
+    return NtlabError(f"could not write {path}: {reason}; {fix}")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from ntlab import __version__
 from ntlab.cli import analysis as analysis_cli
+from ntlab.cli import cache as cache_cli
 from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli import maps as maps_cli
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(forkmerge_cli.app, name="forkmerge")
+app.add_typer(cache_cli.app, name="cache")
 app.command("train")(train_command)
 app.command("gcs")(analysis_cli.gcs_command)
 app.command("csd")(analysis_cli.csd_command)

@@ -54,7 +54,10 @@ def _fail(run: RunDir | None, error: str) -> None:
     """Record the failure, then render what the run left so far (the report says it failed)."""
     if run is None:
         return
-    run.fail(error)
+    try:
+        run.fail(error)
+    except NtlabError:  # a full disk: the run's own error is the one to report
+        return
     from ntlab.report.page import write_run_report
 
     try:

@@ -27,13 +27,13 @@ State at a merge, decided:
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ntlab.cache import entry_results
 from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
@@ -65,7 +65,7 @@ from ntlab.errors import NonFiniteError, NtlabError
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
 from ntlab.paths import runs_cache_dir
-from ntlab.runs import read_json
+from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
 
 BRANCH_MODES = ("joint", "per-task")
 OPTIMIZER_STATES = ("keep", "reset")
@@ -235,12 +235,18 @@ def run_forkmerge(
     kept = list(range(len(branches)))
     round_index = 0
     if resume and checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=resolve_device(cfg.device), weights_only=True)
-        kept, round_index = saved["kept"], saved["round"]
-        for b in kept:
-            states[b].load_state_dict(saved["states"][b])
-        out.merges, out.search, out.metrics = saved["merges"], saved["search"], saved["metrics"]
-        out.excluded = saved.get("excluded", [])
+        fix = "run again without --resume (or with --overwrite) to start over"
+        saved = load_torch_file(checkpoint, fix, map_location=resolve_device(cfg.device))
+        try:
+            kept, round_index = saved["kept"], saved["round"]
+            for b in kept:
+                states[b].load_state_dict(saved["states"][b])
+            out.merges, out.search = saved["merges"], saved["search"]
+            out.metrics = saved["metrics"]
+            out.excluded = saved.get("excluded", [])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = f"not a checkpoint of this run: {short_reason(exc)}"
+            raise DamagedFileError(checkpoint, reason, fix) from None
     step = states[kept[0]].step
     merged_keys = _merged_keys(states[0].model, cfg.target, opts.merge_heads)
     while step < cfg.steps:
@@ -406,9 +412,7 @@ def _lambda_per_round(merges: list[dict], branches: int) -> list[list[float]]:
 def _save(
     path: Path, states: list[TrainState], kept: list[int], round_index: int, out: ForkMergeOutcome
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(
+    save_torch_file(
         {
             "round": round_index,
             "kept": kept,
@@ -418,9 +422,8 @@ def _save(
             "metrics": out.metrics,
             "excluded": out.excluded,
         },
-        tmp,
+        path,
     )
-    os.replace(tmp, path)
 
 
 # --- ForkMerge runs shared through the cache (pairwise and sweep run many) -----------------
@@ -446,8 +449,9 @@ def cached_forkmerge(
 ) -> tuple[dict, str]:
     """(results, "cache" | "run"): an identical ForkMerge run is reused, otherwise run and kept."""
     folder = forkmerge_cache_dir(cfg, branches, opts)
-    if (folder / "results.json").is_file():
-        return read_json(folder / "results.json"), "cache"
+    hit = entry_results(folder)
+    if hit is not None:
+        return hit, "cache"
     outcome = run_forkmerge(cfg, branches, opts, on_step=on_step)
     config = {"train": asdict(cfg), "branches": [b.describe() for b in branches], **asdict(opts)}
     store_cached(folder, outcome.results, outcome.model, config)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ntlab import __version__
+from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
 from ntlab.core.evaluate import evaluate
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
@@ -25,13 +26,10 @@ from ntlab.methods import get_method
 from ntlab.metrics import transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.paths import runs_cache_dir
-from ntlab.runs import read_json, write_json
+from ntlab.runs import write_failed, write_json
+from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file
 
-CORE_VERSION = 2  # bump when a change to the core changes trained numbers (invalidates caches)
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
-# Options added after caches existed: left out of the cache key at their default, so that
-# the keys (and cached trainings) of earlier configs still hold.
-KEY_ONLY_IF_SET = {"backbone_lr_scale", "root", "domains", "image_size", "skip_bad_images"}
 
 
 @dataclass
@@ -83,9 +81,6 @@ class TrainConfig:
 
     def terms(self) -> list[LossTerm]:
         return get_method(self.method).terms(self.target, self.aux, self.lam)
-
-
-FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def benchmark_of(cfg: TrainConfig):
@@ -294,22 +289,21 @@ def stl_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def cache_key(cfg: TrainConfig) -> str:
-    """Identical keys ⇔ identical trainings (same data, code version, config, device type);
-    options a method ignores (λ outside `fixed`, the auxiliary tasks of `stl`) are left out."""
+    """Identical keys ⇔ identical trainings (same data, code, config, device type, torch);
+    options a method ignores (λ outside `fixed`, the auxiliary tasks of `stl`) are left out.
+
+    The code is identified by a digest of the sources that train and measure
+    (`ntlab.cache.code_digest`), so a change to any of them retires every cached training.
+    """
     method = get_method(cfg.method)
     payload = {
-        **{
-            k: v
-            for k, v in asdict(cfg).items()
-            if k not in NOT_IN_KEY and not (k in KEY_ONLY_IF_SET and v == FIELD_DEFAULTS[k])
-        },
+        **{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY},
         "aux": cfg.aux if method.uses_aux else [],
         "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,
         "data": benchmark_of(cfg).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
-        "core": CORE_VERSION,
-        "ntlab": __version__,
+        "code": code_digest(),
         "torch": torch.__version__,
     }
     return digest(payload)
@@ -324,8 +318,8 @@ def run_cache_dir(cfg: TrainConfig) -> Path:
 
 
 def cached_results(cfg: TrainConfig) -> dict | None:
-    path = run_cache_dir(cfg) / "results.json"
-    return read_json(path) if path.is_file() else None
+    """The cached results of `cfg`, or None (a damaged entry is set aside, with a warning)."""
+    return entry_results(run_cache_dir(cfg))
 
 
 def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
@@ -335,17 +329,27 @@ def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
 
 def store_cached(final: Path, results: dict, model: torch.nn.Module, config: dict) -> None:
     """Write a cache entry (model.pt, config.json, results.json) atomically: a folder is
-    filled under a temporary name, then renamed; the first writer wins."""
+    filled under a temporary name, then renamed; the first writer wins. A write that fails
+    (full disk) removes the temporary folder and raises NtlabError naming the file.
+
+    config.json records the code digest and torch version the entry was trained with."""
     if final.exists():
         return
     tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
-    tmp.mkdir(parents=True)
-    torch.save(model.state_dict(), tmp / "model.pt")
-    write_json(tmp / "config.json", config)
-    write_json(tmp / "results.json", results)
     try:
-        tmp.rename(final)
-    except OSError:  # another process stored the same run meanwhile
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise write_failed(tmp, exc) from None
+        save_torch_file(model.state_dict(), tmp / "model.pt")
+        identity = {"code": code_digest(), "torch": torch.__version__}
+        write_json(tmp / "config.json", {**config, **identity})
+        write_json(tmp / "results.json", results)
+        with contextlib.suppress(OSError):  # another process stored the same run meanwhile
+            tmp.rename(final)
+    except NtlabError as exc:  # name the entry, not its temporary folder
+        raise NtlabError(str(exc).replace(str(tmp), str(final))) from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -392,10 +396,9 @@ def trained_model(
     device = resolve_device(cfg.device)
     own = trained_tasks(cfg)
     tasks = list(dict.fromkeys(own + list(tasks or [])))
-    cache = run_cache_dir(cfg)
-    if (cache / "model.pt").is_file() and (cache / "results.json").is_file():
-        results, source = read_json(cache / "results.json"), "cache"
-        state = torch.load(cache / "model.pt", map_location=device, weights_only=True)
+    hit = entry_model(run_cache_dir(cfg), map_location=device)
+    if hit is not None:
+        (results, state), source = hit, "cache"
     else:
         outcome = run_training(cfg, on_step=on_step)
         store_run(cfg, outcome)
@@ -441,10 +444,8 @@ MODEL_FILE = "model.pt"
 
 def save_model(path: Path, model: MultiTaskModel, cfg: TrainConfig) -> None:
     """The final model of a run, with what is needed to rebuild it (atomic)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state": state, "tasks": model.task_names, "train": asdict(cfg)}, tmp)
-    os.replace(tmp, path)
+    save_torch_file({"state": state, "tasks": model.task_names, "train": asdict(cfg)}, path)
 
 
 def load_model(
@@ -453,13 +454,19 @@ def load_model(
     """(model, data, config) of a finished run directory that saved its model."""
     run_dir = Path(run_dir)
     status = run_dir / "status.json"
-    if not status.is_file() or read_json(status).get("state") != "completed":
+    if (
+        not status.is_file()
+        or read_json_object(status, "train it again").get("state") != "completed"
+    ):
         raise NtlabError(f"{run_dir} is not a finished ntlab run (no completed status.json)")
     if not (run_dir / MODEL_FILE).is_file():
         raise NtlabError(
             f"{run_dir} has no {MODEL_FILE}; use a `ntlab train` or `ntlab forkmerge train` run"
         )
-    saved = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    fix = "train it again"
+    saved = load_torch_file(run_dir / MODEL_FILE, fix)
+    if not (isinstance(saved, dict) and {"state", "tasks", "train"} <= saved.keys()):
+        raise DamagedFileError(run_dir / MODEL_FILE, "not an ntlab model file", fix)
     cfg = TrainConfig(**saved["train"])
     if device is not None:
         cfg = TrainConfig(**{**asdict(cfg), "device": device})

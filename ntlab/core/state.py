@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from ntlab.data.sampler import BatchSource
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
+from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -129,13 +129,14 @@ class TrainState:
 
     def save(self, path: Path) -> None:
         """Checkpoint atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_torch_file(self.state_dict(), Path(path))
 
-    def load(self, path: Path) -> None:
-        self.load_state_dict(
-            torch.load(path, map_location=next(self.model.parameters()).device, weights_only=True)
-        )
+    def load(self, path: Path, fix: str = "start the training again") -> None:
+        """Continue from a checkpoint; a damaged one raises DamagedFileError naming it."""
+        device = next(self.model.parameters()).device
+        saved = load_torch_file(path, fix, map_location=device)
+        try:
+            self.load_state_dict(saved)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = f"not a checkpoint of this training: {short_reason(exc)}"
+            raise DamagedFileError(path, reason, fix) from None

@@ -1,0 +1,66 @@
+"""ntlab's own torch files on disk: written atomically, read with a damaged file named."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ntlab.errors import NtlabError
+from ntlab.runs import write_failed
+
+
+class DamagedFileError(NtlabError):
+    """A file ntlab wrote earlier cannot be read back (truncated, empty, not what it should be)."""
+
+    def __init__(self, path: Path, reason: str, fix: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is damaged ({reason}); {fix}")
+
+
+def load_torch_file(path: Path, fix: str, map_location: str | torch.device | None = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`; a file that does not load raises
+    DamagedFileError naming it and saying what to do (`fix`).
+
+    torch reports an empty file as EOFError, which the command line would otherwise take for
+    an interrupt (click maps EOFError to "aborted"), and a truncated one as a RuntimeError.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DamagedFileError(path, "the file is missing", fix) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to load means the file is unusable
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+        raise DamagedFileError(path, "empty file" if empty else short_reason(exc), fix) from None
+
+
+def save_torch_file(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename; a write that fails
+    removes the temporary file and raises NtlabError naming `path` and the reason."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        # torch wraps the OSError of a failed write (full disk) in a RuntimeError
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise write_failed(path, cause) from None
+        raise NtlabError(f"could not write {path}: {short_reason(exc)}") from None
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of an exception's message, without torch's long advice."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"it has no {exc.args[0]!r}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text.split(". This is an internal")[0].removeprefix("PytorchStreamReader ")
+    return text or type(exc).__name__
