@@ -105,9 +105,7 @@ def _forkmerge_options(
         str,
         typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
     ] = "keep",
-    resume: Annotated[
-        bool, typer.Option(help="Continue the unfinished run in --out from its last merge.")
-    ] = False,
+    resume: opt.Resume = False,
     baselines: Annotated[
         bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")
     ] = True,
@@ -151,8 +149,8 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         }
         path = opts["out"] or default_out("forkmerge", cfg.target)
         if opts["resume"]:
-            check_resumable(Path(path), CHECKPOINT, record)
-        run = RunDir(path, overwrite=opts["overwrite"])
+            check_resumable(opts["out"], CHECKPOINT, record, "forkmerge train")
+        run = RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
     with guarded(run):
         run.start("forkmerge train", record)
         checkpoint = run.path / CHECKPOINT
