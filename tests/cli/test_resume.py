@@ -255,14 +255,11 @@ def test_a_second_run_in_the_same_folder_is_refused(tiny_digits, tmp_path):
     # Killed with SIGKILL, the first run could not release its lock: the next run takes
     # the folder over, saying so.
     assert (out / ".lock").is_file()
-    third = ntlab_process(
-        "train", "--target", "optdigits", "--steps", "4", "--batch-size", "16", "--quiet",
-        "--out", out,
-    )  # fmt: skip
-    _, err = third.communicate(timeout=300)
-    assert third.returncode == 0, err
-    assert f"took over the lock of {out} left by a run that ended" in err
-    assert f"pid {slow.pid}" in err
+    third = invoke("train", "--target", "optdigits", "--steps", "4", "--batch-size", "16",
+                   "--quiet", "--out", out)  # fmt: skip
+    assert third.exit_code == 0, third.output
+    assert f"took over the lock of {out} left by a run that ended" in third.stderr
+    assert f"pid {slow.pid}" in third.stderr
     assert read(out / "status.json")["state"] == "completed"
     assert not (out / ".lock").exists()
 
@@ -301,7 +298,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tiny_digits, tmp_path)
 
 def test_sweep_killed_with_sigkill_resumes(tiny_digits, tmp_path):
     out = tmp_path / "killed"
-    args = ["sweep", "--target", "mnist", "--aux", "syn", "--lams", "0,0.25,0.5,1"]
+    args = ["sweep", "--target", "mnist", "--aux", "syn", "--lams", "0,0.5,1"]
     args += ["--seeds", "49", "--steps", "150", "--batch-size", "16", "--eval-every", "50"]
     proc = ntlab_process(*args, "--quiet", "--out", out)
     rows = out / "checkpoints" / "rows.csv"
@@ -312,7 +309,7 @@ def test_sweep_killed_with_sigkill_resumes(tiny_digits, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     done = len(pd.read_csv(rows))
-    assert 1 <= done < 4 and not (out / "results.json").exists()
+    assert 1 <= done < 3 and not (out / "results.json").exists()
     result = invoke(*args, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     assert read(out / "results.json")["runs_resumed"] == done
