@@ -194,9 +194,7 @@ def check_resumable(path: Path | None, checkpoint: Path, record: dict, command: 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise NtlabError(f"nothing to resume in {path}: no ntlab run there; run without --resume")
-    saved = read_json_object(
-        path / "config.json", "run again without --resume, with --overwrite, to start over"
-    )
+    saved = read_json_object(path / "config.json", "run again without --resume to start over")
     if (path / "results.json").is_file():
         raise NtlabError(
             f"nothing to resume in {path}: the run is finished; "

@@ -362,14 +362,12 @@ def check_domain_file(root: Path, entry: dict, digest: bool = False) -> str | No
             return "its SHA-256 differs from the build's"
         return None
     if digest:
-        try:
-            _load_blob(path, "cpu")
-        except NtlabError as exc:
-            return str(exc).split(" is damaged (", 1)[-1].split("); ", 1)[0]
+        return _read_blob(path, "cpu")[0]
     return None
 
 
-def _load_blob(path: Path, device) -> dict:
+def _read_blob(path: Path, device) -> tuple[str | None, dict | None]:
+    """(what is wrong, None) or (None, the domain's splits) for one domain's file."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
         for split in SPLITS:
@@ -377,8 +375,14 @@ def _load_blob(path: Path, device) -> dict:
             if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
                 raise TypeError(f"split {split} does not hold tensors")
     except Exception as exc:  # noqa: BLE001 - any failure to read it means it is damaged
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NtlabError(f"{path} is damaged ({reason}); {REBUILD}") from None
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0], None
+    return None, blob
+
+
+def _load_blob(path: Path, device) -> dict:
+    problem, blob = _read_blob(path, device)
+    if problem:
+        raise NtlabError(f"{path} is damaged ({problem}); {REBUILD}")
     return blob
 
 

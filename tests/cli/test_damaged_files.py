@@ -141,6 +141,9 @@ CASES = [
          lambda w: (w.digits / "mnist.pt").write_bytes(
              bytes(b ^ 1 for b in (w.digits / "mnist.pt").read_bytes())),
          lambda w: ["data", "list"], 2, "mnist.pt is damaged (its SHA-256", lambda w: True),
+    Case("old-build-domain-truncated-data-list",
+         lambda w: (old_build(w), truncate(w.digits / "syn.pt")),
+         lambda w: ["data", "list"], 2, "syn.pt is damaged (", lambda w: True),
     Case("domain-truncated-train", lambda w: truncate(w.digits / "syn.pt"),
          train_args("syn"), 2, "syn.pt is damaged (", no_new_run),
     Case("domain-missing-train", lambda w: (w.digits / "syn.pt").unlink(),
@@ -184,6 +187,14 @@ CASES = [
          "cells.csv is damaged (column seed has 'zero')",
          lambda w: not (w.killed / "results.json").exists()),
 ]  # fmt: skip
+
+
+def old_build(w: World) -> None:
+    """A build from before the manifest recorded each file's size and digest."""
+    manifest = json.loads((w.digits / "manifest.json").read_text())
+    for entry in manifest["domains"].values():
+        entry.pop("bytes"), entry.pop("sha256")
+    (w.digits / "manifest.json").write_text(json.dumps(manifest))
 
 
 def manifest_ok_safe(w: World) -> bool:
