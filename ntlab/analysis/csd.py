@@ -7,7 +7,7 @@ interpolated training distribution is from the target, and TG(λ) = P(θ_T(λ)) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -29,9 +29,12 @@ def csd_table(
     lams: Sequence[float],
     seeds: Sequence[int],
     on_run: OnRun | None = None,
+    done: Mapping[tuple[float, int], dict] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per (λ, seed): csd, tg, val_acc, test_acc, source (run | cache)."""
-    table = lambda_grid_table(base, lams, seeds, on_run)
+    """One row per (λ, seed): csd, tg, val_acc, test_acc, source (run | cache); `done` and
+    `on_row` as in `lambda_grid_table` (a resumed run)."""
+    table = lambda_grid_table(base, lams, seeds, on_run, done, on_row)
     return table[["lam", "seed", "csd", "tg", "val_acc", "test_acc", "source"]]
 
 

@@ -8,7 +8,7 @@ reports its *test* TG.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 
 import pandas as pd
@@ -37,32 +37,43 @@ def lambda_grid_table(
     lams: Sequence[float],
     seeds: Sequence[int],
     on_run: OnRun | None = None,
+    done: Mapping[tuple[float, int], dict] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """One row per (λ, seed): val/test accuracy, TG (test and val) against λ = 0 of the same
-    seed, the target's test CSD, and whether the training ran or came from the cache."""
+    seed, the target's test CSD, and whether the training ran or came from the cache.
+
+    `done` holds rows of (λ, seed) already finished (a resumed run): they are kept, not
+    trained again. `on_row` sees every new row as soon as it exists, λ = 0 included (the
+    reference of its seed, so a resumed run needs no STL training to compute TG)."""
+    done = done or {}
     rows = []
     for seed in seeds:
         stl = None
         for lam in sorted(set(lams) | {0.0}):  # λ = 0 first: the reference
-            cfg = fixed_config(base, lam, seed)
-            label = "stl" if lam == 0 else f"λ={lam:g}"
-            results, source = cached_run(cfg, on_run(label, cfg) if on_run else None)
-            target = results["tasks"][cfg.target]
-            stl = stl or target
-            if lam not in lams:
-                continue
-            rows.append(
-                {
+            if (lam, seed) in done:
+                row = dict(done[(lam, seed)])
+            else:
+                cfg = fixed_config(base, lam, seed)
+                label = "stl" if lam == 0 else f"λ={lam:g}"
+                results, source = cached_run(cfg, on_run(label, cfg) if on_run else None)
+                target = results["tasks"][cfg.target]
+                ref = stl or target
+                row = {
                     "lam": lam,
                     "seed": seed,
                     "val_acc": target["val_acc"],
                     "test_acc": target["test_acc"],
-                    "tg": transfer_gain(target["test_acc"], stl["test_acc"]),
-                    "tg_val": transfer_gain(target["val_acc"], stl["val_acc"]),
+                    "tg": transfer_gain(target["test_acc"], ref["test_acc"]),
+                    "tg_val": transfer_gain(target["val_acc"], ref["val_acc"]),
                     "csd": target["test_csd"],
                     "source": source,
                 }
-            )
+                if on_row:
+                    on_row(row)
+            stl = stl or {"val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+            if lam in lams:
+                rows.append(row)
     return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
 
 
@@ -104,14 +115,21 @@ def forkmerge_rows(
     opts: ForkMergeOptions,
     on_run: OnRun | None = None,
     branches: str = "per-task",
+    done: Mapping[int, dict] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """ForkMerge per seed with the sweep's budget, and its TG against the STL run of the same
     seed. Branches: `per-task` (Eq. 12, the paper's form for several auxiliary tasks: the
     target alone plus one branch per auxiliary task) or `joint` (Algorithm 1: the target
-    alone and the target + the mixed auxiliary tasks)."""
+    alone and the target + the mixed auxiliary tasks). `done` and `on_row` as in
+    `lambda_grid_table`, by seed."""
     build = per_task_branches if branches == "per-task" else joint_branches
+    done = done or {}
     rows = []
     for seed in seeds:
+        if seed in done:
+            rows.append(dict(done[seed]))
+            continue
         cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
         specs = build(cfg.target, cfg.aux)
         results, source = cached_forkmerge(
@@ -128,6 +146,8 @@ def forkmerge_rows(
                 "source": source,
             }
         )
+        if on_row:
+            on_row(rows[-1])
     return pd.DataFrame(rows)
 
 

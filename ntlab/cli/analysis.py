@@ -14,7 +14,9 @@ from ntlab.analysis import tsne as tsne_analysis
 from ntlab.analysis.common import check_lams
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
+    CheckpointRows,
     StepProgress,
+    check_resumable,
     complete,
     console,
     default_out,
@@ -25,12 +27,15 @@ from ntlab.cli.common import (
     print_paths,
     resolve_options,
     results_table,
+    resume_note,
     run_record,
 )
 from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
 from ntlab.errors import NtlabError
 from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir
+
+CSD_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training (λ, seed)
 
 
 def _lams(text: str) -> list[float]:
@@ -51,7 +56,11 @@ def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfi
 
 
 def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
-    return RunDir(opts["out"] or default_out(command, cfg.target), overwrite=opts["overwrite"])
+    return RunDir(
+        opts["out"] or default_out(command, cfg.target),
+        overwrite=opts["overwrite"],
+        resume=opts.get("resume", False),
+    )
 
 
 # --- gcs ----------------------------------------------------------------------------------
@@ -176,6 +185,7 @@ def _csd_options(
             "--seeds", "--seed", help="Seeds, comma-separated; each λ is trained per seed."
         ),
     ] = "0",
+    resume: opt.Resume = False,
 ) -> None: ...
 
 
@@ -197,18 +207,31 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         lams = sorted(set(lams) | {0.0})
         validate(csd_analysis.fixed_config(cfg, max(lams), seeds[0]))
+        record = run_record(opts, cfg, bench, lams=lams, seeds=seeds)
+        if opts["resume"]:
+            check_resumable(opts["out"], CSD_ROWS, record, "csd")
         run = _open_run(opts, "csd", cfg)
     with guarded(run):
-        run.start("csd", run_record(opts, cfg, bench, lams=lams, seeds=seeds))
+        rows = CheckpointRows(run, CSD_ROWS, {"lam": float, "seed": int}, opts["resume"])
+        done = {(r["lam"], r["seed"]): r for r in rows.rows if r["seed"] in seeds}
+        run.start("csd", record)
+        if opts["resume"]:
+            resume_note(len(done), len(lams) * len(seeds), opts["quiet"], "trainings")
         with StepProgress(opts["quiet"]) as progress:
 
             def on_run(name: str, c: TrainConfig):
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
 
-            table = csd_analysis.csd_table(cfg, lams, seeds, on_run)
+            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, rows.add)
         run.write_table("csd.csv", table)
         summary = csd_analysis.csd_summary(table)
-        results = {"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary}
+        results = {
+            "target": cfg.target,
+            "aux": cfg.aux,
+            "steps": cfg.steps,
+            **summary,
+            "runs_resumed": len(done),
+        }
         complete(run, results, opts["format"])
         if opts["quiet"]:
             console.print(str(run.path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -18,7 +20,7 @@ from rich.table import Table
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
 from ntlab.report import check_format
-from ntlab.runs import RunDir, read_json, set_command_line
+from ntlab.runs import RunDir, atomic_write_text, read_json_object, set_command_line
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -43,11 +45,18 @@ def guarded(run: RunDir | None = None) -> Iterator[None]:
     except KeyboardInterrupt:
         _fail(run, "interrupted")
         die("interrupted", code=130)
+    except EOFError as exc:  # a truncated file; click would report it as "aborted"
+        message = f"a file ended early, it is damaged ({exc}); rebuild or replace it"
+        _fail(run, message)
+        die(message)
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(run, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if run is not None:
+            run.release()
 
 
 def _fail(run: RunDir | None, error: str) -> None:
@@ -180,15 +189,82 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def check_resumable(path: Path, checkpoint: Path, record: dict) -> None:
-    """--resume needs the run's checkpoint and the options it was started with."""
-    if not (path / checkpoint).is_file():
-        raise NtlabError(f"nothing to resume in {path}: no checkpoint; run without --resume")
-    saved = read_json(path / "config.json")
-    if any(saved.get(k) != v for k, v in record.items()):
+def check_resumable(path: Path | None, checkpoint: Path, record: dict, command: str) -> None:
+    """--resume needs an unfinished run of `command` in `path` (--out), with its checkpoint,
+    started with the same options (`record`, as config.json holds it)."""
+    if path is None:
+        raise NtlabError("--resume needs --out FOLDER, the run directory of the run to continue")
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise NtlabError(f"nothing to resume in {path}: no ntlab run there; run without --resume")
+    saved = read_json_object(path / "config.json", "run again without --resume to start over")
+    if (path / "results.json").is_file():
         raise NtlabError(
-            f"--resume with other options than the run in {path}; use the same options"
+            f"nothing to resume in {path}: the run is finished; "
+            "pass --overwrite instead to run it again"
         )
+    if not (path / checkpoint).is_file():
+        raise NtlabError(
+            f"nothing to resume in {path}: no part of the run finished ({checkpoint} is "
+            "missing); run without --resume"
+        )
+    wanted = json.loads(json.dumps({"command": command, **record}, default=str))
+    differ = [k for k, v in wanted.items() if saved.get(k) != v]
+    if differ:
+        raise NtlabError(
+            f"--resume with other options than the run in {path} (they differ in "
+            f"{', '.join(differ)}); use the options it was started with"
+        )
+
+
+def resumed_rows(path: Path, checkpoint: Path, key: dict[str, type]) -> pd.DataFrame:
+    """The finished parts of a run that --resume continues: `checkpoint` read back, its key
+    columns (name → str, int or float) checked; a damaged file is named, with what to do."""
+    file = Path(path) / checkpoint
+    fix = "run again without --resume to start over"
+    try:
+        frame = pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        raise NtlabError(f"{file} is damaged (it is empty); {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NtlabError(f"{file} is damaged ({reason}); {fix}") from None
+    missing = [c for c in key if c not in frame.columns]
+    if missing:
+        raise NtlabError(f"{file} is damaged (no column {', '.join(missing)}); {fix}")
+    for column, kind in key.items():
+        values = frame[column]
+        if kind is str:
+            bad = values.isna()
+        else:
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = numbers.isna() if kind is float else numbers.isna() | (numbers % 1 != 0)
+            bad = bad & ~(values.isna() & (kind is float))  # float keys may be blank (n/a)
+            frame[column] = numbers if kind is float else numbers.fillna(0).astype(int)
+        if bad.any():
+            raise NtlabError(
+                f"{file} is damaged (column {column} has {values[bad].iloc[0]!r}); {fix}"
+            )
+    return frame
+
+
+class CheckpointRows:
+    """The finished parts of a run, one row each, written to `<run>/<file>` as each finishes;
+    with `resume` the rows of the killed run are read back first (damage named)."""
+
+    def __init__(self, run: RunDir, file: Path, key: dict[str, type], resume: bool) -> None:
+        self.path = run.path / file
+        frame = resumed_rows(run.path, file, key) if resume else pd.DataFrame()
+        self.rows: list[dict] = frame.to_dict("records")
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+
+
+def resume_note(done: int, total: int, quiet: bool, unit: str = "parts") -> None:
+    if not quiet:
+        console.print(f"resuming: {done} of {total} {unit} already finished, skipped")
 
 
 def _parses(text: str, kind: type) -> bool:

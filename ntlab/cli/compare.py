@@ -13,7 +13,9 @@ from ntlab.analysis import compare as cmp
 from ntlab.analysis.common import check_lams
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
+    CheckpointRows,
     StepProgress,
+    check_resumable,
     complete,
     console,
     default_out,
@@ -23,12 +25,13 @@ from ntlab.cli.common import (
     print_paths,
     resolve_options,
     results_table,
+    resume_note,
     run_record,
 )
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import validate
 from ntlab.metrics import effect_label, rule_caption
-from ntlab.runs import RunDir, atomic_write_text
+from ntlab.runs import RunDir
 
 ROWS = Path("checkpoints") / "rows.csv"
 
@@ -48,6 +51,7 @@ def _compare_options(
         str, typer.Option(help="λ grid of `grid-search` (the λ is chosen on validation).")
     ] = "0,0.0625,0.125,0.25,0.5,1,2",
     merge_every: opt.MergeEvery = None,
+    resume: opt.Resume = False,
 ) -> None: ...
 
 
@@ -76,12 +80,22 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
         record = run_record(
             opts, cfg, bench, methods=methods, seeds=seeds, lams=lams, forkmerge=asdict(fm)
         )
-        run = RunDir(opts["out"] or default_out("compare", cfg.target), overwrite=opts["overwrite"])
+        if opts["resume"]:
+            check_resumable(opts["out"], ROWS, record, "compare")
+        run = RunDir(
+            opts["out"] or default_out("compare", cfg.target),
+            overwrite=opts["overwrite"],
+            resume=opts["resume"],
+        )
     with guarded(run):
-        run.start("compare", record)
-        (run.path / ROWS).unlink(missing_ok=True)
+        checkpoint = CheckpointRows(run, ROWS, {"method": str, "seed": int}, opts["resume"])
         cells = [(m, s) for m in methods for s in seeds]
-        rows = []
+        done = {(r["method"], r["seed"]): r for r in checkpoint.rows}
+        done = {cell: done[cell] for cell in cells if cell in done}
+        run.start("compare", record)
+        if opts["resume"]:
+            resume_note(len(done), len(cells), opts["quiet"], "runs")
+        rows, new_rows = [], []
         with StepProgress(opts["quiet"]) as progress:
             overall = progress.callback(
                 f"compare → {cfg.target}: {len(cells)} runs", len(cells), unit="runs", every=1
@@ -92,14 +106,18 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
                 return progress.callback(f"{label} seed {run_cfg.seed}", total)
 
             for i, (method, seed) in enumerate(cells):
-                rows.append(cmp.method_row(cfg, method, seed, fm, lams, on_run))
-                atomic_write_text(run.path / ROWS, pd.DataFrame(rows).to_csv(index=False))
+                if (method, seed) in done:
+                    rows.append(done[(method, seed)])
+                else:
+                    new_rows.append(cmp.method_row(cfg, method, seed, fm, lams, on_run))
+                    rows.append(new_rows[-1])
+                    checkpoint.add(new_rows[-1])
                 if overall:
                     overall(i + 1)
         table = pd.DataFrame(rows)
         run.write_table("compare.csv", cmp.tidy(table))
         summary = cmp.compare_summary(table)
-        trained = int((table["source"] == "run").sum())
+        trained = sum(r["source"] == "run" for r in new_rows)  # by this invocation
         results = {
             "target": cfg.target,
             "aux": cfg.aux,
@@ -107,7 +125,8 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
             "seeds": seeds,
             **summary,
             "runs_trained": trained,
-            "runs_from_cache": len(table) - trained,
+            "runs_from_cache": len(new_rows) - trained,
+            "runs_resumed": len(done),
         }
         complete(run, results, opts["format"])
         _print(results, run.path, opts["quiet"])

@@ -81,8 +81,12 @@ def prepare(
 
 @app.command("list")
 def list_benchmarks() -> None:
-    """Show each benchmark, its tasks, split sizes, real/generated, and where the files are."""
+    """Show each benchmark, its tasks, split sizes, real/generated, and where the files are.
+
+    Every file listed is checked (its size and digest against the build's): a damaged one
+    is marked, and the command ends with exit code 2 naming it."""
     with guarded():
+        damaged = []
         for name in BENCHMARKS:
             bench = get_benchmark(name)
             rows = bench.describe()
@@ -93,11 +97,15 @@ def list_benchmarks() -> None:
                 )
             for row in rows:
                 splits = row["splits"] or {}
+                file = Path(row["path"]).name if row["path"] else "-"
+                if row.get("damaged"):
+                    damaged.append((name, row))
+                    file += " (DAMAGED)"
                 table.add_row(
                     row["task"],
                     row["kind"],
                     *(str(splits.get(s, "-")) for s in ("train", "val", "test")),
-                    Path(row["path"]).name if row["path"] else "-",
+                    file,
                     row["description"],
                 )
             if rows:
@@ -110,3 +118,10 @@ def list_benchmarks() -> None:
             else:
                 hint = f"not prepared: run `ntlab data prepare {name}`"
                 console.print(getattr(bench, "setup_hint", hint))
+        if damaged:
+            bench_name, row = damaged[0]
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise NtlabError(
+                f"{row['path']} is damaged ({row['damaged']}){more}; run "
+                f"`ntlab data prepare {bench_name} --force` to rebuild it"
+            )

@@ -112,9 +112,7 @@ def _forkmerge_options(
             "target head, each branch keeps its own auxiliary heads."
         ),
     ] = ForkMergeOptions.merge_heads,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the unfinished run in --out from its last merge.")
-    ] = False,
+    resume: opt.Resume = False,
     baselines: Annotated[
         bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")
     ] = True,
@@ -159,8 +157,8 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         }
         path = opts["out"] or default_out("forkmerge", cfg.target)
         if opts["resume"]:
-            check_resumable(Path(path), CHECKPOINT, record)
-        run = RunDir(path, overwrite=opts["overwrite"])
+            check_resumable(opts["out"], CHECKPOINT, record, "forkmerge train")
+        run = RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
     with guarded(run):
         run.start("forkmerge train", record)
         checkpoint = run.path / CHECKPOINT

@@ -28,6 +28,8 @@ from ntlab.cli.common import (
     print_paths,
     resolve_options,
     results_table,
+    resume_note,
+    resumed_rows,
     run_record,
 )
 from ntlab.core.forkmerge import (
@@ -45,6 +47,9 @@ from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir, atomic_write_text
 
 CELLS = Path("checkpoints") / "cells.csv"
+SWEEP_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training of a sweep
+SWEEP_FIXED = ["lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
+SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", "tg_val", "source"]
 
 
 def _forkmerge_options(cfg: TrainConfig, merge_every: int) -> ForkMergeOptions:
@@ -78,6 +83,7 @@ def _sweep_options(
         ),
     ] = "per-task",
     merge_every: opt.MergeEvery = None,
+    resume: opt.Resume = False,
 ) -> None: ...
 
 
@@ -106,8 +112,6 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
                 f"choose one of: {', '.join(BRANCH_MODES)}"
             )
         bench.fingerprint()
-        run = RunDir(opts["out"] or default_out("sweep", cfg.target), overwrite=opts["overwrite"])
-    with guarded(run):
         record = run_record(
             opts,
             cfg,
@@ -117,7 +121,34 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
             forkmerge=asdict(fm) if fm else None,
             forkmerge_branches=opts["forkmerge_branches"] if fm else None,
         )
+        path = Path(opts["out"] or default_out("sweep", cfg.target))
+        if opts["resume"]:
+            check_resumable(opts["out"], SWEEP_ROWS, record, "sweep")
+        run = RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
+    with guarded(run):
+        key = {"method": str, "lam": float, "seed": int}
+        done = resumed_rows(run.path, SWEEP_ROWS, key) if opts["resume"] else pd.DataFrame()
+        done_fixed, done_fm = {}, {}
+        for r in done.to_dict("records"):
+            if r["method"] == "fixed" and r["lam"] in {*lams, 0.0} and r["seed"] in seeds:
+                done_fixed[(r["lam"], r["seed"])] = {k: r[k] for k in SWEEP_FIXED}
+            elif r["method"] == "forkmerge" and fm and r["seed"] in seeds:
+                done_fm[r["seed"]] = {k: r[k] for k in SWEEP_FM}
         run.start("sweep", record)
+        parts = len(seeds) * (len({*lams, 0.0}) + (1 if fm else 0))
+        if opts["resume"]:
+            resume_note(len(done_fixed) + len(done_fm), parts, opts["quiet"], "trainings")
+        finished = [{"method": "fixed", **r} for r in done_fixed.values()]
+        finished += [{"method": "forkmerge", **r} for r in done_fm.values()]
+
+        def keep(method: str):
+            def on_row(row: dict) -> None:
+                finished.append({"method": method, **row})
+                frame = pd.DataFrame(finished).reindex(columns=["method", *SWEEP_FIXED])
+                atomic_write_text(run.path / SWEEP_ROWS, frame.to_csv(index=False))
+
+            return on_row
+
         with StepProgress(opts["quiet"]) as progress:
 
             def on_run(name: str, c: TrainConfig):
@@ -125,9 +156,11 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
                 total = c.steps * (n if name == "forkmerge" else 1)
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", total)
 
-            table = sw.lambda_grid_table(cfg, lams, seeds, on_run)
+            table = sw.lambda_grid_table(cfg, lams, seeds, on_run, done_fixed, keep("fixed"))
             fm_rows = (
-                sw.forkmerge_rows(cfg, seeds, fm, on_run, opts["forkmerge_branches"])
+                sw.forkmerge_rows(
+                    cfg, seeds, fm, on_run, opts["forkmerge_branches"], done_fm, keep("forkmerge")
+                )
                 if fm
                 else None
             )
@@ -137,7 +170,13 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         columns = ["method", "lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
         run.write_table("sweep.csv", out.reindex(columns=columns))
         summary = sw.sweep_summary(table, fm_rows)
-        results = {"target": cfg.target, "aux": cfg.aux, "steps": cfg.steps, **summary}
+        results = {
+            "target": cfg.target,
+            "aux": cfg.aux,
+            "steps": cfg.steps,
+            **summary,
+            "runs_resumed": len(done_fixed) + len(done_fm),
+        }
         complete(run, results, opts["format"])
         _print_sweep(summary, cfg, run.path, opts["quiet"])
 
@@ -206,9 +245,7 @@ def _pairwise_options(
     ] = "ew",
     seeds: opt.Seeds = "0",
     merge_every: opt.MergeEvery = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the unfinished run in --out, skipping finished cells.")
-    ] = False,
+    resume: opt.Resume = False,
 ) -> None: ...
 
 
@@ -249,16 +286,25 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         )
         path = Path(opts["out"] or default_out("pairwise"))
         if opts["resume"]:
-            check_resumable(path, CELLS, record)
-        run = RunDir(path, overwrite=opts["overwrite"])
+            check_resumable(opts["out"], CELLS, record, "pairwise")
+        run = RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
     with guarded(run):
-        run.start("pairwise", record)
-        done = pd.read_csv(run.path / CELLS) if opts["resume"] else pd.DataFrame()
-        if not opts["resume"]:
-            (run.path / CELLS).unlink(missing_ok=True)
-        finished = {(r.target, r.aux, r.method, int(r.seed)) for r in done.itertuples(index=False)}
         cells = pw.pairwise_cells(domains, methods, seeds)
-        rows = done.to_dict("records")
+        wanted = {cell.key() for cell in cells}
+        done = (
+            resumed_rows(run.path, CELLS, {"target": str, "aux": str, "method": str, "seed": int})
+            if opts["resume"]
+            else pd.DataFrame()
+        )
+        rows = [
+            r for r in done.to_dict("records")
+            if (r["target"], r["aux"], r["method"], int(r["seed"])) in wanted
+        ]  # fmt: skip
+        finished = {(r["target"], r["aux"], r["method"], int(r["seed"])) for r in rows}
+        run.start("pairwise", record)
+        if opts["resume"]:
+            resume_note(len(finished), len(cells), opts["quiet"], "cells")
+        new_rows = []
         started = time.time()
         with StepProgress(opts["quiet"]) as progress:
             overall = progress.callback(
@@ -272,20 +318,23 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
                         label = f"{name} {cell.target} ← {cell.aux} seed {cell.seed}"
                         return progress.callback(label, total)
 
-                    rows.append(pw.run_cell(cfg, cell, fm, on_step))
+                    new_rows.append(pw.run_cell(cfg, cell, fm, on_step))
+                    rows.append(new_rows[-1])
                     _write_csv(run.path / CELLS, pd.DataFrame(rows))
                 if overall:
                     overall(i + 1)
+        order = {key: i for i, key in enumerate(c.key() for c in cells)}
+        rows.sort(key=lambda r: order[(r["target"], r["aux"], r["method"], int(r["seed"]))])
         table = pd.DataFrame(rows)
         run.write_table("pairwise.csv", table)
         summary = pw.pairwise_summary(table)
-        trained = int((table["source"] == "run").sum()) if len(table) else 0
+        trained = sum(r["source"] == "run" for r in new_rows)  # by this invocation
         results = {
             "domains": domains,
             "steps": cfg.steps,
             **summary,
             "cells_trained": trained,
-            "cells_from_cache": int(len(table) - trained),
+            "cells_from_cache": len(new_rows) - trained,
             "cells_resumed": len(finished),
             "loop_s": round(time.time() - started, 1),
         }

@@ -113,7 +113,16 @@ Config = Annotated[
     Path | None,
     typer.Option(help="A TOML file of options (keys as option names); the command line wins."),
 ]
-Overwrite = Annotated[bool, typer.Option(help="Replace a finished run in --out.")]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace a finished run in --out (the folder is emptied first).")
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Continue the killed or failed run in --out, started with the same options: "
+        "finished parts are kept, not redone."
+    ),
+]
 Out = Annotated[
     Path | None,
     typer.Option(help="Run directory [default: a new folder runs/COMMAND-…-TIME]."),

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -304,23 +305,100 @@ def digits_root() -> Path:
     return datasets_dir() / "digits"
 
 
+REBUILD = "run `ntlab data prepare digits --force` to rebuild the digits data"
+
+
 def read_manifest(root: Path | None = None) -> dict | None:
+    """The build's manifest, or None when there is no build; a damaged one is named."""
     path = (root or digits_root()) / "manifest.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NtlabError(f"{path} is damaged ({exc}); {REBUILD}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise NtlabError(f"{path} is damaged ({problem}); {REBUILD}")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"it holds a JSON {type(manifest).__name__}, not an object"
+    for key, kind in (("fingerprint", str), ("num_classes", int), ("domains", dict)):
+        if not isinstance(manifest.get(key), kind):
+            return f"no valid {key!r}"
+    for name, entry in manifest["domains"].items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("splits"), dict)
+        ):
+            return f"the entry of domain {name!r} is not valid"
+    return None
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_domain_file(root: Path, entry: dict, digest: bool = False) -> str | None:
+    """What is wrong with a domain's file (None when it is as built): missing, another size
+    than the manifest records, or (with `digest`) other bytes; builds from before the
+    manifest recorded sizes are checked by loading the file."""
+    path = root / entry["file"]
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if "bytes" in entry:
+        if size != entry["bytes"]:
+            return f"{size} bytes, the build wrote {entry['bytes']}: truncated or replaced"
+        if digest and "sha256" in entry and sha256sum(path) != entry["sha256"]:
+            return "its SHA-256 differs from the build's"
+        return None
+    if digest:
+        return _read_blob(path, "cpu")[0]
+    return None
+
+
+def _read_blob(path: Path, device) -> tuple[str | None, dict | None]:
+    """(what is wrong, None) or (None, the domain's splits) for one domain's file."""
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+        for split in SPLITS:
+            x, y = blob[split]["x"], blob[split]["y"]
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+                raise TypeError(f"split {split} does not hold tensors")
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means it is damaged
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0], None
+    return None, blob
+
+
+def _load_blob(path: Path, device) -> dict:
+    problem, blob = _read_blob(path, device)
+    if problem:
+        raise NtlabError(f"{path} is damaged ({problem}); {REBUILD}")
+    return blob
 
 
 def _write_build(folder: Path, cfg: DigitsConfig, data: dict[str, dict]) -> None:
     domains = {}
     for name, splits in data.items():
-        torch.save({s: {"x": x, "y": y} for s, (x, y) in splits.items()}, folder / f"{name}.pt")
+        file = folder / f"{name}.pt"
+        torch.save({s: {"x": x, "y": y} for s, (x, y) in splits.items()}, file)
         kind, desc = DOMAINS[name]
         domains[name] = {
             "kind": kind,
             "description": desc,
             "file": f"{name}.pt",
             "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
+            "bytes": file.stat().st_size,  # `data list` and every load check the files
+            "sha256": sha256sum(file),
         }
     manifest = {
         "benchmark": "digits",
@@ -345,9 +423,14 @@ def prepare_digits(
     """Build the cache unless an identical one exists; returns (folder, whether it was built)."""
     cfg.validate()
     root = digits_root()
-    manifest = read_manifest(root)
-    if manifest and manifest["fingerprint"] == cfg.fingerprint() and not force:
-        return root, False
+    if not force:  # --force rebuilds whatever is there, unread
+        try:
+            manifest = read_manifest(root)
+            same = manifest is not None and manifest["fingerprint"] == cfg.fingerprint()
+            if same and _intact(root, manifest):
+                return root, False
+        except NtlabError as exc:  # a damaged build is rebuilt, and said so
+            print(f"note: {str(exc).split('; run `', 1)[0]}; rebuilding it", file=sys.stderr)
     data = build_digits(cfg, mnist_dir, verify_mnist, progress)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".digits-{os.getpid()}-{time.time_ns()}"
@@ -362,6 +445,21 @@ def prepare_digits(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root, True
+
+
+def _intact(root: Path, manifest: dict) -> bool:
+    """Every domain's file as built (sizes; a build that recorded none is trusted)."""
+    damaged = [
+        (name, problem)
+        for name, entry in manifest["domains"].items()
+        if (problem := check_domain_file(root, entry))
+    ]
+    if damaged:
+        name, problem = damaged[0]
+        raise NtlabError(
+            f"{root / manifest['domains'][name]['file']} is damaged ({problem}); {REBUILD}"
+        )
+    return True
 
 
 @BENCHMARKS.register("digits")
@@ -398,12 +496,17 @@ class DigitsBenchmark:
                 raise NtlabError(
                     f"unknown task {name!r} in digits; choose from {', '.join(manifest['domains'])}"
                 )
-            blob = torch.load(self.root / entry["file"], map_location=device, weights_only=True)
+            problem = check_domain_file(self.root, entry)
+            if problem:
+                raise NtlabError(f"{self.root / entry['file']} is damaged ({problem}); {REBUILD}")
+            blob = _load_blob(self.root / entry["file"], device)
             splits = {s: (blob[s]["x"], blob[s]["y"]) for s in SPLITS}
             out[name] = TaskData(name, manifest["num_classes"], splits)
         return out
 
     def describe(self) -> list[dict]:
+        """One row per domain; `damaged` says what is wrong with its file (None: as built,
+        checked against the size and SHA-256 the build recorded)."""
         manifest = read_manifest(self.root)
         rows = []
         for name, (kind, desc) in DOMAINS.items():
@@ -415,6 +518,7 @@ class DigitsBenchmark:
                     "description": desc,
                     "splits": entry["splits"] if entry else None,
                     "path": str(self.root / entry["file"]) if entry else None,
+                    "damaged": check_domain_file(self.root, entry, digest=True) if entry else None,
                 }
             )
         return rows

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,13 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a uint8 array."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
+            raise NtlabError(
+                f"MNIST file {path} is damaged ({exc}); replace it with the original file "
+                "(without --no-verify its MD5 sum is checked)"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise NtlabError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]

@@ -20,7 +20,7 @@ from ntlab.errors import NtlabError
 from ntlab.metrics import EFFECT_LABELS, effect_label, gain_effect, regime_label
 from ntlab.registry import Registry
 from ntlab.report import figures as fig
-from ntlab.runs import read_json
+from ntlab.runs import read_json_object
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,16 @@ class Run:
                 f"{path} is not an ntlab run directory (no config.json); give the --out folder "
                 "of an ntlab command"
             )
-        try:
-            config = read_json(path / "config.json")
-            status = read_json(path / "status.json") if (path / "status.json").is_file() else {}
-            results = (
-                read_json(path / "results.json") if (path / "results.json").is_file() else None
-            )
-        except ValueError as exc:
-            raise NtlabError(f"{path} has a damaged JSON file: {exc}") from None
+        fix = "the run cannot be read; run its command again (with --overwrite)"
+        config = read_json_object(path / "config.json", fix)
+        status = (
+            read_json_object(path / "status.json", fix) if (path / "status.json").is_file() else {}
+        )
+        results = (
+            read_json_object(path / "results.json", fix)
+            if (path / "results.json").is_file()
+            else None
+        )
         if "command" not in config:
             raise NtlabError(f"{path}/config.json does not name the command that wrote it")
         return cls(path, config, status, results)

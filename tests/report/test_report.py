@@ -146,7 +146,7 @@ def test_a_damaged_results_file_is_a_clear_error(runs, tmp_path):
     shutil.copytree(runs / "ew", run)
     (run / "results.json").write_text("{not json")
     result = invoke("report", run, "--out", tmp_path / "x.html")
-    assert result.exit_code == 2 and "damaged JSON" in result.stderr
+    assert result.exit_code == 2 and "results.json is damaged (not valid JSON" in result.stderr
 
 
 def test_every_command_has_a_view():
