@@ -41,7 +41,9 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     result = invoke(*SMALL, "--out", out)
     assert result.exit_code == 0, result.output
     merges = pd.read_csv(out / "merges.csv")
-    assert list(merges.columns) == ["round", "step", "branch", "task_weights", "val_acc", "lambda"]
+    assert list(merges.columns) == [
+        "round", "step", "branch", "task_weights", "val_acc", "lambda", "excluded"
+    ]  # fmt: skip
     assert merges.groupby("round").size().tolist() == [2, 2, 2]  # one row per branch per round
     assert merges.groupby("round")["lambda"].sum().round(6).eq(1).all()
     assert merges["task_weights"].tolist()[:2] == ["optdigits=1", "optdigits=1,mnist+syn=1"]
