@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from ntlab.cli.common import preset_help
-from ntlab.core.runner import TrainConfig, resolve_aux
+from ntlab.core.runner import TrainConfig, apply_threads, resolve_aux
 from ntlab.data import BENCHMARKS, get_benchmark
 from ntlab.data.benchmark import DATA_OPTIONS
 from ntlab.models import BACKBONES
@@ -106,6 +106,37 @@ EvalEvery = Annotated[
     int | None,
     typer.Option(help=f"Steps between target validation checks. {preset_help('eval_every')}"),
 ]
+# The authors' choices (their DomainNet equal_weight.py), each an option; README: "BatchNorm,
+# threads and the authors' choices".
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU intra-op threads of torch; results depend on it, so it is recorded in "
+        "config.json and is part of the cache key [default: torch's default on this machine]."
+    ),
+]
+BnBatches = Annotated[
+    str,
+    typer.Option(
+        help="How a BatchNorm backbone sees the loss terms' batches: pooled (one backbone pass "
+        "over all terms' batches) or per-term (one pass per term, each batch normalised on "
+        "its own: the authors' code). Same numbers for the cnn (GroupNorm)."
+    ),
+]
+Select = Annotated[
+    str,
+    typer.Option(
+        help="Which iterate is the trained model: last, or best-val (the best target "
+        "validation accuracy of the checks every --eval-every steps: the authors' code)."
+    ),
+]
+LossReduction = Annotated[
+    str,
+    typer.Option(
+        help="How the terms' losses combine: sum (Σ ν_k L_k) or mean ((Σ ν_k L_k)/K over the "
+        "K terms: the authors' EW)."
+    ),
+]
 Preset = Annotated[
     str | None, typer.Option(help=f"Option bundle: {', '.join(PRESETS)} [default: default].")
 ]
@@ -185,7 +216,8 @@ def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> Tr
     values.update(overrides)
     if values.get("weights") is not None:
         values["weights"] = str(values["weights"])
-    return TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
+    cfg = TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
+    return apply_threads(cfg) if cfg.threads is None or cfg.threads > 0 else cfg
 
 
 def training_options(
@@ -208,6 +240,10 @@ def training_options(
     image_size: ImageSize = None,
     workers: Workers = None,
     skip_bad_images: SkipBadImages = False,
+    threads: Threads = None,
+    bn_batches: BnBatches = "pooled",
+    select: Select = "last",
+    loss_reduction: LossReduction = "sum",
 ) -> None:
     """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
 

@@ -274,6 +274,8 @@ def run_forkmerge(
                     log_every=min(50, dt),
                     on_log=log,
                     on_step=on_step,
+                    bn_batches=cfg.bn_batches,
+                    loss_reduction=cfg.loss_reduction,
                 )
             except NonFiniteError as exc:
                 if b == 0:

@@ -18,7 +18,14 @@ from ntlab.cache import code_digest, entry_model, entry_results, read_json_objec
 from ntlab.core.evaluate import evaluate
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
-from ntlab.core.train import LossTerm, active_terms, attach_sources, train
+from ntlab.core.train import (
+    BN_BATCHES,
+    LOSS_REDUCTIONS,
+    LossTerm,
+    active_terms,
+    attach_sources,
+    train,
+)
 from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
@@ -60,6 +67,12 @@ class TrainConfig:
     image_size: int | None = None
     skip_bad_images: bool = False
     workers: int | None = None
+    # The authors' choices (their DomainNet equal_weight.py: one forward per domain, the
+    # losses divided by the number of domains, the best-validation checkpoint kept).
+    threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's default)
+    bn_batches: str = "pooled"  # pooled | per-term: how BatchNorm sees the terms' batches
+    select: str = "last"  # last | best-val: which iterate is the trained model
+    loss_reduction: str = "sum"  # sum: Σ ν_k L_k | mean: (Σ ν_k L_k)/K
 
     def optim(self) -> OptimConfig:
         return OptimConfig(
@@ -86,6 +99,24 @@ class TrainConfig:
 def benchmark_of(cfg: TrainConfig):
     """The benchmark of `cfg`, with its data options."""
     return get_benchmark(cfg.benchmark, **cfg.data_options())
+
+
+SELECTIONS = ("last", "best-val")
+
+
+def resolved_threads(cfg: TrainConfig) -> int:
+    """The intra-op thread count a training of `cfg` runs with (part of its identity: CPU
+    results depend on it)."""
+    return cfg.threads if cfg.threads is not None else torch.get_num_threads()
+
+
+def apply_threads(cfg: TrainConfig) -> TrainConfig:
+    """Set torch's intra-op thread count for `cfg` (once, at the start of a command or a
+    training) and return `cfg` with the resolved count, as config.json records it."""
+    threads = resolved_threads(cfg)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return cfg if cfg.threads == threads else TrainConfig(**{**asdict(cfg), "threads": threads})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,6 +184,15 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise NtlabError(f"--weights file {cfg.weights} does not exist")
     resolve_device(cfg.device)
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise NtlabError(f"--threads must be a positive number of threads, got {cfg.threads}")
+    for option, value, choices in (
+        ("--bn-batches", cfg.bn_batches, BN_BATCHES),
+        ("--select", cfg.select, SELECTIONS),
+        ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
+    ):
+        if value not in choices:
+            raise NtlabError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def build_model(
@@ -189,8 +229,14 @@ def run_training(
     on_step: Callable[[int], None] | None = None,
     checkpoint: Path | None = None,
 ) -> TrainOutcome:
-    """Train `cfg` from scratch and evaluate every trained task on val and test."""
+    """Train `cfg` from scratch and evaluate every trained task on val and test.
+
+    With `select="best-val"` the target's validation accuracy is measured every
+    `eval_every` steps (and at the end) and the best iterate (the first of equals) is the
+    trained model; results.json names its step and keeps the last iterate's accuracies.
+    """
     validate(cfg)
+    cfg = apply_threads(cfg)
     device = resolve_device(cfg.device)
     terms = active_terms(cfg.terms())
     tasks = trained_tasks(cfg)
@@ -209,21 +255,37 @@ def run_training(
                  "value": value}
             )  # fmt: skip
 
+    best_val, best_step, best_weights = -1.0, None, None
+    keep_best = cfg.select == "best-val"
     while state.step < cfg.steps:
         chunk = min(cfg.eval_every, cfg.steps - state.step)
         train(
             state, terms, chunk, rule, log_every=min(50, cfg.eval_every), on_log=log,
-            on_step=on_step,
+            on_step=on_step, bn_batches=cfg.bn_batches, loss_reduction=cfg.loss_reduction,
         )  # fmt: skip
-        if state.step < cfg.steps:
-            rows += metric_rows(
-                state.step,
-                cfg.target,
-                "val",
-                {"acc": evaluate(state.model, data[cfg.target], "val")["acc"]},
-            )
+        if state.step < cfg.steps or keep_best:
+            val_acc = evaluate(state.model, data[cfg.target], "val")["acc"]
+            if state.step < cfg.steps:
+                rows += metric_rows(state.step, cfg.target, "val", {"acc": val_acc})
+            if keep_best and val_acc > best_val:
+                best_val, best_step = val_acc, state.step
+                if state.step < cfg.steps:  # the last iterate needs no copy
+                    best_weights = {
+                        k: v.detach().clone() for k, v in state.model.state_dict().items()
+                    }
         if checkpoint is not None:
             state.save(checkpoint)
+    selection = {}
+    if keep_best:
+        target = data[cfg.target]
+        last = {s: evaluate(state.model, target, s)["acc"] for s in ("val", "test")}
+        selection = {
+            "select": "best-val",
+            "selected_step": best_step,
+            "last": {"step": state.step, "val_acc": last["val"], "test_acc": last["test"]},
+        }
+        if best_step != state.step:
+            state.model.load_state_dict(best_weights)
     per_task = {}
     for name in tasks:
         per_task[name] = {}
@@ -240,6 +302,7 @@ def run_training(
         "val_acc": per_task[cfg.target]["val_acc"],
         "test_acc": per_task[cfg.target]["test_acc"],
         "tasks": per_task,
+        **selection,
         **data_notes(bench),
     }
     return TrainOutcome(state, data, rows, results)
@@ -284,8 +347,10 @@ def build_rule(
 
 
 def stl_config(cfg: TrainConfig) -> TrainConfig:
-    """The single-task run with the same budget, optimiser, model and seed as `cfg`."""
-    return TrainConfig(**{**asdict(cfg), "method": "stl", "aux": [], "lam": 1.0})
+    """The single-task run with the same budget, optimiser, model and seed as `cfg`
+    (one term: its BatchNorm batches and loss reduction are the defaults' training)."""
+    single = {"bn_batches": "pooled", "loss_reduction": "sum"}
+    return TrainConfig(**{**asdict(cfg), "method": "stl", "aux": [], "lam": 1.0, **single})
 
 
 def cache_key(cfg: TrainConfig) -> str:
@@ -301,6 +366,7 @@ def cache_key(cfg: TrainConfig) -> str:
         "aux": cfg.aux if method.uses_aux else [],
         "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,
+        "threads": resolved_threads(cfg),
         "data": benchmark_of(cfg).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
         "code": code_digest(),
@@ -324,7 +390,8 @@ def cached_results(cfg: TrainConfig) -> dict | None:
 
 def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
     """Keep a run's results and weights for every later command that needs the same training."""
-    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, asdict(cfg))
+    config = {**asdict(cfg), "threads": resolved_threads(cfg)}
+    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, config)
 
 
 def store_cached(final: Path, results: dict, model: torch.nn.Module, config: dict) -> None:

@@ -54,17 +54,27 @@ def attach_sources(
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
 
 
-def term_losses(
-    model: MultiTaskModel, batches: list[Batch], heads: list[list[int]]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One loss per term, and the backbone features they share: a single backbone pass over
-    all terms' batches (concatenated in term order), then each term's heads.
+BN_BATCHES = ("pooled", "per-term")
+LOSS_REDUCTIONS = ("sum", "mean")
 
-    Concatenating is exact with the per-sample normalisation of the default backbone
-    (GroupNorm); a BatchNorm backbone would see the terms' batches pooled.
+
+def term_losses(
+    model: MultiTaskModel, batches: list[Batch], heads: list[list[int]], per_term: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One loss per term, and the backbone features they share (concatenated in term order).
+
+    Pooled (default): a single backbone pass over all terms' batches concatenated, so a
+    BatchNorm backbone normalises the terms' batches together. `per_term`: one backbone pass
+    per term, so each term's batch is normalised on its own (the authors' DomainNet code:
+    one forward per domain). With a per-sample normalisation (the cnn's GroupNorm) both
+    give the same losses. Either way the losses are computed from the one concatenated
+    `features` tensor, which gradient-balancing rules differentiate through.
     """
-    x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
-    features = model.features(x)
+    if per_term and len(batches) > 1:
+        features = torch.cat([model.features(to_float(b[0])) for b in batches])
+    else:
+        x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
+        features = model.features(x)
     parts = features.split([len(b[1]) for b in batches])
     losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
     return losses, features
@@ -79,12 +89,17 @@ def train(
     log_every: int = 50,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    bn_batches: str = "pooled",
+    loss_reduction: str = "sum",
 ) -> TrainState:
     """Take `steps` optimiser steps from `state` (in place) and return it.
 
     The rule turns each step's per-term losses into gradients (default: Σ_k ν_k L_k with the
-    terms' weights). `on_log` gets the mean loss of each term over the last `log_every`
-    steps, and, for rules that weigh terms, their mean weight (as `<term>:weight`).
+    terms' weights; `loss_reduction="mean"` divides the losses the rule sees by the number
+    of terms K, as the authors' EW does: (Σ_k ν_k L_k)/K). `bn_batches` is how the backbone
+    sees the terms' batches (see `term_losses`). `on_log` gets the mean loss of each term
+    over the last `log_every` steps, and, for rules that weigh terms, their mean weight (as
+    `<term>:weight`).
     """
     terms = active_terms(terms)
     if not terms:
@@ -98,6 +113,10 @@ def train(
     device = next(model.parameters()).device
     static = rule is None
     rule = rule or WeightedSum(torch.tensor([t.weight for t in terms], device=device))
+    if bn_batches not in BN_BATCHES or loss_reduction not in LOSS_REDUCTIONS:
+        raise NtlabError(f"unknown bn_batches {bn_batches!r} or loss_reduction {loss_reduction!r}")
+    per_term = bn_batches == "per-term"
+    scale = 1.0 / len(terms) if loss_reduction == "mean" else 1.0
     running = torch.zeros(len(terms), device=device)
     weight_sum = torch.zeros(len(terms), device=device)
     seen = weighed = 0
@@ -106,9 +125,10 @@ def train(
     try:
         for i in range(steps):
             batches = [src.next() for src in sources]
-            losses, features = term_losses(model, batches, present)
+            losses, features = term_losses(model, batches, present, per_term)
             optimizer.zero_grad(set_to_none=True)
-            weights = rule.backward(losses, features, state.step, batches)
+            objective = losses if scale == 1.0 else [loss * scale for loss in losses]
+            weights = rule.backward(objective, features, state.step, batches)
             optimizer.step()
             state.step += 1
             state.apply_schedule()
