@@ -20,6 +20,7 @@ State at a merge, decided:
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ntlab.checks import MAX_STEPS, check_number
 from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, recalibrate_batchnorm
 from ntlab.core.runner import (
@@ -48,6 +50,7 @@ from ntlab.core.search import (
     greedy_search,
     grid_search,
     prune_branches,
+    simplex_grid,
 )
 from ntlab.core.state import TrainState
 from ntlab.core.train import LossTerm, active_terms, attach_sources, train
@@ -61,6 +64,7 @@ from ntlab.paths import runs_cache_dir
 from ntlab.runs import read_json
 
 BRANCH_MODES = ("joint", "per-task")
+MAX_CANDIDATES = 10_000  # merges scored per round by grid search (each is a validation pass)
 OPTIMIZER_STATES = ("keep", "reset")
 
 
@@ -105,10 +109,7 @@ def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
             raise NtlabError(
                 f"weight {value!r} of {name} in --branch {text!r} is not a number"
             ) from None
-        if weight < 0:
-            raise NtlabError(
-                f"weight of {name} in --branch {text!r} is negative; weights must be ≥ 0"
-            )
+        check_number(f"the weight of {name} in --branch {text!r}", weight, low=0)
         terms.append(LossTerm(name, (name,), weight))
     if len({t.name for t in terms}) != len(terms):
         raise NtlabError(f"--branch {text!r} names a task twice")
@@ -138,6 +139,8 @@ class ForkMergeOptions:
 def validate_forkmerge(
     cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
 ) -> None:
+    """Every ForkMerge option, before the first step (a bad --grid-step would otherwise
+    surface only at the first merge)."""
     if len(branches) < 2:
         raise NtlabError("ForkMerge needs at least two branches")
     if not 0 < opts.merge_every <= cfg.steps:
@@ -146,19 +149,29 @@ def validate_forkmerge(
         )
     if opts.search not in ("auto", *SEARCHES):
         raise NtlabError(f"unknown search {opts.search!r}; choose one of: {', '.join(SEARCHES)}")
-    if opts.search_for(len(branches)) == "binary" and len(branches) != 2:
+    kind = opts.search_for(len(branches))
+    if kind == "binary" and len(branches) != 2:
         raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
-    if opts.prune is not None and opts.prune < 1:
+    simplex_grid(1, opts.grid_step)  # the search's own check of --grid-step (divides 1)
+    n, b = round(1 / opts.grid_step), len(branches)
+    candidates = {"grid": math.comb(n + b - 1, b - 1), "greedy": 1 + (b - 1) * n}.get(kind, 0)
+    if candidates > MAX_CANDIDATES:
+        raise NtlabError(
+            f"--grid-step {opts.grid_step:g} with {b} branches gives {candidates} candidate "
+            f"merges per round under {kind} search (at most {MAX_CANDIDATES}); "
+            "use a larger --grid-step" + (" or --search greedy" if kind == "grid" else "")
+        )
+    if opts.prune is not None and not opts.prune >= 1:
         raise NtlabError(f"--prune must keep at least 1 branch, got {opts.prune}")
-    if opts.val_samples is not None and opts.val_samples < 1:
-        raise NtlabError(f"--val-samples must be positive, got {opts.val_samples}")
+    if opts.val_samples is not None:
+        check_number("--val-samples", opts.val_samples, low=1, integer=True)
+    check_number("--bn-batches", opts.bn_batches, low=1, high=MAX_STEPS, integer=True)
     if opts.optimizer_state not in OPTIMIZER_STATES:
         raise NtlabError(
             f"unknown --optimizer-state {opts.optimizer_state!r}; choose one of: "
             + ", ".join(OPTIMIZER_STATES)
         )
-    if opts.merge_margin < 0:
-        raise NtlabError(f"--merge-margin must be ≥ 0 accuracy points, got {opts.merge_margin}")
+    check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
         raise NtlabError(f"the first branch must be the target alone ({cfg.target}=1)")
 
