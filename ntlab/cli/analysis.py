@@ -134,8 +134,8 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
                 gopts,
                 on_batch=progress.callback("one-step updates", gopts.batches, "batches", 1),
             )
-        run.write_table("gcs.csv", table)
         gcs_analysis.check_measured(table, gopts.eta)
+        run.write_table("gcs.csv", table)
         summary = gcs_analysis.gcs_summary(table)
         results = {
             "target": cfg.target,

@@ -64,7 +64,8 @@ from ntlab.paths import runs_cache_dir
 from ntlab.runs import read_json
 
 BRANCH_MODES = ("joint", "per-task")
-MAX_CANDIDATES = 10_000  # merges scored per round by grid search (each is a validation pass)
+MAX_CANDIDATES = 10_000  # merges a search scores per round (each is a validation pass)
+MIN_GRID_STEP = 0.001
 OPTIMIZER_STATES = ("keep", "reset")
 
 
@@ -152,7 +153,8 @@ def validate_forkmerge(
     kind = opts.search_for(len(branches))
     if kind == "binary" and len(branches) != 2:
         raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
-    simplex_grid(1, opts.grid_step)  # the search's own check of --grid-step (divides 1)
+    check_number("--grid-step", opts.grid_step, low=MIN_GRID_STEP, high=1)
+    simplex_grid(1, opts.grid_step)  # the search's own check that --grid-step divides 1
     n, b = round(1 / opts.grid_step), len(branches)
     candidates = {"grid": math.comb(n + b - 1, b - 1), "greedy": 1 + (b - 1) * n}.get(kind, 0)
     if candidates > MAX_CANDIDATES:
