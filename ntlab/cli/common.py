@@ -178,10 +178,11 @@ def config_value(path: Path, name: str, value: Any, kind: type | None, multiple:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise wrong("a number")
         return float(value)
-    elif kind is str and isinstance(value, list):  # a comma list: aux = ["mnist", "syn"]
-        if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value):
-            raise wrong("a string or a list of names or numbers")
-        return ",".join(str(v) for v in value)
+    elif kind is str and not isinstance(value, str):  # seeds = 0, aux = ["mnist", "syn"]
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+            raise wrong("a string, a number or a list of them")
+        return ",".join(str(v) for v in items)
     elif kind is str or kind is Path:
         if not isinstance(value, str):
             raise wrong("a string")

@@ -7,14 +7,18 @@ training). `failed`: the run started, and its status.json says failed, without r
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ntlab.cli import app
+from ntlab.cli.common import config_value
+from ntlab.errors import NtlabError
 
 runner = CliRunner()
 FAST = ["--steps", "4", "--eval-every", "2", "--batch-size", "8"]
@@ -158,3 +162,36 @@ def test_no_traceback_reaches_the_user(tiny_digits, folder, text):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and bad.message.replace("{tmp}", str(folder)) in lines[0]
     check_left(bad, folder)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        (12, int, 12),
+        (1, float, 1.0),
+        ("runs/a", Path, Path("runs/a")),
+        (["syn", "mnist"], str, "syn,mnist"),
+        ([0, 0.25, 1], str, "0,0.25,1"),
+        (0, str, "0"),
+        (True, bool, True),
+    ],
+)
+def test_config_values_take_the_option_type(value, kind, expected):
+    assert config_value(Path("c.toml"), "x", value, kind, False) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "message"),
+    [
+        ("twenty", int, "x must be an integer, got 'twenty'"),
+        (2.5, int, "x must be an integer, got 2.5"),
+        (True, int, "x must be an integer, got True"),
+        ("1e-3", float, "x must be a number, got '1e-3'"),
+        ("yes", bool, "x must be true or false"),
+        (3, Path, "x must be a string, got 3"),
+        ([True], str, "x must be a string, a number or a list of them"),
+    ],
+)
+def test_config_values_of_another_type_name_the_file_and_key(value, kind, message):
+    with pytest.raises(NtlabError, match="^config file c.toml: " + re.escape(message)):
+        config_value(Path("c.toml"), "x", value, kind, False)
