@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import platform
 import shutil
@@ -52,7 +53,36 @@ def write_failed(path: Path, exc: OSError) -> NtlabError:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (no NaN or Infinity, which JSON does not have), written atomically; a
+    non-finite number is a bug upstream, named by its key."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False)
+    except ValueError:
+        found = _non_finite(obj)
+        if found is None:
+            raise
+        raise NtlabError(
+            f"{Path(path).name}: {found[0]} is {found[1]}, which JSON cannot hold; "
+            "this is a bug in ntlab, please report it"
+        ) from None
+    atomic_write_text(path, text + "\n")
+
+
+def _non_finite(obj: Any, key: str = "") -> tuple[str, float] | None:
+    """(the dotted key, the value) of the first NaN or ±inf in `obj`, if any."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (key or "the value", obj)
+    if isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, list | tuple):
+        items = list(enumerate(obj))
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
 
 
 def read_json(path: Path) -> Any:

@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ntlab.analysis.common import check_lams
+from ntlab.checks import check_number, check_seed, check_steps
 from ntlab.core.state import OptimConfig, TrainState
 from ntlab.core.train import LossTerm, attach_sources, term_losses, train
 from ntlab.data.benchmark import TaskData
@@ -47,12 +50,12 @@ class GcsOptions:
             raise NtlabError(
                 f"unknown --aux-kind {self.aux_kind!r}; choose one of: {', '.join(AUX_KINDS)}"
             )
-        if self.batches <= 0:
-            raise NtlabError(f"--batches must be a positive number of batches, got {self.batches}")
-        if not self.eta > 0:
-            raise NtlabError(f"--eta must be a positive step size, got {self.eta}")
-        if self.probe_steps < 0:
-            raise NtlabError(f"--probe-steps must be ≥ 0, got {self.probe_steps}")
+        check_steps("--batches", self.batches)
+        check_number("--eta", self.eta, low=0, low_open=True, why="the step size of θ − η·g")
+        check_steps("--probe-steps", self.probe_steps, low=0)
+        check_number("--batch-size", self.batch_size, low=1, integer=True)
+        check_seed("--seed", self.seed)
+        check_lams(self.lams)
         if 0.0 not in self.lams:
             raise NtlabError("--lams must contain 0: TG(λ) is measured against the λ = 0 step")
 
@@ -261,3 +264,14 @@ def _corr(a: pd.Series, b: pd.Series) -> float | None:
     if a.std() == 0 or b.std() == 0 or len(a) < 3:
         return None
     return float(a.corr(b))
+
+
+def check_measured(table: pd.DataFrame, eta: float) -> None:
+    """The one-step measurements must be numbers: a step too large for the model gives
+    infinite or NaN validation losses, whose TG would be meaningless."""
+    values = table[["gcs", "val_loss", "tg_loss"]].to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        raise NtlabError(
+            f"the one-step updates with --eta {eta:g} give non-finite validation losses; "
+            "lower --eta (the paper uses 0.01)"
+        )

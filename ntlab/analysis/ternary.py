@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from ntlab.checks import check_number
 from ntlab.core.evaluate import evaluate
 from ntlab.core.forkmerge import BranchSpec, fork_branches
 from ntlab.core.merge import MergeSpace
@@ -22,11 +23,20 @@ from ntlab.core.train import train
 from ntlab.errors import NtlabError
 from ntlab.metrics import transfer_gain
 
+MAX_RESOLUTION = 100  # 5151 merges, each evaluated on validation and test
+
 
 def check_resolution(resolution: int) -> int:
-    if resolution < 1:
+    if not resolution >= 1:
         raise NtlabError(f"--resolution must be at least 1 (the corners), got {resolution}")
-    return resolution
+    return check_number(
+        "--resolution",
+        resolution,
+        low=1,
+        high=MAX_RESOLUTION,
+        integer=True,
+        why=f"R = {MAX_RESOLUTION} already evaluates 5151 merges",
+    )
 
 
 def ternary_table(

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from sklearn.manifold import TSNE
 
+from ntlab.checks import check_number
 from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, cat_images, labelled_chunks
 from ntlab.data.sampler import interpolated_draw, seeded_generator
@@ -31,6 +32,22 @@ def top_classes(labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
     order = sorted(range(num_classes), key=lambda c: (-int(counts[c]), c))
     return torch.tensor(sorted(order[:k]))
+
+
+def check_tsne_options(max_points: int, perplexity: float) -> None:
+    """At least 30 points, and 0 < perplexity < --max-points (scikit-learn's rule: fewer
+    than the points embedded). Above (points − 1)/3 every point is a neighbour of every
+    other, so the perplexity used is at most that."""
+    check_number("--max-points", max_points, low=30, integer=True)
+    check_number(
+        "--perplexity",
+        perplexity,
+        low=0,
+        high=max_points,
+        low_open=True,
+        high_open=True,
+        why="it must be below --max-points, the points t-SNE embeds",
+    )
 
 
 def _pool(x: Images, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator):
@@ -71,8 +88,8 @@ def tsne_table(
     perplexity: float = 30.0,
 ) -> pd.DataFrame:
     """One row per point shown in a panel: lam, x, y, source, label."""
-    if max_points < 30:
-        raise NtlabError(f"--max-points must be at least 30, got {max_points}")
+    check_number("--max-points", max_points, low=30, integer=True)
+    check_number("--perplexity", perplexity, low=0, low_open=True)
     tgt = data[target]
     num_classes = tgt.num_classes
     keep = top_classes(torch.cat([tgt.y("train"), tgt.y("test")]), classes, num_classes)

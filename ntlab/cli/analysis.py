@@ -12,6 +12,7 @@ from ntlab.analysis import csd as csd_analysis
 from ntlab.analysis import gcs as gcs_analysis
 from ntlab.analysis import tsne as tsne_analysis
 from ntlab.analysis.common import check_lams
+from ntlab.checks import check_steps
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     CheckpointRows,
@@ -46,6 +47,8 @@ def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfi
     """Resolve options, check the training they describe and that the data is prepared."""
     opts = resolve_options(ctx, values)
     bench = opt.benchmark(opts)
+    if "pretrain_steps" in opts:
+        check_steps("--pretrain-steps", opts["pretrain_steps"])
     overrides = {"steps": opts["pretrain_steps"]} if "pretrain_steps" in opts else {}
     if "seeds" in opts:
         overrides["seed"] = 0
@@ -141,6 +144,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
                 gopts,
                 on_batch=progress.callback("one-step updates", gopts.batches, "batches", 1),
             )
+        gcs_analysis.check_measured(table, gopts.eta)
         run.write_table("gcs.csv", table)
         summary = gcs_analysis.gcs_summary(table)
         results = {
@@ -294,8 +298,7 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         lams = _lams(opts["lams"])
-        if opts["max_points"] < 30:
-            raise NtlabError(f"--max-points must be at least 30, got {opts['max_points']}")
+        tsne_analysis.check_tsne_options(opts["max_points"], opts["perplexity"])
         num_classes = bench.load([cfg.target])[cfg.target].num_classes
         if opts["classes"] is None:
             opts["classes"] = min(10, num_classes)

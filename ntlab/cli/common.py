@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import time
 import tomllib
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -17,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ntlab.checks import check_seed
 from ntlab.errors import NtlabError
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
 from ntlab.report import check_format
@@ -116,6 +121,8 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
             f"--config file {config} has unknown keys {', '.join(unknown)}; "
             f"valid keys: {', '.join(sorted(values))}"
         )
+    kinds = option_kinds(ctx)
+    file_cfg = {k: config_value(config, k, v, *kinds[k]) for k, v in file_cfg.items()}
 
     def explicit(name: str) -> bool:
         source = ctx.get_parameter_source(name)
@@ -138,10 +145,78 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
         else:
             resolved[name] = value
     resolved["preset"] = preset_name
+    if resolved.get("out") is not None:
+        check_out(Path(resolved["out"]))
     if "format" in resolved:
         check_format(resolved["format"])
     set_command_line(command_line(ctx))
     return resolved
+
+
+def option_kinds(ctx: typer.Context) -> dict[str, tuple[type, bool]]:
+    """Each option of the command: (its value type, whether it is repeatable), read from the
+    command's signature (`int | None` → int, `list[str]` → str, repeatable)."""
+    kinds = {}
+    for name, param in inspect.signature(ctx.command.callback).parameters.items():
+        kind = param.annotation
+        if typing.get_origin(kind) is typing.Annotated:
+            kind = typing.get_args(kind)[0]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        multiple = typing.get_origin(kind) is list
+        if multiple:
+            kind = typing.get_args(kind)[0]
+        kinds[name] = (kind, multiple)
+    return kinds
+
+
+def config_value(path: Path, name: str, value: Any, kind: type | None, multiple: bool) -> Any:
+    """A --config file's value as the option's type (TOML has its own types: `steps = "20"`
+    is a string); a value of another type is the one-line error of that file and key."""
+    if multiple:
+        items = value if isinstance(value, list) else [value]
+        return [config_value(path, name, v, kind, False) for v in items]
+
+    def wrong(expected: str) -> NtlabError:
+        return NtlabError(f"config file {path}: {name} must be {expected}, got {value!r}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise wrong("an integer")
+    elif kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise wrong("a number")
+        return float(value)
+    elif kind is str and not isinstance(value, str):  # seeds = 0, aux = ["mnist", "syn"]
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+            raise wrong("a string, a number or a list of them")
+        return ",".join(str(v) for v in items)
+    elif kind is str or kind is Path:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return Path(value) if kind is Path else value
+    return value
+
+
+def check_out(path: Path) -> None:
+    """--out must name a folder that can be made: not the current directory (a run's files
+    would land among yours), not below a file."""
+    if path == Path("."):
+        raise NtlabError(
+            "--out is empty or the current directory; name a folder for the run, "
+            "e.g. --out runs/NAME"
+        )
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NtlabError(f"--out {path}: {folder} is a file; choose another folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise NtlabError(f"--out {path}: cannot write in {folder}; choose another folder")
+            return
 
 
 def command_line(ctx: typer.Context) -> list[str]:
@@ -181,9 +256,7 @@ def parse_numbers(text: str, option: str, kind: type = float) -> list:
 
 
 def parse_seeds(text: str) -> list[int]:
-    seeds = parse_numbers(text, "--seeds", int)
-    if any(s < 0 for s in seeds):
-        raise NtlabError("--seeds must be ≥ 0")
+    seeds = [check_seed("every seed in --seeds", s) for s in parse_numbers(text, "--seeds", int)]
     if len(set(seeds)) != len(seeds):
         raise NtlabError("--seeds lists a seed twice")
     return seeds

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ntlab.checks import check_seed
 from ntlab.cli.common import console, guarded
 from ntlab.data import BENCHMARKS, get_benchmark
 from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS, DigitsConfig, prepare_digits
@@ -64,6 +65,7 @@ def prepare(
     """Build a benchmark's data cache (idempotent: an identical build is reused)."""
     with guarded():
         get_benchmark(benchmark)
+        check_seed("--seed", seed)
         if benchmark != "digits":
             raise NtlabError(f"{benchmark} has no builder; its data is read from where you keep it")
         cfg = DigitsConfig(

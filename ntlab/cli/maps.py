@@ -105,12 +105,12 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         if not any(lam > 0 for lam in lams):
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         seeds = parse_seeds(opts["seeds"])
-        fm = _forkmerge_options(cfg, opts["merge_every"]) if opts["with_forkmerge"] else None
         if opts["forkmerge_branches"] not in BRANCH_MODES:
             raise NtlabError(
                 f"unknown --forkmerge-branches {opts['forkmerge_branches']!r}; "
                 f"choose one of: {', '.join(BRANCH_MODES)}"
             )
+        fm = _forkmerge_options(cfg, opts["merge_every"]) if opts["with_forkmerge"] else None
         bench.fingerprint()
         record = run_record(
             opts,

@@ -27,6 +27,7 @@ State at a merge, decided:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ntlab.cache import entry_results
+from ntlab.checks import MAX_STEPS, check_number
 from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
@@ -55,6 +57,7 @@ from ntlab.core.search import (
     greedy_search,
     grid_search,
     prune_branches,
+    simplex_grid,
 )
 from ntlab.core.state import TrainState
 from ntlab.core.train import LossTerm, active_terms, attach_sources, train
@@ -68,6 +71,8 @@ from ntlab.paths import runs_cache_dir
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
 
 BRANCH_MODES = ("joint", "per-task")
+MAX_CANDIDATES = 10_000  # merges a search scores per round (each is a validation pass)
+MIN_GRID_STEP = 0.001
 OPTIMIZER_STATES = ("keep", "reset")
 MERGE_HEADS = ("all", "shared")
 
@@ -113,10 +118,7 @@ def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
             raise NtlabError(
                 f"weight {value!r} of {name} in --branch {text!r} is not a number"
             ) from None
-        if weight < 0:
-            raise NtlabError(
-                f"weight of {name} in --branch {text!r} is negative; weights must be ≥ 0"
-            )
+        check_number(f"the weight of {name} in --branch {text!r}", weight, low=0)
         terms.append(LossTerm(name, (name,), weight))
     if len({t.name for t in terms}) != len(terms):
         raise NtlabError(f"--branch {text!r} names a task twice")
@@ -147,6 +149,8 @@ class ForkMergeOptions:
 def validate_forkmerge(
     cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
 ) -> None:
+    """Every ForkMerge option, before the first step (a bad --grid-step would otherwise
+    surface only at the first merge)."""
     if len(branches) < 2:
         raise NtlabError("ForkMerge needs at least two branches")
     if not 0 < opts.merge_every <= cfg.steps:
@@ -155,12 +159,24 @@ def validate_forkmerge(
         )
     if opts.search not in ("auto", *SEARCHES):
         raise NtlabError(f"unknown search {opts.search!r}; choose one of: {', '.join(SEARCHES)}")
-    if opts.search_for(len(branches)) == "binary" and len(branches) != 2:
+    kind = opts.search_for(len(branches))
+    if kind == "binary" and len(branches) != 2:
         raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
-    if opts.prune is not None and opts.prune < 1:
+    check_number("--grid-step", opts.grid_step, low=MIN_GRID_STEP, high=1)
+    simplex_grid(1, opts.grid_step)  # the search's own check that --grid-step divides 1
+    n, b = round(1 / opts.grid_step), len(branches)
+    candidates = {"grid": math.comb(n + b - 1, b - 1), "greedy": 1 + (b - 1) * n}.get(kind, 0)
+    if candidates > MAX_CANDIDATES:
+        raise NtlabError(
+            f"--grid-step {opts.grid_step:g} with {b} branches gives {candidates} candidate "
+            f"merges per round under {kind} search (at most {MAX_CANDIDATES}); "
+            "use a larger --grid-step" + (" or --search greedy" if kind == "grid" else "")
+        )
+    if opts.prune is not None and not opts.prune >= 1:
         raise NtlabError(f"--prune must keep at least 1 branch, got {opts.prune}")
-    if opts.val_samples is not None and opts.val_samples < 1:
-        raise NtlabError(f"--val-samples must be positive, got {opts.val_samples}")
+    if opts.val_samples is not None:
+        check_number("--val-samples", opts.val_samples, low=1, integer=True)
+    check_number("--bn-batches", opts.bn_batches, low=1, high=MAX_STEPS, integer=True)
     if opts.optimizer_state not in OPTIMIZER_STATES:
         raise NtlabError(
             f"unknown --optimizer-state {opts.optimizer_state!r}; choose one of: "
@@ -170,8 +186,7 @@ def validate_forkmerge(
         raise NtlabError(
             f"unknown --merge-heads {opts.merge_heads!r}; choose one of: {', '.join(MERGE_HEADS)}"
         )
-    if opts.merge_margin < 0:
-        raise NtlabError(f"--merge-margin must be ≥ 0 accuracy points, got {opts.merge_margin}")
+    check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
         raise NtlabError(f"the first branch must be the target alone ({cfg.target}=1)")
 

@@ -15,6 +15,14 @@ from pathlib import Path
 import torch
 
 from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
+from ntlab.checks import (
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    MAX_WORKERS,
+    check_number,
+    check_seed,
+    check_steps,
+)
 from ntlab.core.evaluate import evaluate
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
@@ -157,18 +165,20 @@ def validate(cfg: TrainConfig) -> None:
     """Reject impossible numbers and unknown names before any work is done."""
     get_method(cfg.method)
     BACKBONES.get(cfg.backbone)
-    if cfg.steps <= 0:
-        raise NtlabError(f"--steps must be a positive number of steps, got {cfg.steps}")
-    if cfg.batch_size <= 0:
-        raise NtlabError(f"--batch-size must be positive, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise NtlabError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.lam < 0:
-        raise NtlabError(f"--lam must be ≥ 0 (λ weighs the auxiliary loss), got {cfg.lam}")
-    if cfg.weight_decay < 0:
-        raise NtlabError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
-    if cfg.eval_every <= 0:
-        raise NtlabError(f"--eval-every must be positive, got {cfg.eval_every}")
+    check_steps("--steps", cfg.steps)
+    check_number("--batch-size", cfg.batch_size, low=1, integer=True)
+    check_number("--lr", cfg.lr, low=0, low_open=True)
+    check_number("--lam", cfg.lam, low=0, why="λ weighs the auxiliary loss")
+    check_number("--weight-decay", cfg.weight_decay, low=0)
+    check_number("--eval-every", cfg.eval_every, low=1, integer=True)
+    check_number("--backbone-lr-scale", cfg.backbone_lr_scale, low=0, low_open=True)
+    check_seed("--seed", cfg.seed)
+    if cfg.backbone == "cnn":
+        check_cnn_width(cfg.width)
+    if cfg.image_size is not None:
+        check_number("--image-size", cfg.image_size, low=1, high=MAX_IMAGE_SIZE, integer=True)
+    if cfg.workers is not None:
+        check_number("--workers", cfg.workers, low=0, high=MAX_WORKERS, integer=True)
     if cfg.optimizer not in OPTIMIZERS:
         raise NtlabError(
             f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
@@ -179,8 +189,6 @@ def validate(cfg: TrainConfig) -> None:
         )
     if get_method(cfg.method).uses_aux and not cfg.aux:
         raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
-    if not cfg.backbone_lr_scale > 0:
-        raise NtlabError(f"--backbone-lr-scale must be positive, got {cfg.backbone_lr_scale}")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise NtlabError(f"--weights file {cfg.weights} does not exist")
     resolve_device(cfg.device)
@@ -193,6 +201,17 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if value not in choices:
             raise NtlabError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def check_cnn_width(width: int) -> None:
+    """The cnn backbone normalises `width` and 2·width channels with GroupNorm(min(8, c)),
+    which needs c to be a multiple of its groups: widths 1–4, or multiples of 8."""
+    check_number("--width", width, low=1, high=MAX_WIDTH, integer=True)
+    if width > 4 and width % 8:
+        raise NtlabError(
+            f"--width of the cnn backbone must be 1, 2, 3, 4 or a multiple of 8, got {width} "
+            "(its GroupNorm layers split width and 2×width channels into 8 groups)"
+        )
 
 
 def build_model(

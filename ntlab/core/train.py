@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
 from ntlab.data.files import to_float
 from ntlab.data.sampler import BatchSource, seeded_generator, share_workers
-from ntlab.errors import NtlabError
+from ntlab.errors import NonFiniteError, NtlabError
 from ntlab.models.multitask import MultiTaskModel
 
 
@@ -28,9 +29,30 @@ class LossTerm:
 def active_terms(terms: list[LossTerm]) -> list[LossTerm]:
     """The terms that take part in training: weight 0 means the task is not even loaded."""
     for term in terms:
-        if term.weight < 0:
-            raise NtlabError(f"the weight of {term.name} is {term.weight}; weights must be ≥ 0")
+        if not 0 <= term.weight < math.inf:
+            raise NtlabError(
+                f"the weight of {term.name} is {term.weight}; weights must be ≥ 0 and finite"
+            )
     return [t for t in terms if t.weight > 0]
+
+
+class NonFiniteLossError(NonFiniteError):
+    """A term's loss became NaN or infinite: the training diverged (its weights are lost)."""
+
+    def __init__(self, term: str, value: float, first: int, last: int) -> None:
+        self.term, self.first, self.last = term, first, last
+        kind = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+        super().__init__(
+            f"loss of {term} became {kind} at or before step {last} (between steps {first} "
+            f"and {last}); lower --lr or the task weights"
+        )
+
+
+def check_finite_losses(terms: list[LossTerm], means: list[float], step: int, window: int) -> None:
+    """The mean losses of the last `window` steps (up to `step`) must be finite."""
+    for term, value in zip(terms, means):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(term.name, value, step - window + 1, step)
 
 
 def attach_sources(
@@ -99,7 +121,8 @@ def train(
     of terms K, as the authors' EW does: (Σ_k ν_k L_k)/K). `bn_batches` is how the backbone
     sees the terms' batches (see `term_losses`). `on_log` gets the mean loss of each term
     over the last `log_every` steps, and, for rules that weigh terms, their mean weight (as
-    `<term>:weight`).
+    `<term>:weight`). A mean loss that is not finite stops the training with a
+    NonFiniteLossError (checked once per `log_every` steps, where the means are read anyway).
     """
     terms = active_terms(terms)
     if not terms:
@@ -137,13 +160,15 @@ def train(
                 weight_sum += weights.detach().to(device)
                 weighed += 1
             seen += 1
-            if on_log and (state.step % log_every == 0 or i == steps - 1):
+            if state.step % log_every == 0 or i == steps - 1:  # the one host sync per window
                 means = (running / seen).tolist()
-                logged = {t.name: v for t, v in zip(terms, means)}
-                if not static and weighed == seen:  # every step of the window reported weights
-                    mean_w = (weight_sum / seen).tolist()
-                    logged |= {f"{t.name}:weight": v for t, v in zip(terms, mean_w)}
-                on_log(state.step, logged)
+                check_finite_losses(terms, means, state.step, seen)
+                if on_log:
+                    logged = {t.name: v for t, v in zip(terms, means)}
+                    if not static and weighed == seen:  # every step of the window had weights
+                        mean_w = (weight_sum / seen).tolist()
+                        logged |= {f"{t.name}:weight": v for t, v in zip(terms, mean_w)}
+                    on_log(state.step, logged)
                 running.zero_()
                 weight_sum.zero_()
                 seen = weighed = 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, torch_load_reason
 from ntlab.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
@@ -98,12 +98,14 @@ def load_weights(model: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise NtlabError(f"cannot read weights file {path}: {exc}") from None
+        raise NtlabError(
+            f"cannot read weights file {path}: {torch_load_reason(path, exc)}"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NtlabError(f"weights file {path} is not a state dict (name → tensor)")
+    state = {k: v for k, v in state.items() if not str(k).startswith(ignore_prefixes)}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:

@@ -120,10 +120,10 @@ def test_tsne_from_a_train_run(tiny_digits, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["gcs", "--lams", "0,-0.5"], "every λ must be ≥ 0"),
+        (["gcs", "--lams", "0,-0.5"], "every λ in --lams must be a finite number ≥ 0"),
         (["gcs", "--lams", ""], "--lams is empty"),
         (["gcs", "--lams", "0,x"], "'x' is not a number"),
-        (["gcs", "--batches", "0"], "--batches must be a positive"),
+        (["gcs", "--batches", "0"], "--batches must be an integer between 1"),
         (["gcs", "--aux-kind", "dropout"], "unknown --aux-kind"),
         (["csd", "--lams", "0"], "at least one λ > 0"),
         (["csd", "--seeds", "0,0"], "lists a seed twice"),

@@ -99,7 +99,7 @@ def test_train_accepts_every_method_name(tiny_digits, tmp_path, method):
         (["compare", "--target", "optdigits", "--methods", ","], "--methods is empty"),
         (["compare", "--target", "optdigits", "--methods", "ew,ew"], "lists a method twice"),
         (["compare", "--target", "optdigits", "--seeds", "x"], "not an integer"),
-        (["compare", "--target", "optdigits", "--lams", "-1"], "every λ must be ≥ 0"),
+        (["compare", "--target", "optdigits", "--lams", "-1"], "every λ in --lams must be"),
         (["compare", "--target", "optdigits", "--merge-every", "999999"], "--merge-every"),
     ],
 )

@@ -29,7 +29,7 @@ def run(args, cwd, **env):
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1200,  # a guard against hangs, generous for a loaded machine
         env={**os.environ, "COLUMNS": "200", **env},
     )
 

@@ -82,7 +82,7 @@ def test_explicit_branches_parse_task_weights():
         ("optdigits=1,nope=1", "unknown task 'nope'"),
         ("optdigits=0,syn=0", "gives every task weight 0"),
         ("optdigits", "TASK=WEIGHT"),
-        ("optdigits=-1", "negative"),
+        ("optdigits=-1", "must be a finite number ≥ 0"),
         ("optdigits=x", "is not a number"),
     ],
 )
