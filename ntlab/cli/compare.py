@@ -51,6 +51,7 @@ def _compare_options(
         str, typer.Option(help="λ grid of `grid-search` (the λ is chosen on validation).")
     ] = "0,0.0625,0.125,0.25,0.5,1,2",
     merge_every: opt.MergeEvery = None,
+    merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
 ) -> None: ...
 
@@ -73,7 +74,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
         methods = cmp.parse_methods(opts["methods"])
         seeds = parse_seeds(opts["seeds"])
         lams = check_lams(parse_numbers(opts["lams"], "--lams"))
-        fm = ForkMergeOptions(merge_every=opts["merge_every"])
+        fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
         if "forkmerge" in methods:
             validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
         bench.fingerprint()

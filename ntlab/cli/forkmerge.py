@@ -105,13 +105,7 @@ def _forkmerge_options(
         str,
         typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
     ] = "keep",
-    merge_heads: Annotated[
-        str,
-        typer.Option(
-            help="all: merge every head with the backbone; shared: merge the backbone and the "
-            "target head, each branch keeps its own auxiliary heads."
-        ),
-    ] = ForkMergeOptions.merge_heads,
+    merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
     baselines: Annotated[
         bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")

@@ -52,8 +52,8 @@ SWEEP_FIXED = ["lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "sou
 SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", "tg_val", "source"]
 
 
-def _forkmerge_options(cfg: TrainConfig, merge_every: int) -> ForkMergeOptions:
-    fm = ForkMergeOptions(merge_every=merge_every)
+def _forkmerge_options(cfg: TrainConfig, opts: dict) -> ForkMergeOptions:
+    fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
     validate_forkmerge(cfg, joint_branches(cfg.target, cfg.aux or [cfg.target]), fm)
     return fm
 
@@ -83,6 +83,7 @@ def _sweep_options(
         ),
     ] = "per-task",
     merge_every: opt.MergeEvery = None,
+    merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
 ) -> None: ...
 
@@ -110,7 +111,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
                 f"unknown --forkmerge-branches {opts['forkmerge_branches']!r}; "
                 f"choose one of: {', '.join(BRANCH_MODES)}"
             )
-        fm = _forkmerge_options(cfg, opts["merge_every"]) if opts["with_forkmerge"] else None
+        fm = _forkmerge_options(cfg, opts) if opts["with_forkmerge"] else None
         bench.fingerprint()
         record = run_record(
             opts,
@@ -245,6 +246,7 @@ def _pairwise_options(
     ] = "ew",
     seeds: opt.Seeds = "0",
     merge_every: opt.MergeEvery = None,
+    merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
 ) -> None: ...
 
@@ -273,7 +275,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         methods = pw.check_methods([m.strip() for m in opts["method"].split(",") if m.strip()])
         seeds = parse_seeds(opts["seeds"])
         cfg = _base({**opts, "target": domains[0], "aux": domains[1]}, tasks, method="ew")
-        fm = _forkmerge_options(cfg, opts["merge_every"]) if "forkmerge" in methods else None
+        fm = _forkmerge_options(cfg, opts) if "forkmerge" in methods else None
         bench.fingerprint()
         record = run_record(
             opts,

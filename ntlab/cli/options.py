@@ -172,6 +172,13 @@ MergeEvery = Annotated[
     int | None,
     typer.Option(help=f"Δt of ForkMerge: steps between merges. {preset_help('merge_every')}"),
 ]
+MergeHeads = Annotated[
+    str,
+    typer.Option(
+        help="ForkMerge: all = merge every head with the backbone; shared = merge the backbone "
+        "and the target head, each branch keeps its own auxiliary heads."
+    ),
+]
 
 
 def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def _train_options(
         typer.Option(help="Compute transfer gain against the STL run (cached) of the same budget."),
     ] = True,
     merge_every: opt.MergeEvery = None,
+    merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
 ) -> None: ...
 
 
@@ -131,7 +132,7 @@ def _train_procedure(opts: dict, bench) -> None:
     method = opts["method"]
     cfg = opt.train_config(opts, bench.tasks(), method="ew")
     validate(cfg)
-    fm = ForkMergeOptions(merge_every=opts["merge_every"])
+    fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
     if method == "forkmerge":
         validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
     bench.fingerprint()
