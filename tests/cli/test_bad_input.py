@@ -82,7 +82,7 @@ TABLE = [
     Bad([*FM, "--grid-step", "0.3"], "--grid-step must divide 1"),
     Bad([*FM, "--grid-step", "0"], "--grid-step must be a finite number in [0.001, 1], got 0.0"),
     Bad([*FM, "--grid-step", "nan"], "--grid-step must be a finite number in [0.001, 1], got nan"),
-    Bad([*FM, "--merge-heads", "heads"], "unknown --merge-heads 'heads'; choose one of: all, shared"),
+    Bad([*FM, "--merge-heads", "heads"], "unknown --merge-heads 'heads'; choose one of: all"),
     Bad(["pairwise", "--domains", "mnist,syn", "--method", "forkmerge", "--merge-heads", "x", *FAST,
          "--merge-every", "2"],
         "unknown --merge-heads"),
