@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "merge_every": 125,
         "batches": 64,
     },
-    # The paper's DomainNet settings (PAPER.md): SGD nesterov 0.9, wd 5e-4, lr 0.01 with the
+    # The paper's DomainNet settings : SGD nesterov 0.9, wd 5e-4, lr 0.01 with the
     # backbone at ×0.1, cosine, batch 48, 50K iterations, Δt = 12.5K; 25K pretraining steps
     # and 200 batches for Fig. 2.
     "paper": {

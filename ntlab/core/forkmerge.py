@@ -1,4 +1,4 @@
-"""ForkMerge (PAPER.md §4, Algorithms 1–3) as a thin layer on the shared core.
+"""ForkMerge (the paper's §4, Algorithms 1–3) as a thin layer on the shared core.
 
 Each round, every branch trains Δt steps on its own task weights with the one training
 loop; then Λ* is searched on target validation accuracy of Σ_b Λ_b θ_b, and θ* is loaded

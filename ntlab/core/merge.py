@@ -1,4 +1,4 @@
-"""Merging branches: the convex combination Σ_b Λ_b θ_b of their states (PAPER.md Eq. 13).
+"""Merging branches: the convex combination Σ_b Λ_b θ_b of their states (the paper's Eq. 13).
 
 Floating-point tensors (parameters and float buffers) are combined. Integer buffers, such
 as BatchNorm's `num_batches_tracked`, are counters, not estimates: averaging them is
