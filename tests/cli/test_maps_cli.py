@@ -163,7 +163,7 @@ def test_pairwise_forkmerge_at_exactly_stl_is_neutral_not_strong_negative(
 
 
 def test_sweep_with_one_seed_says_the_regime_is_from_one_seed(tiny_digits, tmp_path, monkeypatch):
-    def exactly_stl(base, lams, seeds, on_run=None):
+    def exactly_stl(base, lams, seeds, on_run=None, done=None, on_row=None):
         return pd.DataFrame(
             [
                 {"lam": lam, "seed": s, "val_acc": 90.0, "test_acc": 90.0, "tg": 0.0,

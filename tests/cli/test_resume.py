@@ -300,6 +300,7 @@ def test_sweep_killed_with_sigkill_resumes(tiny_digits, tmp_path):
     out = tmp_path / "killed"
     args = ["sweep", "--target", "mnist", "--aux", "syn", "--lams", "0,0.5,1"]
     args += ["--seeds", "49", "--steps", "150", "--batch-size", "16", "--eval-every", "50"]
+    args += ["--threads", "1"]  # the subprocess and the in-process resume: the same identity
     proc = ntlab_process(*args, "--quiet", "--out", out)
     rows = out / "checkpoints" / "rows.csv"
     try:
