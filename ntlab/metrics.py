@@ -156,22 +156,23 @@ def rule_caption(seeds: int) -> str:
     )
 
 
+def _shown(value: str, labels: dict, neutral: str, seeds: int | None) -> str:
+    """`labels[value]`, with `(1 seed)` where there was no noise estimate."""
+    if value not in labels:
+        return value
+    if seeds == 1:
+        return f"{'neutral' if value == neutral else labels[value]} (1 seed)"
+    return labels[value]
+
+
 def regime_label(regime: str, seeds: int | None = None) -> str:
     """The regime as shown to people; `(1 seed)` where there was no noise estimate."""
-    if regime not in REGIME_LABELS:
-        return regime
-    if seeds == 1:
-        return f"{'neutral' if regime == 'neutral' else REGIME_LABELS[regime]} (1 seed)"
-    return REGIME_LABELS[regime]
+    return _shown(regime, REGIME_LABELS, "neutral", seeds)
 
 
 def effect_label(effect: str, seeds: int | None = None) -> str:
     """One entry's effect as shown to people: positive, negative or neutral (within noise)."""
-    if effect not in EFFECT_LABELS:
-        return effect
-    if seeds == 1:
-        return f"{'neutral' if effect == WITHIN_NOISE else EFFECT_LABELS[effect]} (1 seed)"
-    return EFFECT_LABELS[effect]
+    return _shown(effect, EFFECT_LABELS, WITHIN_NOISE, seeds)
 
 
 @dataclass(frozen=True)
