@@ -39,7 +39,100 @@ def confidence_score_discrepancy(probs: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Transfer regimes that respect seed noise (Defs. 3.2/3.3)
+# The noise of one TG measured with one seed: the test-set sampling error
+#
+# TG = P(A) − P(B) of two models measured on the same n test images. With n10 the images A
+# gets right and B wrong and n01 the reverse, TG = (n10 − n01)/n, and its paired standard
+# error (the one of McNemar's comparison: only the images on which the models disagree vary)
+# is sqrt(n10 + n01 − (n10 − n01)²/n)/n. Two models trained from the same start on the same
+# data agree on most images, so this is far smaller than the unpaired binomial error
+# sqrt(pA(1 − pA)/n + pB(1 − pB)/n), which is used only where a run did not keep which test
+# images it got right (results written before this was recorded).
+
+SE_PAIRED, SE_BINOMIAL = "paired", "binomial"
+
+
+def pack_correct(correct: torch.Tensor) -> dict[str, Any]:
+    """Which test images a model got right, compactly for results.json: the count and the
+    booleans packed 8 to a byte, base64 (2,000 images: 336 characters)."""
+    import base64
+
+    import numpy as np
+
+    flags = correct.detach().to("cpu", torch.bool).numpy()
+    return {"n": int(flags.size), "bits": base64.b64encode(np.packbits(flags)).decode("ascii")}
+
+
+def unpack_correct(packed: Any) -> torch.Tensor | None:
+    """The booleans of `pack_correct`, or None where `packed` is absent or not of that form."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    if not isinstance(packed, dict) or not isinstance(packed.get("n"), int):
+        return None
+    try:
+        raw = np.frombuffer(base64.b64decode(packed.get("bits", ""), validate=True), np.uint8)
+    except (binascii.Error, TypeError, ValueError):
+        return None
+    n = packed["n"]
+    if raw.size != (n + 7) // 8:
+        return None
+    return torch.from_numpy(np.unpackbits(raw)[:n].astype(bool))
+
+
+def paired_tg_se(correct_a: torch.Tensor, correct_b: torch.Tensor) -> tuple[float, float]:
+    """(TG, its paired standard error), both in points, of model A over model B from which of
+    the same test images each got right."""
+    if correct_a.shape != correct_b.shape or correct_a.numel() == 0:
+        raise ValueError("a paired comparison needs the same, non-empty set of test images")
+    n = correct_a.numel()
+    a, b = correct_a.bool(), correct_b.bool()
+    n10 = int((a & ~b).sum())
+    n01 = int((~a & b).sum())
+    return 100.0 * (n10 - n01) / n, paired_se(n10, n01, n)
+
+
+def paired_se(n10: int, n01: int, n: int) -> float:
+    """sqrt(n10 + n01 − (n10 − n01)²/n)/n in points: the standard error of the difference of
+    two accuracies on the same n images (n10: right by A only, n01: right by B only)."""
+    return 100.0 * math.sqrt(max(n10 + n01 - (n10 - n01) ** 2 / n, 0.0)) / n
+
+
+def binomial_se(p_a: float, p_b: float, n: int) -> float:
+    """sqrt(pA(1 − pA)/n + pB(1 − pB)/n) in points (pA, pB in points): two accuracies as if
+    measured on independent test sets of n images each — the fallback without the pairing."""
+    a, b = p_a / 100.0, p_b / 100.0
+    return 100.0 * math.sqrt(max(a * (1 - a), 0.0) / n + max(b * (1 - b), 0.0) / n)
+
+
+def tg_noise(method: Mapping[str, Any], stl: Mapping[str, Any]) -> dict[str, Any]:
+    """TG on test of `method` over `stl` (two results with `test_acc`) with its test-set
+    standard error: `tg`, `tg_se`, `tg_se_kind` ("paired" where both kept `test_correct` on
+    the same images, else "binomial" where the test-set size is known, else no SE: None)."""
+    tg = transfer_gain(float(method["test_acc"]), float(stl["test_acc"]))
+    a, b = unpack_correct(method.get("test_correct")), unpack_correct(stl.get("test_correct"))
+    if a is not None and b is not None and a.shape == b.shape and a.numel():
+        return {"tg": tg, "tg_se": paired_tg_se(a, b)[1], "tg_se_kind": SE_PAIRED}
+    n = images_measured(method) or images_measured(stl)
+    if n:
+        p_a, p_b = float(method["test_acc"]), float(stl["test_acc"])
+        return {"tg": tg, "tg_se": binomial_se(p_a, p_b, n), "tg_se_kind": SE_BINOMIAL}
+    return {"tg": tg, "tg_se": None, "tg_se_kind": None}
+
+
+def images_measured(results: Mapping[str, Any]) -> int | None:
+    """The number of test images a result was measured on, where it says."""
+    packed = results.get("test_correct")
+    if isinstance(packed, dict) and isinstance(packed.get("n"), int) and packed["n"] > 0:
+        return packed["n"]
+    n = results.get("test_n")
+    return n if isinstance(n, int) and n > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer regimes that respect noise (Defs. 3.2/3.3)
 #
 # An *entry* is one λ of a sweep, one auxiliary domain of a pairwise row, or one method of a
 # comparison, with one TG per seed. With n ≥ 2 seeds it helps when its mean TG is above
@@ -54,13 +147,15 @@ def confidence_score_discrepancy(probs: torch.Tensor) -> float:
 # So the rule is loose with 2 seeds and strict with many: it asks the effect to be twice the
 # spread of one seed's TG, not twice the standard error of the mean. Identical seeds (std 0)
 # are beyond noise when their mean is not 0: nothing was measured to explain the difference
-# away. TG = 0 never helps or hurts (Defs. 3.2/3.3 are strict inequalities). With one seed
-# there is no noise estimate: the sign decides, TG = 0 is neutral, and the basis says so.
+# away. With one seed the noise is the test-set sampling error above: the entry helps when
+# TG > 2·SE, hurts when TG < −2·SE (≈ a two-sided z-test at p ≈ 0.046), and is within noise
+# otherwise. TG = 0 never helps or hurts (Defs. 3.2/3.3 are strict inequalities), so two
+# models with identical predictions (TG 0, SE 0) are within noise.
 
 HELPS, HURTS, WITHIN_NOISE = "helps", "hurts", "within_noise"
 EFFECTS = (HELPS, HURTS, WITHIN_NOISE)
 REGIMES = ("positive", "weak_negative", "strong_negative", "neutral")
-NOISE_STDS = 2.0  # an entry clears the seed noise when |mean| > NOISE_STDS · std
+NOISE_STDS = 2.0  # an entry clears the noise when |mean| > NOISE_STDS · std (or · SE)
 
 REGIME_LABELS = {
     "positive": "positive",
@@ -68,26 +163,108 @@ REGIME_LABELS = {
     "strong_negative": "strong negative",
     "neutral": "neutral (within noise)",
 }
-EFFECT_LABELS = {HELPS: "positive", HURTS: "negative", WITHIN_NOISE: "neutral (within noise)"}
+EFFECT_LABELS = {HELPS: "helps", HURTS: "hurts", WITHIN_NOISE: "within noise"}
 
 
-def gain_effect(tgs: Iterable[float]) -> str:
-    """`helps`, `hurts` or `within_noise`: one entry's per-seed TGs against their seed noise."""
-    values = [float(v) for v in tgs]
-    if not values:
-        raise ValueError("an effect needs at least one transfer gain")
+def _finite(values: list[float]) -> None:
     if not all(math.isfinite(v) for v in values):
         raise NtlabError(
             f"a transfer gain is not a finite number ({', '.join(f'{v:g}' for v in values)}): "
             "a training diverged; lower --lr or check the run's training curves"
         )
+
+
+def gain_effect(tgs: Iterable[float], se: float | None = None) -> str:
+    """`helps`, `hurts` or `within_noise`: one entry's per-seed TGs against their noise — the
+    seed std with n ≥ 2 seeds, the test-set standard error `se` of the TG with one seed."""
+    values = [float(v) for v in tgs]
+    if not values:
+        raise ValueError("an effect needs at least one transfer gain")
+    _finite(values)
     mean = sum(values) / len(values)
-    noise = NOISE_STDS * statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) > 1:
+        noise = NOISE_STDS * statistics.stdev(values)
+    elif se is None or not math.isfinite(float(se)):
+        raise NtlabError(
+            f"a transfer gain from one seed ({mean:+.2f}) has no test-set standard error, so "
+            "it cannot be called helps, hurts or within noise; run the command again (the "
+            "cached trainings record it now) or give several seeds"
+        )
+    else:
+        noise = NOISE_STDS * float(se)
     if mean > noise:
         return HELPS
     if mean < -noise:
         return HURTS
     return WITHIN_NOISE
+
+
+def gain_fields(tgs: Iterable[float], se: float | None = None, se_kind: str | None = None) -> dict:
+    """One entry's TG for results.json: `tg` (the seed mean), its noise (`tg_se` and
+    `tg_se_kind` for one seed, `tg_std` for several), `seeds` and `effect`."""
+    values = [float(v) for v in tgs]
+    effect = gain_effect(values, se)
+    if len(values) == 1:
+        return {"tg": values[0], "tg_se": float(se), "tg_se_kind": se_kind, "seeds": 1,
+                "effect": effect}  # fmt: skip
+    return {"tg": sum(values) / len(values), "tg_std": statistics.stdev(values),
+            "seeds": len(values), "effect": effect}  # fmt: skip
+
+
+def entry_fields(
+    tgs: Iterable[float], ses: Iterable[Any] | None = None, kinds: Iterable[Any] | None = None
+) -> dict:
+    """`gain_fields` of one entry from its per-seed TGs with each seed's test-set SE and its
+    kind (only a single seed's are used; NaN or missing SEs are none)."""
+    values = [float(v) for v in tgs]
+    se_list = list(ses) if ses is not None else []
+    kind_list = list(kinds) if kinds is not None else []
+    se = se_list[0] if len(values) == 1 and se_list else None
+    se = float(se) if isinstance(se, int | float) and math.isfinite(se) else None
+    kind = kind_list[0] if len(values) == 1 and kind_list else None
+    return gain_fields(values, se, kind if isinstance(kind, str) else None)
+
+
+def stat_view(stat: Mapping[str, Any], effect: str | None = None) -> dict:
+    """An entry's TG as results.json summaries keep it (`mean`, `std`, `seeds`, `se`,
+    `se_kind`, `effect`) in the form of `gain_fields`, for `tg_text` and `tg_sentence`."""
+    return {
+        "tg": stat["mean"],
+        "tg_std": stat.get("std"),
+        "tg_se": stat.get("se"),
+        "tg_se_kind": stat.get("se_kind"),
+        "seeds": int(stat.get("seeds") or 1),
+        "effect": effect if effect is not None else stat.get("effect"),
+    }
+
+
+def noise_of(fields: Mapping[str, Any]) -> float | None:
+    """The ± of an entry's TG: its seed std (several seeds) or its test-set SE (one seed)."""
+    value = fields.get("tg_std") if fields.get("seeds", 1) > 1 else fields.get("tg_se")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def noise_words(fields: Mapping[str, Any]) -> str:
+    """`beyond noise, 3 seeds` / `within noise, 1 seed, paired test-set SE`."""
+    verdict = "within noise" if fields["effect"] == WITHIN_NOISE else "beyond noise"
+    seeds = int(fields.get("seeds", 1))
+    if seeds > 1:
+        return f"{verdict}, {seeds} seeds"
+    kind = fields.get("tg_se_kind")
+    return f"{verdict}, 1 seed, {kind + ' ' if kind else ''}test-set SE"
+
+
+def tg_text(fields: Mapping[str, Any], digits: int = 2) -> str:
+    """`+2.90 ± 0.60`: an entry's TG with its noise."""
+    noise = noise_of(fields)
+    text = f"{fields['tg']:+.{digits}f}"
+    return text if noise is None else f"{text} ± {noise:.{digits}f}"
+
+
+def tg_sentence(subject: str, fields: Mapping[str, Any]) -> str:
+    """`ForkMerge vs STL on optdigits: +0.12 ± 0.35 points (within noise, 1 seed, paired
+    test-set SE)` — the subject then the TG, in words."""
+    return f"{subject}: {tg_text(fields)} points ({noise_words(fields)})"
 
 
 def regime_of_effects(effects: Iterable[str]) -> str:
@@ -118,13 +295,16 @@ def seeds_text(counts: Iterable[int]) -> str:
     return f"{n} seed{'' if hi == 1 else 's'}"
 
 
+ONE_SEED_RULE = f"TG beyond {NOISE_STDS:g} test-set SE (paired)"
+
+
 def regime_basis(counts: Iterable[int]) -> str:
-    """What the regime rests on: the seed count, and whether there was a noise estimate."""
+    """What the regime rests on: the seed count, and the noise each entry had to clear."""
     counts = list(counts)
     if max(counts) == 1:
-        return "1 seed (no noise estimate)"
+        return f"1 seed ({ONE_SEED_RULE})"
     basis = f"{seeds_text(counts)} (mean beyond {NOISE_STDS:g} seed std)"
-    return basis if min(counts) > 1 else basis + "; entries with 1 seed by sign"
+    return basis if min(counts) > 1 else basis + f"; entries with 1 seed: {ONE_SEED_RULE}"
 
 
 def regime_rule(seeds: int) -> str:
@@ -134,8 +314,15 @@ def regime_rule(seeds: int) -> str:
         "(some help, some hurt), strong negative (some hurt, none helps), neutral (none helps "
         "or hurts)."
     )
+    one = (
+        f"an entry helps when its TG is above {NOISE_STDS:g}× its test-set standard error and "
+        f"hurts when below −{NOISE_STDS:g}×; the SE is the paired one of two accuracies on "
+        "the same test images, sqrt(n10 + n01 − (n10 − n01)²/n)/n with n10 (n01) the images "
+        "only the method (only STL) gets right (the binomial SE of two independent "
+        "accuracies where a run did not keep its per-image results)"
+    )
     if seeds < 2:
-        return f"One seed, no noise estimate: TG > 0 helps, TG < 0 hurts. {tail}"
+        return f"One seed: {one}. {tail}"
     t = NOISE_STDS * math.sqrt(seeds)
     return (
         f"Over {seeds} seeds an entry helps when its mean TG is above {NOISE_STDS:g}× the "
@@ -148,31 +335,26 @@ def regime_rule(seeds: int) -> str:
 def rule_caption(seeds: int) -> str:
     """The criterion in one short line, for the tables a command prints."""
     if seeds < 2:
-        return "1 seed, no noise estimate: helps if TG > 0, hurts if TG < 0"
+        return (
+            f"1 seed: helps/hurts if |TG| > {NOISE_STDS:g} × its paired test-set SE "
+            "(± is that SE); otherwise within noise"
+        )
     t = NOISE_STDS * math.sqrt(seeds)
     return (
         f"helps/hurts: |mean TG| > {NOISE_STDS:g} seed std ({seeds} seeds: |t| > {t:.2f}, "
-        f"two-sided p ≈ {two_sided_p(seeds):.2g}); otherwise within noise"
+        f"two-sided p ≈ {two_sided_p(seeds):.2g}; ± is the seed std); otherwise within noise"
     )
 
 
-def _shown(value: str, labels: dict, neutral: str, seeds: int | None) -> str:
-    """`labels[value]`, with `(1 seed)` where there was no noise estimate."""
-    if value not in labels:
-        return value
-    if seeds == 1:
-        return f"{'neutral' if value == neutral else labels[value]} (1 seed)"
-    return labels[value]
-
-
 def regime_label(regime: str, seeds: int | None = None) -> str:
-    """The regime as shown to people; `(1 seed)` where there was no noise estimate."""
-    return _shown(regime, REGIME_LABELS, "neutral", seeds)
+    """The regime as shown to people: positive, weak/strong negative, neutral (within noise).
+    (`seeds` is accepted for the callers' sake: every seed count now has a noise estimate.)"""
+    return REGIME_LABELS.get(regime, regime)
 
 
 def effect_label(effect: str, seeds: int | None = None) -> str:
-    """One entry's effect as shown to people: positive, negative or neutral (within noise)."""
-    return _shown(effect, EFFECT_LABELS, WITHIN_NOISE, seeds)
+    """One entry's effect as shown to people: helps, hurts or within noise."""
+    return EFFECT_LABELS.get(effect, effect)
 
 
 @dataclass(frozen=True)
@@ -200,12 +382,16 @@ class Regime:
         return {"regime": self.regime, "regime_basis": self.basis, "regime_rule": self.rule}
 
 
-def regime_of_seeds(tgs: Mapping[Any, Iterable[float]]) -> Regime:
-    """The regime of entries (λ, auxiliary domains, methods), each with its per-seed TGs."""
+def regime_of_seeds(
+    tgs: Mapping[Any, Iterable[float]], ses: Mapping[Any, float | None] | None = None
+) -> Regime:
+    """The regime of entries (λ, auxiliary domains, methods), each with its per-seed TGs;
+    `ses` holds the test-set SE of each entry that has one seed (keys as in `tgs`)."""
+    ses = {str(key): se for key, se in (ses or {}).items()}
     values = {str(key): [float(v) for v in seeds] for key, seeds in tgs.items()}
     if not values:
         raise ValueError("the transfer regime needs at least one transfer gain")
-    effects = {key: gain_effect(v) for key, v in values.items()}
+    effects = {key: gain_effect(v, ses.get(key)) for key, v in values.items()}
     return Regime(
         regime_of_effects(effects.values()),
         effects,
@@ -213,12 +399,15 @@ def regime_of_seeds(tgs: Mapping[Any, Iterable[float]]) -> Regime:
     )
 
 
-def transfer_regime(tgs_by_lam: Mapping[float, Iterable[float]]) -> Regime:
-    """Defs. 3.2/3.3 over a grid of λ > 0 with one TG per seed (λ = 0 entries are ignored)."""
+def transfer_regime(
+    tgs_by_lam: Mapping[float, Iterable[float]], ses: Mapping[float, float | None] | None = None
+) -> Regime:
+    """Defs. 3.2/3.3 over a grid of λ > 0 with one TG per seed (λ = 0 entries are ignored);
+    `ses`: the test-set SE of each λ run with one seed."""
     values = {f"{lam:g}": tgs for lam, tgs in tgs_by_lam.items() if lam > 0}
     if not values:
         raise ValueError("the transfer regime needs at least one λ > 0")
-    return regime_of_seeds(values)
+    return regime_of_seeds(values, {f"{lam:g}": se for lam, se in (ses or {}).items()})
 
 
 def delta_m(

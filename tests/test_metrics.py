@@ -11,14 +11,22 @@ from ntlab.metrics import (
     REGIME_LABELS,
     WITHIN_NOISE,
     accuracy,
+    binomial_se,
     confidence_score_discrepancy,
     effect_label,
     gain_effect,
+    gain_fields,
     gradient_cosine,
+    pack_correct,
+    paired_se,
+    paired_tg_se,
     regime_label,
     regime_of_effects,
     regime_of_seeds,
     regime_rule,
+    rule_caption,
+    tg_noise,
+    tg_sentence,
     transfer_gain,
     transfer_regime,
     two_sided_p,
@@ -63,9 +71,6 @@ def test_csd_matches_a_hand_computed_softmax():
 @pytest.mark.parametrize(
     ("tgs", "effect"),
     [
-        ([0.5], HELPS),  # one seed: by the sign
-        ([-0.05], HURTS),
-        ([0.0], WITHIN_NOISE),  # TG exactly 0 never hurts (Defs. 3.2/3.3 are strict)
         ([0.0, 0.0, 0.0], WITHIN_NOISE),  # a method that returns STL exactly, every seed
         ([0.3, 0.3, 0.3], HELPS),  # identical seeds, mean ≠ 0: beyond (nil) seed noise
         ([-0.05, -0.05], HURTS),
@@ -108,7 +113,8 @@ def test_stated_p_values():
     assert two_sided_p(3) == pytest.approx(0.0742, abs=5e-4)  # t > 3.46, as stated in README
     assert two_sided_p(2) == pytest.approx(0.216, abs=5e-4)
     assert "3.46" in regime_rule(3) and "p ≈ 0.074" in regime_rule(3)
-    assert "no noise estimate" in regime_rule(1)
+    assert "no noise estimate" not in regime_rule(1) + rule_caption(1)
+    assert "paired" in regime_rule(1) and "2× its test-set standard error" in regime_rule(1)
 
 
 @pytest.mark.parametrize(
@@ -135,12 +141,6 @@ MNIST_SWEEP = {0.0625: [0.11, 0.2, 0.29], 0.125: [-0.08, 0.37, 0.82], 1.0: [-0.8
 @pytest.mark.parametrize(
     ("tgs", "regime"),
     [
-        ({0.0: [0.0], 0.25: [1.0], 1.0: [0.5]}, "positive"),
-        ({0.25: [0.8], 1.0: [-1.2]}, "weak_negative"),
-        ({0.0: [0.0], 0.25: [-0.1], 1.0: [-2.0]}, "strong_negative"),
-        ({0.25: [0.0], 1.0: [-0.5]}, "strong_negative"),  # one hurts, none helps
-        ({0.25: [0.3], 1.0: [0.0]}, "positive"),  # TG = 0 does not hurt
-        ({0.25: [0.0], 1.0: [0.0]}, "neutral"),  # exactly STL: was "strong_negative"
         ({0.25: [0.0, 0.0, 0.0], 1.0: [0.0, 0.0, 0.0]}, "neutral"),
         (OPTDIGITS_SWEEP, "neutral"),
         (MNIST_SWEEP, "weak_negative"),
@@ -152,17 +152,104 @@ def test_transfer_regime_follows_definitions_3_2_and_3_3_beyond_noise(tgs, regim
     assert transfer_regime(tgs).regime == regime
 
 
-def test_one_seed_says_so():
-    r = transfer_regime({0.25: [0.8], 1.0: [-1.2]})
-    assert r.fields()["regime_basis"] == "1 seed (no noise estimate)"
-    assert r.label == "weak negative (1 seed)"
-    assert regime_label("neutral", 1) == "neutral (1 seed)"
+# One seed: the test-set SE of TG decides (a paired SE of two accuracies on the same images).
+# (TG per seed, its SE) of each λ → regime; SE 0.5: ±1 point is the edge of the noise.
+@pytest.mark.parametrize(
+    ("tgs", "regime"),
+    [
+        ({0.0: (0.0, 0.0), 0.25: (1.01, 0.5), 1.0: (0.5, 0.5)}, "positive"),
+        ({0.25: (1.2, 0.5), 1.0: (-1.2, 0.5)}, "weak_negative"),
+        ({0.25: (-0.1, 0.5), 1.0: (-2.0, 0.5)}, "strong_negative"),
+        ({0.25: (1.0, 0.5), 1.0: (-1.0, 0.5)}, "neutral"),  # exactly 2 SE is not beyond
+        ({0.25: (0.8, 0.5), 1.0: (-1.2, 0.5)}, "strong_negative"),  # by the sign: weak negative
+        ({0.25: (0.0, 0.0), 1.0: (0.0, 0.0)}, "neutral"),  # identical predictions: exactly STL
+        ({0.25: (0.05, 0.05), 1.0: (-0.05, 0.05)}, "neutral"),  # one image of 2,000 either way
+    ],
+)  # fmt: skip
+def test_one_seed_regime_is_by_the_test_set_standard_error(tgs, regime):
+    r = transfer_regime({lam: [tg] for lam, (tg, _) in tgs.items()},
+                        {lam: se for lam, (_, se) in tgs.items()})  # fmt: skip
+    assert r.regime == regime
+    assert r.fields()["regime_basis"] == "1 seed (TG beyond 2 test-set SE (paired))"
+    assert "no noise estimate" not in r.fields()["regime_rule"]
+
+
+def test_labels_say_helps_hurts_within_noise():
     three = transfer_regime({0.25: [0.0, 0.0, 0.0]})
     assert three.label == "neutral (within noise)"
     assert three.fields()["regime_basis"] == "3 seeds (mean beyond 2 seed std)"
     assert "p ≈ 0.074" in three.fields()["regime_rule"]
-    assert effect_label(HURTS, 3) == "negative"
-    assert effect_label(WITHIN_NOISE, 1) == "neutral (1 seed)"
+    assert regime_label("neutral", 1) == "neutral (within noise)"
+    assert [effect_label(e, 1) for e in (HELPS, HURTS, WITHIN_NOISE)] == [
+        "helps",
+        "hurts",
+        "within noise",
+    ]
+
+
+def test_one_seed_without_a_standard_error_is_refused():
+    """The sign alone no longer decides: a one-seed TG needs its SE (one clear line)."""
+    with pytest.raises(NtlabError, match="no test-set standard error"):
+        gain_effect([0.5])
+
+
+def _correct(pattern: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in pattern])
+
+
+def test_paired_se_hand_computed():
+    """A right on images 0–5, B on 0–3 and 6: n10 = 2 (images 4, 5), n01 = 1 (image 6), n = 10.
+    TG = (2 − 1)/10 = +10 points; SE = sqrt(2 + 1 − 1²/10)/10 = sqrt(2.9)/10 = 0.17029 → 17.03."""
+    a = _correct("1111110000")
+    b = _correct("1111001000")
+    tg, se = paired_tg_se(a, b)
+    assert tg == pytest.approx(10.0)
+    assert se == pytest.approx(100 * math.sqrt(2.9) / 10)
+    assert se == pytest.approx(17.029386, abs=1e-5)
+    assert paired_se(2, 1, 10) == pytest.approx(se)
+    # the binomial SE of the same accuracies (60 %, 50 %, n = 10) ignores the pairing:
+    # sqrt(.6·.4/10 + .5·.5/10) = sqrt(0.049) = 0.22136 → 22.14 points
+    assert binomial_se(60.0, 50.0, 10) == pytest.approx(22.135944, abs=1e-5)
+
+
+def test_tg_noise_pairs_by_image_and_falls_back_to_binomial():
+    a, b = _correct("1111110000"), _correct("1111001000")
+    method = {"test_acc": 60.0, "test_correct": pack_correct(a), "test_n": 10}
+    stl = {"test_acc": 50.0, "test_correct": pack_correct(b), "test_n": 10}
+    paired = tg_noise(method, stl)
+    assert paired == {"tg": pytest.approx(10.0), "tg_se": pytest.approx(17.029386, abs=1e-5),
+                      "tg_se_kind": "paired"}  # fmt: skip
+    old = tg_noise(method, {"test_acc": 50.0})  # an STL result written before the bits
+    assert old["tg_se_kind"] == "binomial"
+    assert old["tg_se"] == pytest.approx(22.135944, abs=1e-5)
+    assert tg_noise({"test_acc": 60.0}, {"test_acc": 50.0})["tg_se"] is None
+
+
+def test_one_image_of_two_thousand_is_within_noise_and_identical_is_never_negative():
+    g = torch.Generator().manual_seed(0)
+    stl = torch.rand(2000, generator=g) < 0.8
+    for flip in (int(torch.nonzero(stl)[0]), int(torch.nonzero(~stl)[0])):  # lose / gain one
+        method = stl.clone()
+        method[flip] = ~method[flip]
+        tg, se = paired_tg_se(method, stl)
+        assert abs(tg) == pytest.approx(0.05)
+        assert se == pytest.approx(0.05 * math.sqrt(1 - 1 / 2000))  # sqrt(1 − 1/n)/n
+        assert gain_effect([tg], se) == WITHIN_NOISE
+    tg, se = paired_tg_se(stl, stl.clone())
+    assert (tg, se) == (0.0, 0.0)
+    fields = gain_fields([tg], se, "paired")
+    assert fields["effect"] == WITHIN_NOISE
+    assert "negative" not in effect_label(fields["effect"], 1) + regime_label(
+        regime_of_seeds({"a": [tg]}, {"a": se}).regime, 1
+    )
+    assert tg_sentence("ForkMerge vs STL on optdigits", fields) == (
+        "ForkMerge vs STL on optdigits: +0.00 ± 0.00 points (within noise, 1 seed, paired "
+        "test-set SE)"
+    )
+    several = gain_fields([2.5, 2.9, 3.3])
+    assert tg_sentence("mnist helps mnistm", several) == (
+        "mnist helps mnistm: +2.90 ± 0.40 points (beyond noise, 3 seeds)"
+    )
 
 
 def test_transfer_regime_needs_a_positive_lambda():

@@ -12,12 +12,19 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from ntlab.analysis.sweep import DEFAULT_LAMS, forkmerge_rows, grid_search_choice, lambda_grid_table
+from ntlab.analysis.sweep import (
+    DEFAULT_LAMS,
+    forkmerge_rows,
+    grid_search_choice,
+    lambda_grid_table,
+    se_columns,
+)
+from ntlab.analysis.sweep import entry as entry_of
 from ntlab.core.forkmerge import ForkMergeOptions
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError
 from ntlab.methods import KINDS, METHODS
-from ntlab.metrics import gain_effect, regime_basis, regime_rule, transfer_gain
+from ntlab.metrics import regime_basis, regime_rule, transfer_gain
 
 PROCEDURES = ("grid-search", "forkmerge")  # methods made of several trainings
 NOT_IN_ALL = ("fixed",)  # needs a λ: grid-search is its fair form
@@ -74,13 +81,16 @@ def method_row(
         row = table[(table["lam"] == chosen["lam"]) & (table["seed"] == seed)].iloc[0]
         val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
         extra["lam"] = float(chosen["lam"])
+        noise = {k: _plain(row[k]) for k in ("tg_se", "tg_se_kind", "test_n")}
     elif method == "forkmerge":
         row = forkmerge_rows(cfg, [seed], fm, on_run).iloc[0]
         val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
+        noise = {k: _plain(row[k]) for k in ("tg_se", "tg_se_kind", "test_n")}
     else:
         run_cfg = TrainConfig(**{**asdict(cfg), "method": method, "lam": base.lam})
         results, source = cached_run(run_cfg, on_run(method, run_cfg) if on_run else None)
         val_acc, test_acc = results["val_acc"], results["test_acc"]
+        noise = se_columns(results, stl)
     return {
         "method": method,
         "seed": seed,
@@ -89,10 +99,20 @@ def method_row(
         "stl_val_acc": float(stl["val_acc"]),
         "stl_test_acc": float(stl["test_acc"]),
         "tg": transfer_gain(float(test_acc), stl["test_acc"]),
+        **noise,
         "tg_val": transfer_gain(float(val_acc), stl["val_acc"]),
         "source": source,
         **extra,
     }
+
+
+def _plain(value):
+    """A table cell as a JSON value (numpy numbers to Python ones, NaN to None)."""
+    if isinstance(value, str) or value is None:
+        return value
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def with_delta_m(rows: pd.DataFrame) -> pd.DataFrame:
@@ -104,8 +124,9 @@ def with_delta_m(rows: pd.DataFrame) -> pd.DataFrame:
 
 def tidy(rows: pd.DataFrame) -> pd.DataFrame:
     """compare.csv: one row per (method, seed, metric)."""
-    metrics = ["val_acc", "test_acc", "tg", "tg_val", "delta_m"]
+    metrics = ["val_acc", "test_acc", "tg", "tg_se", "tg_val", "delta_m"]
     frame = with_delta_m(rows)
+    metrics = [m for m in metrics if m in frame]
     return frame.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
 
 
@@ -124,7 +145,10 @@ def compare_summary(rows: pd.DataFrame) -> dict:
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             }
-        entry["effect"] = gain_effect(group["tg"])
+        fields = entry_of(group)
+        if "tg_se" in fields:  # one seed: TG's test-set SE
+            entry["tg"].update(se=fields["tg_se"], se_kind=fields["tg_se_kind"])
+        entry["effect"] = fields["effect"]
         if "lam" in group and group["lam"].notna().any():
             entry["lam_per_seed"] = [float(x) for x in group["lam"]]
         stats[method] = entry

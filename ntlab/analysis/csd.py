@@ -32,10 +32,11 @@ def csd_table(
     done: Mapping[tuple[float, int], dict] | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per (λ, seed): csd, tg, val_acc, test_acc, source (run | cache); `done` and
-    `on_row` as in `lambda_grid_table` (a resumed run)."""
+    """One row per (λ, seed): csd, tg, its test-set SE (tg_se, tg_se_kind), val_acc, test_acc,
+    source (run | cache); `done` and `on_row` as in `lambda_grid_table` (a resumed run)."""
     table = lambda_grid_table(base, lams, seeds, on_run, done, on_row)
-    return table[["lam", "seed", "csd", "tg", "val_acc", "test_acc", "source"]]
+    columns = ["lam", "seed", "csd", "tg", "tg_se", "tg_se_kind", "val_acc", "test_acc", "source"]
+    return table.reindex(columns=columns)
 
 
 def csd_summary(table: pd.DataFrame) -> dict:

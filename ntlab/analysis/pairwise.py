@@ -13,14 +13,17 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ntlab.analysis.sweep import mean_std
+from ntlab.analysis.sweep import entry, mean_std, se_columns
 from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError
 from ntlab.metrics import regime_basis, regime_of_seeds, regime_rule, transfer_gain
 
 PAIR_METHODS = ("ew", "forkmerge")
-COLUMNS = ["target", "aux", "method", "seed", "acc", "stl_acc", "tg", "val_acc", "stl_val_acc"]
+COLUMNS = [
+    "target", "aux", "method", "seed", "acc", "stl_acc", "tg", "tg_se", "tg_se_kind", "test_n",
+    "val_acc", "stl_val_acc",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def run_cell(
         "acc": results["test_acc"],
         "stl_acc": stl["test_acc"],
         "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+        **se_columns(results, stl),
         "val_acc": results["val_acc"],
         "stl_val_acc": stl["val_acc"],
         "source": source,
@@ -118,6 +122,32 @@ def tg_matrix(table: pd.DataFrame, method: str, stat: str = "mean") -> pd.DataFr
     return matrix.reindex(index=[d for d in order if d in matrix.index], columns=order)
 
 
+def _se(fields: dict) -> dict:
+    return {"se": fields["tg_se"], "se_kind": fields["tg_se_kind"]} if "tg_se" in fields else {}
+
+
+def cell_effects(table: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Targets as rows, auxiliary domains as columns: each cell's effect (helps, hurts,
+    within_noise) by the rule of `ntlab.metrics` (its seed std, or its test-set SE)."""
+    part = table[table["method"] == method]
+    effects = {key: entry(cell)["effect"] for key, cell in part.groupby(["target", "aux"])}
+    frame = pd.Series(effects, dtype=object).unstack()
+    matrix = tg_matrix(table, method)
+    return frame.reindex(index=matrix.index, columns=matrix.columns)
+
+
+def tg_noise_matrix(table: pd.DataFrame, method: str) -> pd.DataFrame:
+    """As `tg_matrix`: each cell's ± — its seed std (several seeds) or test-set SE (one)."""
+    part = table[table["method"] == method]
+    noise = {}
+    for key, cell in part.groupby(["target", "aux"]):
+        fields = entry(cell)
+        noise[key] = fields.get("tg_std", fields.get("tg_se"))
+    matrix = tg_matrix(table, method)
+    frame = pd.Series(noise, dtype=float).unstack()
+    return frame.reindex(index=matrix.index, columns=matrix.columns)
+
+
 def pairwise_summary(table: pd.DataFrame) -> dict:
     """Per method: negative cells, cells below −1, mean TG; per target its regime over the
     auxiliary domains, each cell helping, hurting or within its seed noise by the rule of
@@ -130,9 +160,11 @@ def pairwise_summary(table: pd.DataFrame) -> dict:
         means = cells.mean()
         stds = cells.std(ddof=1).fillna(0.0)
         min_over_seeds = cells.min()
+        fields = {key: entry(cell) for key, cell in part.groupby(["target", "aux"], sort=False)}
         regimes = {
             target: regime_of_seeds(
-                {aux: cell["tg"].tolist() for aux, cell in rows.groupby("aux", sort=False)}
+                {aux: cell["tg"].tolist() for aux, cell in rows.groupby("aux", sort=False)},
+                {aux: fields[(target, aux)].get("tg_se") for aux in rows["aux"].unique()},
             )
             for target, rows in part.groupby("target", sort=False)
         }
@@ -154,6 +186,8 @@ def pairwise_summary(table: pd.DataFrame) -> dict:
                 f"{t}<-{a}": {
                     "mean": float(means[(t, a)]),
                     "std": float(stds[(t, a)]),
+                    **_se(fields[(t, a)]),
+                    "seeds": fields[(t, a)]["seeds"],
                     "effect": effects[f"{t}<-{a}"],
                 }
                 for (t, a) in means.index

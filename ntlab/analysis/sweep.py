@@ -19,8 +19,14 @@ from ntlab.core.forkmerge import (
     joint_branches,
     per_task_branches,
 )
-from ntlab.core.runner import TrainConfig, cached_run, stl_config
-from ntlab.metrics import gain_effect, transfer_gain, transfer_regime
+from ntlab.core.runner import TrainConfig, cached_results, cached_run, stl_config
+from ntlab.metrics import (
+    entry_fields,
+    images_measured,
+    tg_noise,
+    transfer_gain,
+    transfer_regime,
+)
 
 DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
@@ -51,30 +57,53 @@ def lambda_grid_table(
     for seed in seeds:
         stl = None
         for lam in sorted(set(lams) | {0.0}):  # λ = 0 first: the reference
+            cfg = fixed_config(base, lam, seed)
             if (lam, seed) in done:
                 row = dict(done[(lam, seed)])
+                results = cached_results(cfg) if lam == 0 else None  # its per-image results
+                if results is None or results.get("test_acc") != row["test_acc"]:
+                    results = {"test_acc": row["test_acc"]}
             else:
-                cfg = fixed_config(base, lam, seed)
                 label = "stl" if lam == 0 else f"λ={lam:g}"
                 results, source = cached_run(cfg, on_run(label, cfg) if on_run else None)
                 target = results["tasks"][cfg.target]
-                ref = stl or target
+                ref = stl or {**target, **results}
                 row = {
                     "lam": lam,
                     "seed": seed,
                     "val_acc": target["val_acc"],
                     "test_acc": target["test_acc"],
                     "tg": transfer_gain(target["test_acc"], ref["test_acc"]),
+                    **se_columns(results, ref),
                     "tg_val": transfer_gain(target["val_acc"], ref["val_acc"]),
                     "csd": target["test_csd"],
                     "source": source,
                 }
                 if on_row:
                     on_row(row)
-            stl = stl or {"val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+            stl = stl or {**results, "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
             if lam in lams:
                 rows.append(row)
     return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
+
+
+def se_columns(results: dict, stl: dict) -> dict:
+    """A table row's test-set noise of TG (one seed): `tg_se`, `tg_se_kind`, `test_n`."""
+    noise = tg_noise(results, stl)
+    return {
+        "tg_se": noise["tg_se"],
+        "tg_se_kind": noise["tg_se_kind"],
+        "test_n": images_measured(results) or images_measured(stl),
+    }
+
+
+def entry(group: pd.DataFrame) -> dict:
+    """`ntlab.metrics.entry_fields` of the rows of one entry (one per seed)."""
+    return entry_fields(
+        group["tg"],
+        group["tg_se"] if "tg_se" in group else None,
+        group["tg_se_kind"] if "tg_se_kind" in group else None,
+    )
 
 
 def lam_stats(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -89,24 +118,34 @@ def lam_summary(table: pd.DataFrame, stats: pd.DataFrame) -> dict:
     noise: `ntlab.metrics`) with the rule it used, and the best λ > 0 by mean TG."""
     positive = stats[stats.index > 0]
     best = float(positive["tg_mean"].idxmax())
-    regime = transfer_regime({lam: group.tolist() for lam, group in table.groupby("lam")["tg"]})
+    entries = {lam: entry(group) for lam, group in table.groupby("lam")}
+    regime = transfer_regime(
+        {lam: group.tolist() for lam, group in table.groupby("lam")["tg"]},
+        {lam: e.get("tg_se") for lam, e in entries.items()},
+    )
+    per_lam = {}
+    for lam, row in stats.iterrows():
+        per_lam[f"{lam:g}"] = {k: float(v) for k, v in row.items()}
+        if "tg_se" in entries[lam]:  # one seed: TG's test-set SE
+            per_lam[f"{lam:g}"].update(tg_se=entries[lam]["tg_se"])
+            per_lam[f"{lam:g}"].update(tg_se_kind=entries[lam]["tg_se_kind"])
     return {
         "seeds": sorted(int(s) for s in table["seed"].unique()),
-        "per_lam": {
-            f"{lam:g}": {k: float(v) for k, v in row.items()} for lam, row in stats.iterrows()
-        },
+        "per_lam": per_lam,
         **regime.fields(),
         "effect_per_lam": regime.effects,
         "best_lam": best,
         "best_tg": float(positive.loc[best, "tg_mean"]),
         "best_tg_std": float(positive.loc[best, "tg_std"]),
+        **({"best_tg_se": entries[best]["tg_se"]} if "tg_se" in entries[best] else {}),
     }
 
 
 def grid_search_choice(table: pd.DataFrame) -> pd.DataFrame:
     """Per seed, the λ with the best validation accuracy (ties: the smaller λ), and its test TG."""
     ordered = table.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
-    return ordered.groupby("seed", as_index=False).first()[["seed", "lam", "val_acc", "tg"]]
+    columns = ["seed", "lam", "val_acc", "tg", *[c for c in ("tg_se", "tg_se_kind") if c in table]]
+    return ordered.groupby("seed", as_index=False).first()[columns]
 
 
 def forkmerge_rows(
@@ -142,6 +181,7 @@ def forkmerge_rows(
                 "val_acc": results["val_acc"],
                 "test_acc": results["test_acc"],
                 "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+                **se_columns(results, stl),
                 "tg_val": transfer_gain(results["val_acc"], stl["val_acc"]),
                 "source": source,
             }
@@ -156,6 +196,16 @@ def mean_std(values: pd.Series) -> dict:
     return {"mean": float(values.mean()), "std": std}
 
 
+def tg_stat(group: pd.DataFrame) -> dict:
+    """The TG of an entry's rows for results.json: mean and seed std as before, and its
+    noise and verdict (`se` and `se_kind` with one seed, `seeds`, `effect`)."""
+    fields = entry(group)
+    out = {**mean_std(group["tg"]), "seeds": fields["seeds"]}
+    if "tg_se" in fields:
+        out.update(se=fields["tg_se"], se_kind=fields["tg_se_kind"])
+    return {**out, "effect": fields["effect"]}
+
+
 def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) -> dict:
     """Per-λ mean ± std of TG, the regime, the best λ on test (mean) and the grid-search
     baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run; grid
@@ -166,14 +216,14 @@ def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) ->
         **lam_summary(table, stats),
         "grid_search": {
             "lam_per_seed": [float(v) for v in chosen["lam"]],
-            "tg": mean_std(chosen["tg"]),
-            "effect": gain_effect(chosen["tg"]),
+            "tg": tg_stat(chosen),
+            "effect": entry(chosen)["effect"],
         },
     }
     if forkmerge is not None and len(forkmerge):
         summary["forkmerge"] = {
-            "tg": mean_std(forkmerge["tg"]),
+            "tg": tg_stat(forkmerge),
             "test_acc": mean_std(forkmerge["test_acc"]),
-            "effect": gain_effect(forkmerge["tg"]),
+            "effect": entry(forkmerge)["effect"],
         }
     return summary

@@ -253,11 +253,18 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             out.add_row(
                 lam,
                 f"{row['csd_mean']:.3f}" + (f" ± {row['csd_std']:.3f}" if several else ""),
-                f"{row['tg_mean']:+.2f}" + (f" ± {row['tg_std']:.2f}" if several else ""),
+                f"{row['tg_mean']:+.2f}" + _noise(row, several, effect),
                 effect_label(effect, len(seeds)) if effect else "STL",
             )
         console.print(out)
         print_paths(run.path)
+
+
+def _noise(row: dict, several: bool, effect: str | None) -> str:
+    """` ± 0.60`: a λ's seed std, or with one seed its TG's test-set SE (none for STL)."""
+    if several:
+        return f" ± {row['tg_std']:.2f}"
+    return f" ± {row['tg_se']:.2f}" if effect and row.get("tg_se") is not None else ""
 
 
 # --- tsne ---------------------------------------------------------------------------------

@@ -408,3 +408,26 @@ def results_table(title: str, columns: list[str], left: tuple[str, ...] = ()) ->
     for col in columns:
         table.add_column(col, justify="left" if col in left else "right")
     return table
+
+
+def gain_view(r: dict[str, Any]) -> dict[str, Any]:
+    """A run's one-seed TG (`transfer_gain`, `tg_se`, `tg_se_kind`, `effect` in its results)
+    in the form of `ntlab.metrics.gain_fields`."""
+    return {
+        "tg": r["transfer_gain"],
+        "tg_se": r.get("tg_se"),
+        "tg_se_kind": r.get("tg_se_kind"),
+        "seeds": 1,
+        "effect": r.get("effect"),
+    }
+
+
+def tg_cells(r: dict[str, Any]) -> tuple[str, str]:
+    """(`+0.12 ± 0.35`, `within noise`): a run's TG with its noise and verdict, for a table;
+    empty where the run has no TG."""
+    from ntlab.metrics import effect_label, tg_text
+
+    if "transfer_gain" not in r:
+        return "", ""
+    fields = gain_view(r)
+    return tg_text(fields), effect_label(fields["effect"]) if fields["effect"] else ""

@@ -30,7 +30,7 @@ from ntlab.cli.common import (
 )
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import validate
-from ntlab.metrics import effect_label, rule_caption
+from ntlab.metrics import effect_label, rule_caption, stat_view, tg_sentence
 from ntlab.runs import RunDir
 
 ROWS = Path("checkpoints") / "rows.csv"
@@ -141,7 +141,8 @@ def _print(results: dict, path: Path, quiet: bool) -> None:
 
     def pm(stat: dict, signed: bool = False) -> str:
         text = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
-        return text + (f" ± {stat['std']:.2f}" if several else "")
+        noise = stat["std"] if several else stat.get("se")  # one seed: TG's test-set SE
+        return text + ("" if noise is None else f" ± {noise:.2f}")
 
     table = results_table(
         f"compare → {results['target']} ({results['steps']} steps, "
@@ -157,4 +158,12 @@ def _print(results: dict, path: Path, quiet: bool) -> None:
             method, pm(stat["test_acc"]), pm(stat["tg"], True), transfer, pm(stat["delta_m"], True)
         )
     console.print(table)
+    if "forkmerge" in results["methods"]:
+        fm = results["methods"]["forkmerge"]
+        subject = f"ForkMerge vs STL on {results['target']}"
+        console.print(
+            tg_sentence(subject, stat_view({**fm["tg"], "seeds": fm["seeds"]}, fm["effect"])),
+            highlight=False,
+            soft_wrap=True,
+        )
     print_paths(path)

@@ -16,10 +16,12 @@ from ntlab.cli.common import (
     complete,
     console,
     default_out,
+    gain_view,
     guarded,
     print_paths,
     resolve_options,
     results_table,
+    tg_cells,
 )
 from ntlab.core.forkmerge import (
     BRANCH_MODES,
@@ -36,11 +38,12 @@ from ntlab.core.runner import (
     cached_run,
     save_model,
     stl_config,
+    tg_fields,
     validate,
     with_transfer_gain,
 )
 from ntlab.errors import NtlabError
-from ntlab.metrics import transfer_gain
+from ntlab.metrics import rule_caption, tg_sentence
 from ntlab.runs import RunDir
 
 app = typer.Typer(
@@ -178,11 +181,16 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
                 )
                 results = with_transfer_gain(results, stl, source)
                 ew, ew_source = cached_run(cfg, progress.callback(f"ew → {cfg.target}", cfg.steps))
+                fields = tg_fields(ew, stl)
                 results["ew"] = {
                     "val_acc": ew["val_acc"],
                     "test_acc": ew["test_acc"],
                     "source": ew_source,
-                    "transfer_gain": transfer_gain(ew["test_acc"], stl["test_acc"]),
+                    "transfer_gain": fields["tg"],
+                    "tg_se": fields["tg_se"],
+                    "tg_se_kind": fields["tg_se_kind"],
+                    "effect": fields["effect"],
+                    **{k: ew[k] for k in ("test_n", "test_correct") if k in ew},
                 }
         merges = pd.DataFrame(outcome.merges)
         run.write_table("merges.csv", merges)
@@ -210,23 +218,38 @@ def _print_summary(results: dict, path: Path, quiet: bool) -> None:
         return
     table = results_table(
         f"forkmerge → {results['target']} ({results['steps']} steps, {results['rounds']} merges)",
-        ["model", "val acc", "test acc", "TG (test)"],
-        left=("model",),
+        ["model", "val acc", "test acc", "TG (test)", "transfer"],
+        left=("model", "transfer"),
     )
     if "stl" in results:
         stl, ew = results["stl"], results["ew"]
         table.add_row(
-            f"stl ({stl['source']})", f"{stl['val_acc']:.2f}", f"{stl['test_acc']:.2f}", "0"
+            f"stl ({stl['source']})",
+            f"{stl['val_acc']:.2f}",
+            f"{stl['test_acc']:.2f}",
+            "0",
+            "reference",
         )
         table.add_row(
             f"ew ({ew['source']})",
             f"{ew['val_acc']:.2f}",
             f"{ew['test_acc']:.2f}",
-            f"{ew['transfer_gain']:+.2f}",
+            *tg_cells(ew),
         )
-    tg = f"{results['transfer_gain']:+.2f}" if "transfer_gain" in results else ""
-    table.add_row("forkmerge", f"{results['val_acc']:.2f}", f"{results['test_acc']:.2f}", tg)
+    table.add_row(
+        "forkmerge", f"{results['val_acc']:.2f}", f"{results['test_acc']:.2f}", *tg_cells(results)
+    )
+    if "stl" in results:
+        table.caption = rule_caption(1)
     console.print(table)
+    if "stl" in results:
+        target = results["target"]
+        for name, r in (("ForkMerge", results), ("EW", results["ew"])):
+            console.print(
+                tg_sentence(f"{name} vs STL on {target}", gain_view(r)),
+                highlight=False,
+                soft_wrap=True,
+            )
     lams = ", ".join(
         "(" + ", ".join(f"{w:.1f}" for w in r) + ")" for r in results["lambda_per_round"]
     )

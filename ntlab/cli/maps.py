@@ -43,13 +43,14 @@ from ntlab.core.forkmerge import (
 from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
 from ntlab.core.train import LossTerm
 from ntlab.errors import NtlabError
-from ntlab.metrics import effect_label, regime_label, rule_caption
+from ntlab.metrics import effect_label, regime_label, rule_caption, stat_view, tg_sentence
 from ntlab.runs import RunDir, atomic_write_text
 
 CELLS = Path("checkpoints") / "cells.csv"
 SWEEP_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training of a sweep
-SWEEP_FIXED = ["lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
-SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", "tg_val", "source"]
+NOISE = ["tg_se", "tg_se_kind", "test_n"]  # one seed's test-set SE of TG
+SWEEP_FIXED = ["lam", "seed", "val_acc", "test_acc", "tg", *NOISE, "tg_val", "csd", "source"]
+SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", *NOISE, "tg_val", "source"]
 
 
 def _forkmerge_options(cfg: TrainConfig, opts: dict) -> ForkMergeOptions:
@@ -132,9 +133,9 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         done_fixed, done_fm = {}, {}
         for r in done.to_dict("records"):
             if r["method"] == "fixed" and r["lam"] in {*lams, 0.0} and r["seed"] in seeds:
-                done_fixed[(r["lam"], r["seed"])] = {k: r[k] for k in SWEEP_FIXED}
+                done_fixed[(r["lam"], r["seed"])] = {k: r.get(k) for k in SWEEP_FIXED}
             elif r["method"] == "forkmerge" and fm and r["seed"] in seeds:
-                done_fm[r["seed"]] = {k: r[k] for k in SWEEP_FM}
+                done_fm[r["seed"]] = {k: r.get(k) for k in SWEEP_FM}
         run.start("sweep", record)
         parts = len(seeds) * (len({*lams, 0.0}) + (1 if fm else 0))
         if opts["resume"]:
@@ -168,7 +169,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         out = table.assign(method="fixed")
         if fm_rows is not None:
             out = pd.concat([out, fm_rows.assign(method="forkmerge", lam=float("nan"))])
-        columns = ["method", "lam", "seed", "val_acc", "test_acc", "tg", "tg_val", "csd", "source"]
+        columns = ["method", *SWEEP_FIXED[:-3], "tg_val", "csd", "source"]
         run.write_table("sweep.csv", out.reindex(columns=columns))
         summary = sw.sweep_summary(table, fm_rows)
         results = {
@@ -194,8 +195,9 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
     )
     table.caption = rule_caption(n)
 
-    def pm(mean: float, std: float, fmt: str) -> str:
-        return format(mean, fmt) + (f" ± {std:.2f}" if several else "")
+    def pm(mean: float, std: float, fmt: str, se: float | None = None) -> str:
+        noise = std if several else se
+        return format(mean, fmt) + ("" if noise is None else f" ± {noise:.2f}")
 
     for lam, row in summary["per_lam"].items():
         effect = summary["effect_per_lam"].get(lam)
@@ -203,7 +205,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
             lam,
             pm(row["val_acc_mean"], row["val_acc_std"], ".2f"),
             pm(row["test_acc_mean"], row["test_acc_std"], ".2f"),
-            pm(row["tg_mean"], row["tg_std"], "+.2f"),
+            pm(row["tg_mean"], row["tg_std"], "+.2f", None if effect is None else row.get("tg_se")),
             effect_label(effect, n) if effect else "STL",
         )
     gs = summary["grid_search"]
@@ -212,7 +214,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
         f"grid search (λ={lam_text})",
         "",
         "",
-        pm(gs["tg"]["mean"], gs["tg"]["std"], "+.2f"),
+        pm(gs["tg"]["mean"], gs["tg"]["std"], "+.2f", gs["tg"].get("se")),
         effect_label(gs["effect"], n),
     )
     if "forkmerge" in summary:
@@ -221,10 +223,26 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
             "forkmerge",
             "",
             pm(f["test_acc"]["mean"], f["test_acc"]["std"], ".2f"),
-            pm(f["tg"]["mean"], f["tg"]["std"], "+.2f"),
+            pm(f["tg"]["mean"], f["tg"]["std"], "+.2f", f["tg"].get("se")),
             effect_label(f["effect"], n),
         )
     console.print(table)
+    subject = f"{', '.join(cfg.aux)} → {cfg.target}"
+    key = f"{summary['best_lam']:g}"
+    row = summary["per_lam"][key]
+    best = {"mean": row["tg_mean"], "std": row["tg_std"], "seeds": n}
+    best |= {"se": row.get("tg_se"), "se_kind": row.get("tg_se_kind")}
+    best_fields = stat_view(best, summary["effect_per_lam"][key])
+    console.print(
+        tg_sentence(f"best λ={key}, {subject}", best_fields), highlight=False, soft_wrap=True
+    )
+    if "forkmerge" in summary:
+        fm_fields = stat_view(summary["forkmerge"]["tg"], summary["forkmerge"]["effect"])
+        console.print(
+            tg_sentence(f"ForkMerge vs STL on {cfg.target}", fm_fields),
+            highlight=False,
+            soft_wrap=True,
+        )
     print_paths(path)
 
 
@@ -357,12 +375,15 @@ def _print_pairwise(
     n = len(summary["seeds"])
     for m in methods:
         matrix = pw.tg_matrix(table, m)
+        noise = pw.tg_noise_matrix(table, m)
+        effects = pw.cell_effects(table, m)
         info = summary["methods"][m]
         out = Table(
             title=f"{m}: TG (test, mean over seeds), {info['negative_cells']} of "
             f"{info['cells']} pairs negative, mean {info['mean_tg']:+.2f}",
             title_justify="left",
-            caption=f"regime of each target over its auxiliary domains; {rule_caption(n)}",
+            caption=f"(in brackets): within noise; regime of each target over its auxiliary "
+            f"domains; {rule_caption(n)}",
         )
         out.add_column("target \\ aux")
         for a in matrix.columns:
@@ -370,10 +391,28 @@ def _print_pairwise(
         out.add_column("regime")
         regimes = info["regime_per_target"]
         for t, row in matrix.iterrows():
-            cells = ["" if pd.isna(v) else f"{v:+.2f}" for v in row]
+            cells = [_cell(v, noise.loc[t, a], effects.loc[t, a]) for a, v in row.items()]
             out.add_row(t, *cells, regime_label(regimes[t], n) if t in regimes else "")
         console.print(out)
+        beyond, within = [], 0
+        for cell, v in info["cells_tg"].items():
+            target, aux = cell.split("<-")
+            if v["effect"] == "within_noise":
+                within += 1
+                continue
+            beyond.append(tg_sentence(f"{m}: {aux} {v['effect']} {target}", stat_view(v)))
+        for line in beyond:
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"{m}: {within} of {info['cells']} pairs within noise", highlight=False)
     print_paths(path)
+
+
+def _cell(value: float, noise: float, effect: object) -> str:
+    """A pairwise cell: `+2.90 ± 0.60`, in brackets when it is within noise."""
+    if pd.isna(value):
+        return ""
+    text = f"{value:+.2f}" + ("" if pd.isna(noise) else f" ± {noise:.2f}")
+    return f"({text})" if effect == "within_noise" else text
 
 
 # --- ternary ------------------------------------------------------------------------------

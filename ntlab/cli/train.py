@@ -16,10 +16,12 @@ from ntlab.cli.common import (
     complete,
     console,
     default_out,
+    gain_view,
     guarded,
     print_paths,
     resolve_options,
     results_table,
+    tg_cells,
 )
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import (
@@ -32,6 +34,7 @@ from ntlab.core.runner import (
     with_transfer_gain,
 )
 from ntlab.methods import METHODS
+from ntlab.metrics import gain_effect, rule_caption, tg_sentence
 from ntlab.runs import RunDir
 
 METHOD_HELP = "; ".join(
@@ -109,21 +112,29 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
         return
     table = results_table(
         f"{results['method']} → {results['target']} ({results['steps']} steps)",
-        ["model", "val acc", "test acc", "TG (test)"],
-        left=("model",),
+        ["model", "val acc", "test acc", "TG (test)", "transfer"],
+        left=("model", "transfer"),
     )
     table.add_row(
         results["method"],
         f"{results['val_acc']:.2f}",
         f"{results['test_acc']:.2f}",
-        f"{results['transfer_gain']:+.2f}" if "transfer_gain" in results else "",
+        *tg_cells(results),
     )
     if "stl" in results:
         stl = results["stl"]
         table.add_row(
-            f"stl ({stl['source']})", f"{stl['val_acc']:.2f}", f"{stl['test_acc']:.2f}", "0"
+            f"stl ({stl['source']})",
+            f"{stl['val_acc']:.2f}",
+            f"{stl['test_acc']:.2f}",
+            "0",
+            "reference",
         )
+        table.caption = rule_caption(1)
     console.print(table)
+    if "transfer_gain" in results and results.get("effect"):
+        subject = f"{results['method']} vs STL on {results['target']}"
+        console.print(tg_sentence(subject, gain_view(results)), highlight=False, soft_wrap=True)
     print_paths(path)
 
 
@@ -168,6 +179,9 @@ def _train_procedure(opts: dict, bench) -> None:
                 "source": "cache",
             },
             "transfer_gain": row["tg"],
+            "tg_se": row["tg_se"],
+            "tg_se_kind": row["tg_se_kind"],
+            "effect": gain_effect([row["tg"]], row["tg_se"]),
             "transfer_gain_val": row["tg_val"],
             **({"lam": row["lam"]} if "lam" in row else {}),
         }

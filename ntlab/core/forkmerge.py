@@ -36,7 +36,7 @@ import torch
 
 from ntlab.cache import entry_results
 from ntlab.checks import MAX_STEPS, check_number
-from ntlab.core.evaluate import evaluate, predict
+from ntlab.core.evaluate import predict, target_results
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
     TrainConfig,
@@ -370,7 +370,7 @@ def run_forkmerge(
     final = states[kept[0]].model
     out.model = final
     out.branch_states = [states[b] for b in kept]
-    per_split = {split: evaluate(final, target, split) for split in ("val", "test")}
+    per_split, kept = target_results(final, target)
     for split, values in per_split.items():
         out.metrics += metric_rows(step, cfg.target, split, values)
     out.results = {
@@ -382,6 +382,7 @@ def run_forkmerge(
         "branches": [b.describe() for b in branches],
         "val_acc": per_split["val"]["acc"],
         "test_acc": per_split["test"]["acc"],
+        **kept,  # which test images the merged model got right: the pairing of TG's noise
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
         "merge_heads": opts.merge_heads,
         "excluded_branches": out.excluded,

@@ -23,7 +23,7 @@ from ntlab.checks import (
     check_seed,
     check_steps,
 )
-from ntlab.core.evaluate import evaluate
+from ntlab.core.evaluate import evaluate, evaluate_with_correct
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
 from ntlab.core.train import (
@@ -38,7 +38,7 @@ from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.methods import get_method
-from ntlab.metrics import transfer_gain
+from ntlab.metrics import gain_fields, pack_correct, tg_noise, transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.paths import runs_cache_dir
 from ntlab.runs import write_failed, write_json
@@ -305,14 +305,16 @@ def run_training(
         }
         if best_step != state.step:
             state.model.load_state_dict(best_weights)
-    per_task = {}
+    per_task, kept = {}, {}
     for name in tasks:
         per_task[name] = {}
         for split in ("val", "test"):
-            values = evaluate(state.model, data[name], split)
+            values, correct = evaluate_with_correct(state.model, data[name], split)
             rows += metric_rows(state.step, name, split, values)
             per_task[name][f"{split}_acc"] = values["acc"]
             per_task[name][f"{split}_csd"] = values["csd"]
+            if name == cfg.target and split == "test":
+                kept = {"test_n": int(correct.numel()), "test_correct": pack_correct(correct)}
     results = {
         "target": cfg.target,
         "method": cfg.method,
@@ -320,6 +322,7 @@ def run_training(
         "steps": state.step,
         "val_acc": per_task[cfg.target]["val_acc"],
         "test_acc": per_task[cfg.target]["test_acc"],
+        **kept,  # which test images the target got right: the pairing of TG's noise
         "tasks": per_task,
         **selection,
         **data_notes(bench),
@@ -513,12 +516,29 @@ def stl_baseline(
     return cached_run(stl_config(cfg), on_step)
 
 
+def tg_fields(results: dict, stl: dict) -> dict:
+    """One seed's TG on test of `results` over `stl` with its test-set SE and its effect:
+    `tg`, `tg_se`, `tg_se_kind` (paired | binomial), `seeds` (1), `effect` (`ntlab.metrics`)."""
+    noise = tg_noise(results, stl)
+    return gain_fields([noise["tg"]], noise["tg_se"], noise["tg_se_kind"])
+
+
 def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
-    """Add the STL baseline and TG = P(method) − P(STL) on test (and on val)."""
+    """Add the STL baseline and TG = P(method) − P(STL) on test (and on val), the test TG
+    with its noise and verdict (`tg_fields`)."""
+    fields = tg_fields(results, stl)
     return {
         **results,
-        "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},
-        "transfer_gain": transfer_gain(results["test_acc"], stl["test_acc"]),
+        "stl": {
+            "val_acc": stl["val_acc"],
+            "test_acc": stl["test_acc"],
+            "source": source,
+            **{k: stl[k] for k in ("test_n", "test_correct") if k in stl},
+        },
+        "transfer_gain": fields["tg"],
+        "tg_se": fields["tg_se"],
+        "tg_se_kind": fields["tg_se_kind"],
+        "effect": fields["effect"],
         "transfer_gain_val": transfer_gain(results["val_acc"], stl["val_acc"]),
     }
 

@@ -97,6 +97,7 @@ def csd_figure(table: pd.DataFrame) -> Figure:
     """CSD vs TG per λ, mean ± seed std (from `csd.csv`; paper Fig. 3b)."""
     grouped = table.groupby("lam")[["csd", "tg"]]
     mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    std["tg"] = _tg_spread(table, "lam")  # one seed: TG's test-set SE
     colors = _lam_colors(list(mean.index))
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     ax.plot(mean["csd"], mean["tg"], color="0.7", linewidth=1, zorder=1)
@@ -121,7 +122,7 @@ def csd_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("confidence score discrepancy on target test (1 − mean max-softmax)")
     ax.set_ylabel("TG vs λ = 0 (test accuracy points)")
     seeds = table["seed"].nunique()
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed, TG ± test-set SE"
     ax.set_title(f"Distribution shift vs transfer gain ({spread})", fontsize=10)
     ax.margins(x=0.15, y=0.15)
     return fig
@@ -179,6 +180,17 @@ def tsne_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def _tg_spread(table: pd.DataFrame, by: str) -> pd.Series:
+    """The ± of TG per group: the seed std (ddof 1) with several seeds, the mean test-set SE
+    (`tg_se`) of a group with one seed, 0 where neither is known."""
+    grouped = table.groupby(by)
+    std = grouped["tg"].std(ddof=1)
+    if "tg_se" in table:
+        se = pd.to_numeric(table["tg_se"], errors="coerce").groupby(table[by]).mean()
+        std = std.where(grouped["tg"].count() > 1, se)
+    return std.fillna(0.0)
+
+
 def sweep_figure(
     table: pd.DataFrame, forkmerge: pd.DataFrame | None = None, grid_search: float | None = None
 ) -> Figure:
@@ -188,20 +200,22 @@ def sweep_figure(
     lams = sorted(table["lam"].unique())
     pos = {lam: i for i, lam in enumerate(lams)}
     grouped = table.groupby("lam")["tg"]
-    mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    mean, std = grouped.mean(), _tg_spread(table, "lam")
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     ax.scatter(
         table["lam"].map(pos), table["tg"], s=12, color=PALETTE[0], alpha=0.3, label="one seed"
     )
     x = [pos[lam] for lam in mean.index]
+    seeds = table["seed"].nunique()
+    spread = "± std" if seeds > 1 else "± test-set SE"
     ax.errorbar(
-        x, mean, yerr=std, fmt="-o", color=PALETTE[0], capsize=3, label="fixed λ (mean ± std)"
+        x, mean, yerr=std, fmt="-o", color=PALETTE[0], capsize=3, label=f"fixed λ (mean {spread})"
     )
     if forkmerge is not None and len(forkmerge):
         m = forkmerge["tg"].mean()
-        s = forkmerge["tg"].std(ddof=1) if len(forkmerge) > 1 else 0.0
+        s = float(_tg_spread(forkmerge.assign(one=0), "one").iloc[0])
         ax.axhspan(m - s, m + s, color=PALETTE[1], alpha=0.25, linewidth=0)
-        ax.axhline(m, color=PALETTE[1], linewidth=2, label="ForkMerge (mean ± std)")
+        ax.axhline(m, color=PALETTE[1], linewidth=2, label=f"ForkMerge (mean {spread})")
     if grid_search is not None:
         ax.axhline(
             grid_search, color=PALETTE[3], linewidth=1.5, linestyle="-.",
@@ -211,40 +225,69 @@ def sweep_figure(
     ax.set_xticks(range(len(lams)), [f"{lam:g}" for lam in lams])
     ax.set_xlabel("λ, weight of the mixed auxiliary loss (λ = 0: STL)")
     ax.set_ylabel("TG vs STL (test accuracy points)")
-    seeds = table["seed"].nunique()
     ax.set_title(f"Sweeping the task weight ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="best")
     return fig
 
 
+WITHIN_NOISE_HATCH = "///"
+
+
+def _cell_noise(cell: pd.DataFrame) -> tuple[float | None, str | None]:
+    """(the ± of a pairwise cell, its effect): seed std with several seeds, the test-set SE
+    with one (`tg_se`); (None, None) where a one-seed cell has no SE (an older table)."""
+    from ntlab.errors import NtlabError
+    from ntlab.metrics import entry_fields, noise_of
+
+    try:
+        fields = entry_fields(
+            cell["tg"],
+            cell["tg_se"] if "tg_se" in cell else None,
+            cell["tg_se_kind"] if "tg_se_kind" in cell else None,
+        )
+    except NtlabError:
+        return None, None
+    return noise_of(fields), fields["effect"]
+
+
 def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None) -> Figure:
-    """Heatmap of TG per (target row, auxiliary column), seed mean (± std in each cell when
-    there are several seeds), diverging colours centred on 0 and symmetric to ±`limit`
-    (default: the largest |TG|; pass one limit to compare methods), from `pairwise.csv`."""
+    """Heatmap of TG per (target row, auxiliary column), seed mean ± its noise in each cell
+    (the seed std with several seeds, the paired test-set SE with one), diverging colours
+    centred on 0 and symmetric to ±`limit` (default: the largest |TG|; pass one limit to
+    compare methods), from `pairwise.csv`. Cells within noise are faded and hatched."""
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Patch
 
     part = table[table["method"] == method]
     domains = list(dict.fromkeys([*part["target"], *part["aux"]]))
-    cells = part.groupby(["target", "aux"])["tg"]
-    mean = cells.mean().unstack().reindex(index=domains, columns=domains)
-    std = cells.std(ddof=1).unstack().reindex(index=domains, columns=domains)
+    mean = part.groupby(["target", "aux"])["tg"].mean().unstack()
+    mean = mean.reindex(index=domains, columns=domains)
+    noise = {key: _cell_noise(cell) for key, cell in part.groupby(["target", "aux"])}
     limit = limit or max(1.0, float(mean.abs().max().max()))
     n = len(domains)
-    fig, ax = plt.subplots(figsize=(1.15 * n + 2.6, 0.95 * n + 1.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(1.15 * n + 2.6, 0.95 * n + 1.9), layout="constrained")
     image = ax.imshow(
         mean.to_numpy(dtype=float), cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit, limit)
     )
-    several = part["seed"].nunique() > 1
+    within = 0
     for i, t in enumerate(domains):
         for j, a in enumerate(domains):
             value = mean.loc[t, a]
             if pd.isna(value):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.85"))
                 continue
-            text = f"{value:+.2f}"
-            if several and not pd.isna(std.loc[t, a]):
-                text += f"\n±{std.loc[t, a]:.2f}"
-            dark = abs(value) > 0.6 * limit
+            spread, effect = noise.get((t, a), (None, None))
+            text = f"{value:+.2f}" + ("" if spread is None else f"\n±{spread:.2f}")
+            faded = effect == "within_noise"
+            if faded:
+                within += 1
+                ax.add_patch(
+                    plt.Rectangle(
+                        (j - 0.5, i - 0.5), 1, 1, facecolor=(1, 1, 1, 0.55), edgecolor="0.45",
+                        hatch=WITHIN_NOISE_HATCH, linewidth=0, gid="within-noise",
+                    )
+                )  # fmt: skip
+            dark = abs(value) > 0.6 * limit and not faded
             ax.text(
                 j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
             )
@@ -255,7 +298,25 @@ def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None
     label = {"ew": "equal weighting", "forkmerge": "ForkMerge"}.get(method, method)
     negative = int((mean < 0).sum().sum())
     total = int(mean.notna().sum().sum())
-    ax.set_title(f"TG of {label}: {negative} of {total} pairs negative", fontsize=10)
+    ax.set_title(
+        f"TG of {label}: {negative} of {total} pairs negative, {within} within noise", fontsize=10
+    )
+    seeds = part["seed"].nunique()
+    basis = f"± seed std, {seeds} seeds" if seeds > 1 else "± paired test-set SE, 1 seed"
+    ax.legend(
+        handles=[
+            Patch(
+                facecolor="white",
+                edgecolor="0.45",
+                hatch=WITHIN_NOISE_HATCH,
+                label=f"within noise (|TG| ≤ 2 × noise; {basis})",
+            )  # fmt: skip
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        fontsize=8,
+        frameon=False,
+    )
     fig.colorbar(image, ax=ax, label="TG vs STL (test accuracy points)", shrink=0.85)
     return fig
 
@@ -359,14 +420,22 @@ def search_figure(search: pd.DataFrame) -> Figure:
 def tg_bar_figure(
     frame: pd.DataFrame, title: str = "Transfer gain per run (below 0: negative transfer)"
 ) -> Figure:
-    """TG per labelled row (columns `label`, `tg` and optionally `tg_std`) as horizontal bars,
-    sorted, gains in blue and losses in red, with seed std as error bars."""
+    """TG per labelled row (columns `label`, `tg` and optionally `tg_err`, the ± of each TG:
+    its seed std or, with one seed, its test-set SE; `tg_std` is read as `tg_err` too) as
+    horizontal bars, sorted, gains in blue and losses in red, with that ± as error bars.
+    With an `effect` column, bars within noise are drawn faded and hatched."""
     frame = frame.sort_values("tg")
-    err = frame["tg_std"].fillna(0.0) if "tg_std" in frame else None
+    column = "tg_err" if "tg_err" in frame else "tg_std" if "tg_std" in frame else None
+    err = pd.to_numeric(frame[column], errors="coerce").fillna(0.0) if column else None
     err = err if err is not None and (err > 0).any() else None
     colors = ["#2166AC" if v >= 0 else "#B2182B" for v in frame["tg"]]
     fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(frame) + 1.4), layout="constrained")
-    ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+    bars = ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+    if "effect" in frame:
+        for bar, effect in zip(bars, frame["effect"]):
+            if effect == "within_noise":
+                bar.set_alpha(0.45)
+                bar.set_hatch(WITHIN_NOISE_HATCH)
     ax.axvline(0, color="0.3", linewidth=0.8)
     ax.set_xlabel("TG vs STL (test accuracy points)")
     ax.set_title(title, fontsize=10)

@@ -17,7 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ntlab.errors import NtlabError
-from ntlab.metrics import EFFECT_LABELS, effect_label, gain_effect, regime_label
+from ntlab.metrics import (
+    EFFECT_LABELS,
+    binomial_se,
+    effect_label,
+    gain_effect,
+    images_measured,
+    regime_label,
+)
 from ntlab.registry import Registry
 from ntlab.report import figures as fig
 from ntlab.runs import read_json_object
@@ -132,11 +139,21 @@ def num(value: Any, digits: int = 2, signed: bool = False) -> str:
     return str(value)
 
 
-def pm(mean: Any, std: Any, digits: int = 2, signed: bool = True) -> str:
+def pm(mean: Any, std: Any, digits: int = 2, signed: bool = True, always: bool = False) -> str:
+    """`+2.90 ± 0.60`; a ± of 0 is left out unless `always` (a TG's noise: ± 0.00 says the
+    two models agreed on every test image)."""
     text = num(mean, digits, signed)
-    if text and isinstance(std, int | float) and std and not math.isnan(std):
+    if text and isinstance(std, int | float) and (std or always) and not math.isnan(std):
         text += f" ± {num(std, digits)}"
     return text
+
+
+def tg_pm(stat: dict[str, Any], seeds: Any = None) -> str:
+    """A summary's TG entry (`mean`, `std`, and `se` with one seed) as `+2.90 ± 0.60`."""
+    n = seed_count(stat.get("seeds", seeds)) or 1
+    if n == 1 and "se" in stat:
+        return pm(stat.get("mean"), stat.get("se"), always=True)
+    return pm(stat.get("mean"), stat.get("std"))
 
 
 def seed_count(seeds: Any) -> int | None:
@@ -156,11 +173,29 @@ def effect_text(effect: str | None, seeds: Any = None) -> str:
     return effect_label(effect, seed_count(seeds)) if effect else ""
 
 
-def sign_regime(tg: float | None) -> str:
-    """One run (one seed): by the sign of its TG, TG = 0 neutral (`ntlab.metrics`)."""
-    if tg is None or (isinstance(tg, float) and not math.isfinite(tg)):
+def run_noise(d: dict[str, Any], stl: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+    """(the test-set SE of a one-seed run's TG, its kind) as results.json keeps them; a
+    result written before them: the binomial SE where the test-set size is known (its own
+    `test_n` or its STL's), else none."""
+    se = d.get("tg_se")
+    if isinstance(se, int | float) and math.isfinite(se):
+        return se, d.get("tg_se_kind")
+    n = images_measured(d) or (images_measured(stl) if stl else None)
+    if n and stl and isinstance(d.get("test_acc"), int | float):
+        return binomial_se(d["test_acc"], stl["test_acc"], n), "binomial"
+    return None, None
+
+
+def run_effect(d: dict[str, Any], stl: dict[str, Any] | None = None) -> str:
+    """A one-seed run's verdict as shown to people: helps, hurts or within noise (its stored
+    `effect`, else by its test-set SE); empty without a TG or an SE — never by the sign."""
+    if d.get("effect") in EFFECT_LABELS:
+        return effect_text(d["effect"], 1)
+    tg = d.get("transfer_gain")
+    se, _ = run_noise(d, stl)
+    if not isinstance(tg, int | float) or not math.isfinite(tg) or se is None:
         return ""
-    return effect_label(gain_effect([tg]), 1)
+    return effect_text(gain_effect([tg], se), 1)
 
 
 def lam_text(lam: Any) -> str:
@@ -199,8 +234,9 @@ class View:
             "method": r.get("method", t.get("method", "")),
             "test_acc": r.get("test_acc"),
             "tg": r.get("transfer_gain"),
-            "tg_std": None,
-            "regime": sign_regime(r.get("transfer_gain")),
+            "tg_std": run_noise(r, r.get("stl"))[0],  # the ± of TG: one seed's test-set SE
+            "effect": r.get("effect"),
+            "regime": run_effect(r, r.get("stl")),
         }
 
 
@@ -240,14 +276,17 @@ def _training_spec(run: Run) -> list[FigureSpec]:
 def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
     """The run's model, then the EW and STL runs it is compared with (where recorded)."""
 
+    stl = r.get("stl")
+
     def row(label: str, d: dict[str, Any], baseline: bool = False) -> dict[str, str]:
         tg = d.get("transfer_gain")
+        se, _ = run_noise(d, stl)
         return {
             "model": label,
             "val acc (%)": num(d.get("val_acc")),
             "test acc (%)": num(d.get("test_acc")),
-            "TG vs STL (test)": "0 (baseline)" if baseline else num(tg, signed=True),
-            "regime": "" if baseline else sign_regime(tg),
+            "TG vs STL (test)": "0 (baseline)" if baseline else pm(tg, se, always=True),
+            "transfer": "reference" if baseline else run_effect(d, stl),
         }
 
     rows = [row(main, r)]
@@ -428,8 +467,10 @@ def _lam_stats_frame(r: dict[str, Any], extra: dict[str, str] | None = None) -> 
     """One row per λ: TG mean ± std, whether it clears the seed noise, and `extra` columns."""
     effects = r.get("effect_per_lam", {})
     rows = []
+    one = seed_count(r.get("seeds")) == 1
     for lam, v in r.get("per_lam", {}).items():
-        row = {"λ": lam_text(lam), "TG vs STL (test)": pm(v.get("tg_mean"), v.get("tg_std"))}
+        noise = v.get("tg_se") if one else v.get("tg_std")
+        row = {"λ": lam_text(lam), "TG vs STL (test)": pm(v.get("tg_mean"), noise, always=one)}
         if effects:
             row["transfer"] = "λ = 0: STL" if float(lam) == 0 else _effect(effects, lam, r)
         for key, label in (extra or {}).items():
@@ -447,7 +488,7 @@ def _best_lam_summary(run: Run) -> dict[str, Any]:
         **View().summary(run),
         "method": f"best fixed λ = {lam_text(r['best_lam'])}" if "best_lam" in r else "fixed λ",
         "tg": r.get("best_tg"),
-        "tg_std": r.get("best_tg_std"),
+        "tg_std": r.get("best_tg_se", r.get("best_tg_std")),
         "regime": regime_text(r.get("regime"), r.get("seeds")),
     }
 
@@ -485,6 +526,12 @@ class CsdView(View):
         return _regime_table(run)
 
 
+def _best_tg(r: dict[str, Any]) -> str:
+    if "best_tg_se" in r:
+        return pm(r.get("best_tg"), r["best_tg_se"], always=True) + " (± test-set SE)"
+    return pm(r.get("best_tg"), r.get("best_tg_std"))
+
+
 def _regime_table(run: Run) -> list[TableSpec]:
     r = run.results
     if not r or "regime" not in r:
@@ -496,8 +543,11 @@ def _regime_table(run: Run) -> list[TableSpec]:
         },
         {"quantity": "regime rests on", "value": str(r.get("regime_basis", ""))},
         {"quantity": "best λ (test TG)", "value": lam_text(r["best_lam"])},
-        {"quantity": "its TG", "value": pm(r.get("best_tg"), r.get("best_tg_std"))},
-        {"quantity": "seeds", "value": ", ".join(str(s) for s in r.get("seeds", []))},
+        {"quantity": "its TG", "value": _best_tg(r)},
+        {
+            "quantity": "seed" if len(r.get("seeds", [])) == 1 else "seeds",
+            "value": ", ".join(str(s) for s in r.get("seeds", [])),
+        },
     ]
     if "corr_csd_tg" in r:
         rows.append(
@@ -565,7 +615,7 @@ class SweepView(View):
                 {
                     "method": "grid search",
                     "λ": f"chosen on val: {chosen}",
-                    "TG vs STL (test)": pm(gs["tg"]["mean"], gs["tg"]["std"]),
+                    "TG vs STL (test)": tg_pm(gs["tg"], r.get("seeds")),
                     "transfer": effect_text(gs.get("effect"), r.get("seeds")),
                 }
             )
@@ -575,7 +625,7 @@ class SweepView(View):
                 {
                     "method": "forkmerge",
                     "λ": "merged",
-                    "TG vs STL (test)": pm(fm["tg"]["mean"], fm["tg"]["std"]),
+                    "TG vs STL (test)": tg_pm(fm["tg"], r.get("seeds")),
                     "transfer": effect_text(fm.get("effect"), r.get("seeds")),
                     "test acc (%)": pm(fm["test_acc"]["mean"], fm["test_acc"]["std"], signed=False),
                 }
@@ -593,7 +643,8 @@ class SweepView(View):
         fm = table[table["method"] == "forkmerge"] if "method" in table else None
         gs = ((run.results or {}).get("grid_search") or {}).get("tg", {}).get("mean")
         caption = (
-            "TG against λ, mean ± std over seeds with each seed as a faint dot; below the "
+            "TG against λ, mean ± std over seeds with each seed as a faint dot (with one seed "
+            "the bars are ± the paired test-set SE of its TG); below the "
             "dashed line is negative transfer. The orange band is ForkMerge with the same "
             "budget and the dash-dotted line grid search (λ chosen on validation), when run."
         )
@@ -647,8 +698,9 @@ class PairwiseView(View):
         limit = max(1.0, float(table.groupby(["method", "target", "aux"])["tg"].mean().abs().max()))
         caption = (
             "TG of training each row's target with each column's domain as the only "
-            "auxiliary task, mean over seeds (± std). Red cells (below 0) are negative "
-            "transfer; every method shares one colour scale."
+            "auxiliary task, mean over seeds ± seed std (one seed: ± the paired test-set SE "
+            "of its TG). Red cells (below 0) are negative transfer; faded, hatched cells are "
+            "within noise (|TG| not above twice that ±). Every method shares one colour scale."
         )
         return [
             FigureSpec(
@@ -710,7 +762,7 @@ class TernaryView(View):
             **super().summary(run),
             "method": f"merge Λ = {_weights(best.get('weights', []))}",
             "tg": best.get("tg"),
-            "regime": sign_regime(best.get("tg")),
+            "regime": "",  # the merges of a ternary map carry no noise estimate
         }
 
     def figures(self, run: Run) -> list[FigureSpec]:
@@ -749,7 +801,7 @@ class CompareView(View):
                     "method": method
                     + (f" (λ = {', '.join(lam_text(x) for x in lams)})" if lams else ""),
                     "test acc (%)": pm(v["test_acc"]["mean"], v["test_acc"]["std"], signed=False),
-                    "TG vs STL (test)": pm(v["tg"]["mean"], v["tg"]["std"]),
+                    "TG vs STL (test)": tg_pm(v["tg"], v["seeds"]),
                     "transfer": "reference" if method == "stl" else _method_effect(v),
                     "Δm (%)": pm(v["delta_m"]["mean"], v["delta_m"]["std"]),
                     "seeds": str(v["seeds"]),
@@ -766,7 +818,7 @@ class CompareView(View):
             "method": f"best: {best}"
             + (f"; forkmerge #{r['forkmerge_rank']}" if "forkmerge_rank" in r else ""),
             "tg": stat.get("tg", {}).get("mean"),
-            "tg_std": stat.get("tg", {}).get("std"),
+            "tg_std": stat.get("tg", {}).get("se" if stat.get("seeds") == 1 else "std"),
             "regime": _method_effect(stat) if stat else "",
         }
 
@@ -780,19 +832,19 @@ class CompareView(View):
     def figures(self, run: Run) -> list[FigureSpec]:
         table = run.table("compare.csv")
         if table is not None:
-            tg = table[table["metric"] == "tg"].groupby("method", sort=False)["value"]
-            data = pd.DataFrame({"tg": tg.mean(), "tg_std": tg.std(ddof=1)}).reset_index()
+            rows = table.pivot_table(
+                index=["method", "seed"], columns="metric", values="value", sort=False
+            ).reset_index()
         else:  # a run that stopped early: its finished (method, seed) rows
             rows = run.table("checkpoints/rows.csv")
             if rows is None:
                 return []
-            tg = rows.groupby("method", sort=False)["tg"]
-            data = pd.DataFrame({"tg": tg.mean(), "tg_std": tg.std(ddof=1)}).reset_index()
-        data = data.rename(columns={"method": "label"})
+        data = _bar_rows(rows, (run.results or {}).get("methods", {}))
         caption = (
             "TG of each method over the STL model of the same budget and seed (test accuracy "
-            "points), mean ± std over seeds. Red bars, left of 0, are negative transfer: the "
-            "method did worse than training the target alone."
+            "points), mean ± std over seeds; with one seed the error bars are ± the paired "
+            "test-set SE of its TG. Red bars, left of 0, are negative transfer: the method did "
+            "worse than training the target alone; faded, hatched bars are within noise."
         )
         return [
             FigureSpec(
@@ -806,12 +858,26 @@ class CompareView(View):
         ]
 
 
+def _bar_rows(rows: pd.DataFrame, methods: dict[str, Any]) -> pd.DataFrame:
+    """One bar per method: its mean TG, the ± (seed std, or one seed's test-set SE) and its
+    effect (from results.json where it is there)."""
+    out = []
+    for method, group in rows.groupby("method", sort=False):
+        several = len(group) > 1
+        if several:
+            err = group["tg"].std(ddof=1)
+        else:
+            err = group["tg_se"].iloc[0] if "tg_se" in group else None
+        effect = (methods.get(method) or {}).get("effect")
+        out.append({"label": method, "tg": group["tg"].mean(), "tg_err": err, "effect": effect})
+    return pd.DataFrame(out)
+
+
 def _method_effect(stat: dict[str, Any]) -> str:
     """A method's transfer by the noise rule; older results without it: by its mean TG."""
     if stat.get("effect") in EFFECT_LABELS:
         return effect_text(stat["effect"], stat.get("seeds"))
-    tg = stat.get("tg", {}).get("mean")
-    return sign_regime(tg) if stat.get("seeds") == 1 else ""
+    return ""  # an older result without its effect: no noise estimate to judge it by
 
 
 def _weights(w: list[float]) -> str:
@@ -831,7 +897,7 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "target": s["target"],
                 "method": s["method"],
                 "test acc (%)": num(s["test_acc"]),
-                "TG vs STL (test)": pm(s["tg"], s["tg_std"]),
+                "TG vs STL (test)": pm(s["tg"], s["tg_std"], always=s["tg_std"] is not None),
                 "regime": s["regime"],
                 "_tg": s["tg"],
                 "_tg_std": s["tg_std"],
@@ -848,7 +914,7 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                     for r, m in zip(bars["run"], bars["method"])
                 ],
                 "tg": bars["_tg"].astype(float),
-                "tg_std": pd.to_numeric(bars["_tg_std"], errors="coerce"),
+                "tg_err": pd.to_numeric(bars["_tg_std"], errors="coerce"),
             }
         )
         specs.append(
@@ -856,7 +922,8 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "comparison",
                 "Transfer gain of each run",
                 "TG of each run over the STL model of its own budget and seed (test accuracy "
-                "points; for sweeps the best λ). Red bars, left of 0, are negative transfer.",
+                "points; for sweeps the best λ), ± its seed std or, with one seed, its paired "
+                "test-set SE. Red bars, left of 0, are negative transfer.",
                 lambda: fig.tg_bar_figure(data),
             )
         )

@@ -46,7 +46,9 @@ def test_sweep_summary_regime_best_and_grid_search():
     assert summary["best_lam"] == 0.25
     assert summary["grid_search"]["tg"]["mean"] == pytest.approx(0.25)
     assert summary["grid_search"]["lam_per_seed"] == [0.5, 0.25]
-    assert summary["forkmerge"]["tg"] == {"mean": 1.0, "std": pytest.approx(2**0.5 / 2)}
+    assert summary["forkmerge"]["tg"] == {
+        "mean": 1.0, "std": pytest.approx(2**0.5 / 2), "seeds": 2, "effect": "within_noise"
+    }  # fmt: skip
     # λ=0.5: −0.75 ± 0.35 is beyond 2 std; so are the seed-constant +1 (0.25) and −2 (1).
     assert summary["effect_per_lam"] == {"0.25": "helps", "0.5": "hurts", "1": "hurts"}
     assert summary["regime_basis"] == "2 seeds (mean beyond 2 seed std)"
@@ -67,10 +69,18 @@ def test_sweep_regime_is_neutral_when_nothing_clears_the_noise():
     assert summary["regime"] == "neutral"
 
 
-def test_sweep_regime_with_one_seed_says_so():
-    summary = sweep_summary(sweep_rows()[lambda t: t["seed"] == 0].assign(tg=[0, 0, 0, 0]))
+def test_sweep_regime_with_one_seed_is_by_the_test_set_se():
+    one = sweep_rows()[lambda t: t["seed"] == 0]
+    summary = sweep_summary(one.assign(tg=[0, 0, 0, 0], tg_se=0.0, tg_se_kind="paired"))
     assert summary["regime"] == "neutral"  # was strong_negative: max TG ≤ 0
-    assert summary["regime_basis"] == "1 seed (no noise estimate)"
+    assert summary["regime_basis"] == "1 seed (TG beyond 2 test-set SE (paired))"
+    # −0.05 (one test image of 2,000) with its SE 0.05: within noise, not strong negative
+    summary = sweep_summary(one.assign(tg=[0, -0.05, -0.05, -0.05], tg_se=0.05))
+    assert summary["regime"] == "neutral"
+    assert summary["per_lam"]["0.5"]["tg_se"] == pytest.approx(0.05)
+    assert sweep_summary(one.assign(tg=[0, -0.2, 0.0, 0.0], tg_se=0.05))["regime"] == (
+        "strong_negative"
+    )
 
 
 def test_pairwise_cells_are_every_ordered_pair():

@@ -102,9 +102,12 @@ def test_train_ew_reports_transfer_gain_against_a_cached_stl(tiny_digits, tmp_pa
     assert res["stl"]["test_acc"] == stl["test_acc"]
     assert res["transfer_gain"] == pytest.approx(res["test_acc"] - stl["test_acc"])
     assert res["aux"] == ["mnist", "syn", "mnistm", "permlo"]
-    tg = num(res["transfer_gain"], signed=True)
-    # one run is one seed: its transfer is by the sign of TG, and the report says so
-    check_report(tmp_path / "ew" / "report.html", figures=1, texts=(tg, "stl (cache)", "(1 seed)"))
+    assert res["tg_se_kind"] == "paired" and res["effect"] in ("helps", "hurts", "within_noise")
+    tg = f"{num(res['transfer_gain'], signed=True)} ± {num(res['tg_se'])}"
+    # one run is one seed: its transfer is by TG against twice its paired test-set SE
+    verdict = {"helps": "helps", "hurts": "hurts"}.get(res["effect"], "within noise")
+    check_report(tmp_path / "ew" / "report.html", figures=1, texts=(tg, "stl (cache)", verdict))
+    assert f"ew vs STL on optdigits: {tg.replace('−', '-')} points" in result.stdout
 
 
 def test_same_command_twice_gives_identical_metrics(tiny_digits, tmp_path):

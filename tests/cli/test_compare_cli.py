@@ -134,8 +134,11 @@ def test_compare_forkmerge_at_exactly_stl_is_neutral(tiny_digits, tmp_path, monk
     assert results["methods"]["ew"]["effect"] == "hurts"
     assert results["regime_basis"] == "3 seeds (mean beyond 2 seed std)"
     line = next(x for x in result.stdout.splitlines() if "│ forkmerge" in x)
-    assert "neutral" in line and "negative" not in line
-    assert "negative" in next(x for x in result.stdout.splitlines() if "│ ew" in x)
+    assert "within noise" in line and "negative" not in line and "hurts" not in line
+    assert "hurts" in next(x for x in result.stdout.splitlines() if "│ ew" in x)
+    assert "ForkMerge vs STL on optdigits: +0.00 ± 0.00 points (within noise, 3 seeds)" in (
+        result.stdout
+    )
     page = check_report(out / "report.html", texts=("p ≈ 0.074",))
-    assert '<td class="num">+0.00</td><td>neutral (within noise)</td>' in page
-    assert '<td class="num">−5.50 ± 0.10</td><td>negative</td>' in page
+    assert '<td class="num">+0.00</td><td>within noise</td>' in page
+    assert '<td class="num">−5.50 ± 0.10</td><td>hurts</td>' in page

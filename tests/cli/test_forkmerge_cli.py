@@ -68,6 +68,42 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     assert page.count("<tr>") >= 3 + 3  # headline rows (forkmerge, ew, stl) + one per round
 
 
+def test_forkmerge_tg_comes_with_its_noise_and_verdict(tiny_digits, tmp_path):
+    """ForkMerge's and EW's TG each with its paired test-set SE and verdict, printed and in
+    results.json; a TG of 0 (same predictions as STL) is never called negative."""
+    from ntlab.metrics import paired_tg_se, unpack_correct
+
+    out = tmp_path / "fmnoise"
+    result = invoke(*SMALL, "--out", out)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    for r in (results, results["ew"]):
+        assert r["effect"] in ("helps", "hurts", "within_noise")
+        assert r["tg_se_kind"] == "paired" and r["tg_se"] >= 0
+        tg, se = paired_tg_se(
+            unpack_correct(r["test_correct"]), unpack_correct(results["stl"]["test_correct"])
+        )
+        assert r["transfer_gain"] == pytest.approx(tg, abs=1e-3)
+        assert r["tg_se"] == pytest.approx(se)
+        bound = 2 * r["tg_se"]
+        expected = "helps" if tg > bound else "hurts" if tg < -bound else "within_noise"
+        assert r["effect"] == expected
+        if r["transfer_gain"] == 0:
+            assert r["effect"] == "within_noise"
+    for name, r in (("ForkMerge", results), ("EW", results["ew"])):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"{name} vs STL"))
+        words = "within noise" if r["effect"] == "within_noise" else "beyond noise"
+        assert (
+            f"{r['transfer_gain']:+.2f} ± {r['tg_se']:.2f} points ({words}, 1 seed, paired" in line
+        )
+    row = next(x for x in result.stdout.splitlines() if "│ forkmerge" in x)
+    assert (
+        "±" in row and {"helps": "helps", "hurts": "hurts"}.get(results["effect"], "within") in row
+    )
+    if results["effect"] != "hurts":
+        assert "negative" not in row and "hurts" not in row
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -72,7 +72,14 @@ def test_pairwise_runs_every_cell_then_reuses_the_cache(tiny_digits, tmp_path):
         if t != a
     }
     assert (table["tg"] - (table["acc"] - table["stl_acc"])).abs().max() < 1e-9
+    assert (table["tg_se_kind"] == "paired").all() and (table["tg_se"] >= 0).all()
     results = read(first / "results.json")
+    for cell in results["methods"]["forkmerge"]["cells_tg"].values():
+        assert cell["se_kind"] == "paired" and cell["seeds"] == 1
+        bound = 2 * cell["se"]
+        noise = "helps" if cell["mean"] > bound else "hurts" if cell["mean"] < -bound else None
+        assert cell["effect"] == (noise or "within_noise")
+    assert "±" in result.stdout and "pairs within noise" in result.stdout
     for m in ("ew", "forkmerge"):
         means = table[table["method"] == m].groupby(["target", "aux"])["tg"].mean()
         assert results["methods"][m]["negative_cells"] == int((means < 0).sum())
@@ -162,12 +169,13 @@ def test_pairwise_forkmerge_at_exactly_stl_is_neutral_not_strong_negative(
     assert "p ≈ 0.074" in page
 
 
-def test_sweep_with_one_seed_says_the_regime_is_from_one_seed(tiny_digits, tmp_path, monkeypatch):
+def test_sweep_with_one_seed_judges_by_the_test_set_se(tiny_digits, tmp_path, monkeypatch):
     def exactly_stl(base, lams, seeds, on_run=None, done=None, on_row=None):
         return pd.DataFrame(
             [
                 {"lam": lam, "seed": s, "val_acc": 90.0, "test_acc": 90.0, "tg": 0.0,
-                 "tg_val": 0.0, "csd": 0.1, "source": "run"}
+                 "tg_se": 0.0, "tg_se_kind": "paired", "test_n": 2000, "tg_val": 0.0,
+                 "csd": 0.1, "source": "run"}
                 for s in seeds
                 for lam in lams
             ]
@@ -184,9 +192,13 @@ def test_sweep_with_one_seed_says_the_regime_is_from_one_seed(tiny_digits, tmp_p
     assert result.exit_code == 0, result.output
     results = read(out / "results.json")
     assert results["regime"] == "neutral"  # every λ exactly STL: was "strong_negative"
-    assert results["regime_basis"] == "1 seed (no noise estimate)"
-    assert "neutral (1 seed)" in result.stdout and "strong" not in result.stdout
-    check_report(out / "report.html", texts=("neutral (1 seed)", "1 seed (no noise estimate)"))
+    assert results["regime_basis"] == "1 seed (TG beyond 2 test-set SE (paired))"
+    assert "neutral (within noise)" in result.stdout and "strong" not in result.stdout
+    assert "+0.00 ± 0.00" in result.stdout and "within noise" in result.stdout
+    assert "(within noise, 1 seed, paired test-set SE)" in result.stdout
+    check_report(
+        out / "report.html", texts=("neutral (within noise)", "1 seed (TG beyond 2 test-set SE")
+    )
 
 
 def test_ternary_writes_the_simplex(tiny_digits, tmp_path):

@@ -223,3 +223,50 @@ def test_example_report_is_current():
     assert f'<meta name="ntlab-report-digest" content="{template_digest()}">' in page
     for command in VIEWS:
         assert f"ntlab {command}: " in page, f"the example has no {command} run"
+
+
+def test_pairwise_heatmap_hatches_the_cells_within_noise():
+    """One seed: a cell of one test image (+0.05 ± 0.05) is within noise and hatched; +3.0 ±
+    0.5 helps and −2.0 ± 0.4 hurts, drawn plain; the legend says what the hatching means."""
+    import pandas as pd
+
+    from ntlab.report.figures import WITHIN_NOISE_HATCH, pairwise_figure
+
+    cells = {("a", "b"): (0.05, 0.05), ("a", "c"): (3.0, 0.5), ("b", "a"): (-2.0, 0.4),
+             ("b", "c"): (0.0, 0.0), ("c", "a"): (0.5, 0.3), ("c", "b"): (-0.9, 0.4)}  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {"target": t, "aux": a, "method": "ew", "seed": 0, "tg": tg, "tg_se": se,
+             "tg_se_kind": "paired"}
+            for (t, a), (tg, se) in cells.items()
+        ]
+    )  # fmt: skip
+    fig = pairwise_figure(table, "ew")
+    ax = fig.axes[0]
+    hatched = [p for p in ax.patches if p.get_hatch() == WITHIN_NOISE_HATCH]
+    # within noise: a←b, b←c (identical to STL), c←a (0.5 ≤ 0.6); c←b (−0.9 < −0.8) hurts
+    assert sorted((round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in hatched) == [
+        (0, 2), (1, 0), (2, 1)
+    ]  # fmt: skip
+    assert "3 within noise" in ax.get_title()
+    assert "within noise" in ax.get_legend().get_texts()[0].get_text()
+    texts = {t.get_text() for t in ax.texts}
+    assert "+3.00\n±0.50" in texts and "+0.05\n±0.05" in texts
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_tg_bars_have_error_bars():
+    import pandas as pd
+
+    from ntlab.report.figures import tg_bar_figure
+
+    frame = pd.DataFrame({"label": ["ew", "forkmerge"], "tg": [-1.0, 0.1],
+                          "tg_err": [0.3, 0.35], "effect": ["hurts", "within_noise"]})  # fmt: skip
+    fig = tg_bar_figure(frame)
+    ax = fig.axes[0]
+    bars = next(c for c in ax.containers if hasattr(c, "errorbar"))
+    assert bars.errorbar is not None  # xerr drawn
+    faded = [b for b in ax.patches if b.get_hatch()]
+    assert len(faded) == 1 and faded[0].get_width() == 0.1
