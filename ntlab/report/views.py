@@ -45,7 +45,7 @@ class TableSpec:
 
 @dataclass
 class Run:
-    """A run directory as written by any command (DESIGN.md §4)."""
+    """A run directory as written by any command (README: "The run directory")."""
 
     path: Path
     config: dict[str, Any]
