@@ -543,10 +543,11 @@ class TsneView(View):
         if table is None:
             return []
         caption = (
-            "t-SNE of the model's features, one panel per λ: target test points, target "
-            "training points and auxiliary training points drawn at share λ/(1+λ); markers "
-            "are classes. Auxiliary points in clusters of their own, away from the target "
-            "test points, are the distribution shift that λ brings in."
+            "t-SNE of the model's features, one panel per λ: target test points (grey), "
+            "target training points and the auxiliary training points of each domain, drawn "
+            "at share λ/(1+λ) (the interpolated distribution, Eq. 3); each digit sits at the "
+            "centre of its class's test points. Auxiliary points in clusters of their own, "
+            "away from the target test points, are the distribution shift that λ brings in."
         )
         return [
             FigureSpec(
