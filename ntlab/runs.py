@@ -272,7 +272,7 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 class RunDir:
-    """One command's output folder (DESIGN.md §4), claimed by this run until it ends.
+    """One command's output folder (the README's run directory), claimed by this run to its end.
 
     A new run in a folder that holds an ntlab run replaces it: the folder is emptied, so it
     holds only the new run (a finished run is replaced only with `overwrite`). A folder with

@@ -50,11 +50,14 @@ def check_tsne_options(max_points: int, perplexity: float) -> None:
     )
 
 
-def _pool(x: Images, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator):
+def _pool(
+    x: Images, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator, domain: torch.Tensor
+):
+    """The points of the kept classes, shuffled: images, labels and each point's domain."""
     mask = torch.isin(y.cpu(), keep)
     idx = torch.nonzero(mask).flatten()
     idx = idx[torch.randperm(len(idx), generator=gen)]
-    return x[idx.to(x.device)], y[idx.to(y.device)]
+    return x[idx.to(x.device)], y[idx.to(y.device)], domain[idx]
 
 
 @torch.no_grad()
@@ -87,21 +90,38 @@ def tsne_table(
     seed: int = 0,
     perplexity: float = 30.0,
 ) -> pd.DataFrame:
-    """One row per point shown in a panel: lam, x, y, source, label."""
+    """One row per point shown in a panel: lam, x, y, source, label, domain (the target's
+    name, or the auxiliary domain the point comes from)."""
     check_number("--max-points", max_points, low=30, integer=True)
     check_number("--perplexity", perplexity, low=0, low_open=True)
     tgt = data[target]
     num_classes = tgt.num_classes
     keep = top_classes(torch.cat([tgt.y("train"), tgt.y("test")]), classes, num_classes)
     gen = seeded_generator(seed, "tsne")
+    aux_labels = [data[a].y("train") for a in aux]
+    aux_domain = torch.cat([torch.full((len(y),), i) for i, y in enumerate(aux_labels)])
+    names = {"target-test": [target], "target-train": [target], "aux-train": list(aux)}
     pools = {
-        "target-test": _pool(tgt.x("test"), tgt.y("test"), keep, gen),
-        "target-train": _pool(tgt.x("train"), tgt.y("train"), keep, gen),
-        "aux-train": _pool(
-            cat_images([data[a].x("train") for a in aux]),
-            torch.cat([data[a].y("train") for a in aux]),
+        "target-test": _pool(
+            tgt.x("test"),
+            tgt.y("test"),
             keep,
             gen,
+            torch.zeros(len(tgt.y("test")), dtype=torch.long),
+        ),
+        "target-train": _pool(
+            tgt.x("train"),
+            tgt.y("train"),
+            keep,
+            gen,
+            torch.zeros(len(tgt.y("train")), dtype=torch.long),
+        ),
+        "aux-train": _pool(
+            cat_images([data[a].x("train") for a in aux]),
+            torch.cat(aux_labels),
+            keep,
+            gen,
+            aux_domain,
         ),
     }
     per_part = max_points // 3  # test points + draws per panel + the extra auxiliary points
@@ -154,6 +174,9 @@ def tsne_table(
                         "y": embedding[rows, 1],
                         "source": source,
                         "label": pools[source][1][: sizes[source]].cpu().numpy()[local],
+                        "domain": np.asarray(names[source])[
+                            pools[source][2][: sizes[source]].numpy()[local]
+                        ],
                     }
                 )
             )

@@ -34,17 +34,19 @@ from ntlab.core.forkmerge import (
 )
 from ntlab.core.runner import (
     MODEL_FILE,
+    STL_METRICS_FILE,
     TrainConfig,
     cached_run,
     save_model,
     stl_config,
+    stl_curve_csv,
     tg_fields,
     validate,
     with_transfer_gain,
 )
 from ntlab.errors import NtlabError
 from ntlab.metrics import rule_caption, tg_sentence
-from ntlab.runs import RunDir
+from ntlab.runs import RunDir, atomic_write_text
 
 app = typer.Typer(
     help="ForkMerge: fork the model into branches with different task weights, "
@@ -122,8 +124,9 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     """Train the target with ForkMerge and compare it with STL and EW.
 
     Writes merges.csv (round, step, branch, task weights, its val accuracy, its Λ*),
-    search.csv (every candidate Λ with its val accuracy), metrics.csv, lambda.png, model.pt
-    (the merged model) and results.json; a checkpoint after every merge lets --resume
+    search.csv (every candidate Λ with its val accuracy), metrics.csv, stl_metrics.csv (the
+    STL baseline's validation curve), lambda.png, model.pt (the merged model) and
+    results.json; a checkpoint after every merge lets --resume
     continue a killed run.
     """
     with guarded():
@@ -180,6 +183,9 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
                     stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
                 )
                 results = with_transfer_gain(results, stl, source)
+                stl_curve = stl_curve_csv(cfg)
+                if stl_curve:
+                    atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
                 ew, ew_source = cached_run(cfg, progress.callback(f"ew → {cfg.target}", cfg.steps))
                 fields = tg_fields(ew, stl)
                 results["ew"] = {

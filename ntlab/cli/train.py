@@ -26,16 +26,18 @@ from ntlab.cli.common import (
 from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
 from ntlab.core.runner import (
     MODEL_FILE,
+    STL_METRICS_FILE,
     run_training,
     save_model,
     stl_baseline,
+    stl_curve_csv,
     store_run,
     validate,
     with_transfer_gain,
 )
 from ntlab.methods import METHODS
 from ntlab.metrics import gain_effect, rule_caption, tg_sentence
-from ntlab.runs import RunDir
+from ntlab.runs import RunDir, atomic_write_text
 
 METHOD_HELP = "; ".join(
     f"{m}: {METHODS.get(m).summary}" for m in method_names() if m in METHODS
@@ -69,7 +71,8 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     """Train the target with a weighting method and report its transfer gain over STL.
 
     Writes config.json, status.json, metrics.csv (step, task, split, metric, value),
-    model.pt (the final model) and results.json (target accuracy; for methods other than
+    stl_metrics.csv (the STL run's target validation accuracy against the step, same
+    columns), model.pt (the final model) and results.json (target accuracy; for methods other than
     stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
     seed, reused from the cache).
     """
@@ -100,6 +103,9 @@ def train_command(ctx: typer.Context, values: dict) -> None:
                     cfg, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
                 )
                 results = with_transfer_gain(results, stl, source)
+                stl_curve = stl_curve_csv(cfg)
+                if stl_curve:
+                    atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
         save_model(run.path / MODEL_FILE, outcome.state.model, cfg)
         complete(run, results, opts["format"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -41,9 +43,10 @@ from ntlab.methods import get_method
 from ntlab.metrics import gain_fields, pack_correct, tg_noise, transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.paths import runs_cache_dir
-from ntlab.runs import write_failed, write_json
+from ntlab.runs import atomic_write_text, write_failed, write_json
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file
 
+METRICS_FILE = "metrics.csv"
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
 
 
@@ -411,15 +414,65 @@ def cached_results(cfg: TrainConfig) -> dict | None:
 
 
 def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
-    """Keep a run's results and weights for every later command that needs the same training."""
+    """Keep a run's results, weights and curves for every later command that needs the same
+    training."""
     config = {**asdict(cfg), "threads": resolved_threads(cfg)}
-    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, config)
+    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, config, outcome.metrics)
 
 
-def store_cached(final: Path, results: dict, model: torch.nn.Module, config: dict) -> None:
-    """Write a cache entry (model.pt, config.json, results.json) atomically: a folder is
-    filled under a temporary name, then renamed; the first writer wins. A write that fails
-    (full disk) removes the temporary folder and raises NtlabError naming the file.
+METRIC_COLUMNS = ("step", "task", "split", "metric", "value")
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    """Tidy metric rows (step, task, split, metric, value) as CSV text."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def validation_curve(cfg: TrainConfig) -> list[dict]:
+    """The target's validation accuracy against the step of the cached training `cfg`, as
+    tidy metric rows (empty where the entry has no curve, e.g. none is cached)."""
+    path = run_cache_dir(cfg) / METRICS_FILE
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+    curve = []
+    for row in rows:
+        if (row.get("task"), row.get("split"), row.get("metric")) != (cfg.target, "val", "acc"):
+            continue
+        try:
+            curve.append({**row, "step": int(row["step"]), "value": float(row["value"])})
+        except (KeyError, TypeError, ValueError):
+            return []  # a damaged file: no curve rather than a wrong one
+    return sorted(curve, key=lambda r: r["step"])
+
+
+STL_METRICS_FILE = "stl_metrics.csv"  # a run's copy of its STL baseline's validation curve
+
+
+def stl_curve_csv(cfg: TrainConfig) -> str | None:
+    """The validation curve of the STL baseline of `cfg` (cached), as the CSV a run keeps
+    beside its own metrics.csv; None where the cache entry has no curve."""
+    curve = validation_curve(stl_config(cfg))
+    return metrics_csv(curve) if curve else None
+
+
+def store_cached(
+    final: Path,
+    results: dict,
+    model: torch.nn.Module,
+    config: dict,
+    metrics: list[dict] | None = None,
+) -> None:
+    """Write a cache entry (model.pt, config.json, results.json and, when given, the tidy
+    metrics.csv of the training) atomically: a folder is filled under a temporary name, then
+    renamed; the first writer wins. A write that fails (full disk) removes the temporary
+    folder and raises NtlabError naming the file.
 
     config.json records the code digest and torch version the entry was trained with."""
     if final.exists():
@@ -434,6 +487,8 @@ def store_cached(final: Path, results: dict, model: torch.nn.Module, config: dic
         identity = {"code": code_digest(), "torch": torch.__version__}
         write_json(tmp / "config.json", {**config, **identity})
         write_json(tmp / "results.json", results)
+        if metrics:
+            atomic_write_text(tmp / METRICS_FILE, metrics_csv(metrics))
         with contextlib.suppress(OSError):  # another process stored the same run meanwhile
             tmp.rename(final)
     except NtlabError as exc:  # name the entry, not its temporary folder

@@ -6,8 +6,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import math  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 # Okabe-Ito: distinguishable under the common colour-vision deficiencies. TG maps use RdBu
@@ -53,17 +58,75 @@ def lambda_figure(merges: pd.DataFrame) -> Figure:
     return fig
 
 
-def _lam_colors(lams: list[float]) -> dict[float, str]:
-    return {lam: PALETTE[i % len(PALETTE)] for i, lam in enumerate(sorted(lams))}
+# λ is ordered, so figures that colour by λ use one sequential, perceptually uniform map
+# (viridis, cut before its palest yellow so every λ shows on white) with a colour bar.
+LAM_CMAP = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, 256)), "viridis")
+LAM0_COLOR = "0.45"  # λ = 0 (STL) on a log scale, which cannot hold 0
+
+
+def lam_label(lam: float) -> str:
+    """λ as people write it: 1/16 rather than 0.0625 where it is a fraction with a power of
+    two below (the paper's grids: 1/16, 1/8, …)."""
+    frac = Fraction(float(lam)).limit_denominator(64)
+    power_of_two = frac.denominator & (frac.denominator - 1) == 0
+    if frac.denominator > 1 and power_of_two and math.isclose(float(frac), lam, rel_tol=1e-9):
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{lam:g}"
+
+
+def is_geometric(lams: list[float]) -> bool:
+    """Whether positive λ values form a geometric grid spanning at least a factor 4
+    (e.g. 1/16, 1/8, …, 1): such a grid is shown on a log scale."""
+    pos = sorted({float(x) for x in lams})
+    if len(pos) < 2 or pos[0] <= 0 or pos[-1] / pos[0] < 4:
+        return False
+    ratios = np.diff(np.log(pos))
+    return bool(np.allclose(ratios, ratios[0], rtol=0.05))
+
+
+def lam_scale(lams) -> tuple[Colormap, Normalize]:
+    """The colour map and norm of a λ grid: log when its λ > 0 are geometric, else linear."""
+    values = sorted({float(x) for x in lams})
+    pos = [x for x in values if x > 0]
+    if is_geometric(pos):
+        return LAM_CMAP, LogNorm(pos[0], pos[-1])
+    low, high = (values[0], values[-1]) if values else (0.0, 1.0)
+    if high <= low:
+        low, high = (0.0, high) if high > 0 else (0.0, 1.0)
+    return LAM_CMAP, Normalize(low, high)
+
+
+def lam_colors(lams) -> dict[float, tuple]:
+    """The colour of each λ on its scale; λ = 0 is grey where the scale is logarithmic."""
+    cmap, norm = lam_scale(lams)
+    log = isinstance(norm, LogNorm)
+    return {
+        float(x): (matplotlib.colors.to_rgba(LAM0_COLOR) if log and x <= 0 else cmap(norm(x)))
+        for x in lams
+    }
+
+
+def lam_colorbar(fig: Figure, lams, ax, **kwargs):
+    """A colour bar labelled λ with a tick at every λ of the grid (λ = 0 left off a log
+    scale: it has its own grey mark in the figure)."""
+    from matplotlib.cm import ScalarMappable
+
+    cmap, norm = lam_scale(lams)
+    ticks = sorted({float(x) for x in lams if not isinstance(norm, LogNorm) or x > 0})
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label="λ", **kwargs)
+    bar.minorticks_off()
+    bar.set_ticks(ticks, labels=[lam_label(x) for x in ticks])
+    if isinstance(norm, LogNorm):
+        bar.ax.set_ylabel("λ (log scale)")
+    return bar
 
 
 def gcs_figure(table: pd.DataFrame) -> Figure:
     """GCS vs one-step TG per λ > 0 (from `gcs.csv`), with a cubic fit per λ (paper Fig. 2):
-    left in validation accuracy (the paper's TG), right in validation loss."""
-    import numpy as np
-
-    lams = sorted(lam for lam in table["lam"].unique() if lam > 0)
-    colors = _lam_colors(lams)
+    left in validation accuracy (the paper's TG), right in validation loss. λ is coloured on
+    an ordered scale, with a colour bar."""
+    lams = sorted(float(lam) for lam in table["lam"].unique() if lam > 0)
+    colors = lam_colors(lams)
     kind = table["aux_kind"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
     panels = [
@@ -74,50 +137,70 @@ def gcs_figure(table: pd.DataFrame) -> Figure:
         for lam in lams:
             group = table[table["lam"] == lam]
             ax.scatter(
-                group["gcs"], group[column], s=14, alpha=0.55, color=colors[lam], label=f"λ={lam:g}"
+                group["gcs"],
+                group[column],
+                s=16,
+                alpha=0.6,
+                color=colors[lam],
+                linewidths=0,
+                label=f"λ={lam_label(lam)}",
             )
             if group["gcs"].nunique() >= 4:
                 coef = np.polyfit(group["gcs"], group[column], 3)
                 grid = np.linspace(group["gcs"].min(), group["gcs"].max(), 100)
-                ax.plot(grid, np.polyval(coef, grid), color=colors[lam], linewidth=1.6)
+                ax.plot(grid, np.polyval(coef, grid), color=colors[lam], linewidth=1.8)
         ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
         ax.axvline(0, color="0.4", linewidth=0.8, linestyle="--")
         aux = "weight decay (½‖θ‖²)" if kind == "weight-decay" else "auxiliary tasks"
         ax.set_xlabel(f"gradient cosine similarity, target vs {aux}")
         ax.set_ylabel(ylabel)
-    axes[0].legend(title="λ (cubic fit)", fontsize=8, title_fontsize=8, loc="best", frameon=False)
+    if lams:
+        lam_colorbar(fig, lams, list(axes), shrink=0.9, pad=0.02)
     fig.suptitle(
-        "Gradient conflict vs transfer gain of one step (left of 0: conflicting; above 0: helps)",
+        "Gradient conflict vs transfer gain of one step, one colour and cubic fit per λ "
+        "(left of 0: conflicting; above 0: helps)",
         fontsize=10,
     )
     return fig
 
 
 def csd_figure(table: pd.DataFrame) -> Figure:
-    """CSD vs TG per λ, mean ± seed std (from `csd.csv`; paper Fig. 3b)."""
+    """CSD vs TG per λ, mean ± seed std (from `csd.csv`; paper Fig. 3b); λ on an ordered
+    colour scale with a colour bar, each point labelled with its λ."""
     grouped = table.groupby("lam")[["csd", "tg"]]
     mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
     std["tg"] = _tg_spread(table, "lam")  # one seed: TG's test-set SE
-    colors = _lam_colors(list(mean.index))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    ax.plot(mean["csd"], mean["tg"], color="0.7", linewidth=1, zorder=1)
+    lams = [float(x) for x in mean.index]
+    colors = lam_colors(lams)
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), layout="constrained")
+    ax.plot(mean["csd"], mean["tg"], color="0.75", linewidth=1, zorder=1)
     for lam, row in mean.iterrows():
+        lam = float(lam)
         ax.errorbar(
             row["csd"],
             row["tg"],
             xerr=std.loc[lam, "csd"],
             yerr=std.loc[lam, "tg"],
             fmt="o",
-            markersize=7,
+            markersize=8,
             color=colors[lam],
             ecolor=colors[lam],
-            elinewidth=1,
-            alpha=0.9,
+            elinewidth=1.2,
             capsize=3,
             zorder=2,
-            label=f"λ={lam:g}",
+            label=f"λ={lam_label(lam)}",
         )
-    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.annotate(
+            "λ=0 (STL)" if lam == 0 else f"λ={lam_label(lam)}",
+            (row["csd"], row["tg"]),
+            xytext=(7, 6),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.2",
+        )
+    positive = [x for x in lams if x > 0]
+    if positive:
+        lam_colorbar(fig, lams, ax, shrink=0.9, pad=0.02)
     ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xlabel("confidence score discrepancy on target test (1 − mean max-softmax)")
     ax.set_ylabel("TG vs λ = 0 (test accuracy points)")
@@ -128,34 +211,80 @@ def csd_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">"]
-SOURCE_COLORS = {"target-train": PALETTE[0], "aux-train": PALETTE[1], "target-test": PALETTE[2]}
+# t-SNE: the target test points are the grey reference cloud; target training points and each
+# auxiliary domain get a colour and a shape of their own.
+TSNE_WIDTH_IN = 1040 / 130  # the report's content width at its 130 dpi: shown unscaled
+TSNE_TEST = {"color": "0.62", "marker": "o", "s": 16, "alpha": 0.45}
+TSNE_TRAIN = {"color": "#0072B2", "marker": "^", "s": 26, "alpha": 0.85}
+TSNE_AUX = [
+    ("#E69F00", "s"),
+    ("#009E73", "D"),
+    ("#CC79A7", "P"),
+    ("#D55E00", "X"),
+    ("#56B4E9", "v"),
+    ("#000000", "*"),
+]
 
 
-def tsne_figure(table: pd.DataFrame) -> Figure:
-    """One t-SNE panel per λ (from `tsne.csv`): source by colour, class by marker (Fig. 3a)."""
+def _tsne_domains(table: pd.DataFrame, target: str | None) -> pd.Series:
+    """Each point's domain: the `domain` column, or (tables without it) the target's name
+    and `auxiliary` for every auxiliary point."""
+    if "domain" in table:
+        return table["domain"].astype(str)
+    return table["source"].map({"aux-train": "auxiliary"}).fillna(target or "target")
+
+
+def _tsne_groups(table: pd.DataFrame, domain: pd.Series) -> list[tuple[str, str, dict]]:
+    """(source, domain, style) of every group drawn, in drawing order: test points first."""
+    target = next(iter(domain[table["source"] != "aux-train"]), "target")
+    groups = [
+        ("target-test", target, {**TSNE_TEST, "label": f"target test ({target})"}),
+        ("target-train", target, {**TSNE_TRAIN, "label": f"target train ({target})"}),
+    ]
+    aux = sorted(set(domain[table["source"] == "aux-train"]))
+    for i, name in enumerate(aux):
+        color, marker = TSNE_AUX[i % len(TSNE_AUX)]
+        style = {"color": color, "marker": marker, "s": 24, "alpha": 0.8}
+        groups.append(("aux-train", name, {**style, "label": f"auxiliary train ({name})"}))
+    return groups
+
+
+def tsne_figure(table: pd.DataFrame, target: str | None = None) -> Figure:
+    """One t-SNE panel per λ (from `tsne.csv`; paper Fig. 3a): target test points in grey,
+    target training points and each auxiliary domain in a colour and shape of its own, the
+    class digits written at the centre of their test points. Drawn at the report's width."""
+    from matplotlib import patheffects
+
     lams = sorted(table["lam"].unique())
-    labels = sorted(table["label"].unique())
-    marker = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(labels)}
+    domain = _tsne_domains(table, target)
+    groups = _tsne_groups(table, domain)
+    ncols = min(len(lams), 2 if len(lams) <= 4 else 3)
+    nrows = math.ceil(len(lams) / ncols)
+    panel = TSNE_WIDTH_IN / ncols
     fig, axes = plt.subplots(
-        1, len(lams), figsize=(3.3 * len(lams), 3.9), layout="constrained", squeeze=False
+        nrows,
+        ncols,
+        figsize=(TSNE_WIDTH_IN, panel * 0.86 * nrows + 0.8),
+        layout="constrained",
+        squeeze=False,
     )
-    for ax, lam in zip(axes[0], lams):
-        panel = table[table["lam"] == lam]
-        for source in ("target-test", "target-train", "aux-train"):
-            part = panel[panel["source"] == source]
-            for label, group in part.groupby("label"):
-                ax.scatter(
-                    group["x"],
-                    group["y"],
-                    s=9,
-                    marker=marker[label],
-                    color=SOURCE_COLORS[source],
-                    alpha=0.35 if source == "target-test" else 0.7,
-                    linewidths=0,
-                )
-        share = lam / (1 + lam)
-        ax.set_title(f"λ={lam:g} (aux share {share:.0%})", fontsize=9)
+    for ax in axes.flat[len(lams) :]:
+        ax.set_visible(False)
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    for ax, lam in zip(axes.flat, lams):
+        part = table[table["lam"] == lam]
+        for source, name, style in groups:
+            rows = part[(part["source"] == source) & (domain[part.index] == name)]
+            if source == "aux-train" and not len(rows):
+                continue
+            ax.scatter(rows["x"], rows["y"], linewidths=0, **style)
+        test = part[part["source"] == "target-test"]
+        for label, points in test.groupby("label"):
+            ax.text(
+                points["x"].median(), points["y"].median(), str(label), fontsize=10,
+                fontweight="bold", ha="center", va="center", color="0.15", path_effects=outline,
+            )  # fmt: skip
+        ax.set_title(f"λ = {lam_label(lam)} (auxiliary share {lam / (1 + lam):.0%})", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():  # a closed, light frame: t-SNE axes have no units
@@ -164,17 +293,26 @@ def tsne_figure(table: pd.DataFrame) -> Figure:
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in SOURCE_COLORS.items()
+        Line2D(
+            [],
+            [],
+            marker=style["marker"],
+            linestyle="",
+            color=style["color"],
+            markersize=8,
+            label=style["label"],
+        )  # fmt: skip
+        for _, _, style in groups
     ]
-    handles += [
-        Line2D([], [], marker=marker[c], linestyle="", color="0.3", label=f"class {c}")
-        for c in labels
-    ]
+    handles.append(
+        Line2D([], [], marker="$0$", linestyle="", color="0.15", markersize=8,
+               label="class digit (centre of its test points)")
+    )  # fmt: skip
     fig.legend(
         handles=handles,
         loc="outside lower center",
-        ncol=min(len(handles), 7),
-        fontsize=8,
+        ncol=min(len(handles), 3),
+        fontsize=9,
         frameon=False,
     )
     return fig
@@ -222,7 +360,7 @@ def sweep_figure(
             label="grid search (λ chosen on val)",
         )  # fmt: skip
     ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(lams)), [f"{lam:g}" for lam in lams])
+    ax.set_xticks(range(len(lams)), [lam_label(lam) for lam in lams])
     ax.set_xlabel("λ, weight of the mixed auxiliary loss (λ = 0: STL)")
     ax.set_ylabel("TG vs STL (test accuracy points)")
     ax.set_title(f"Sweeping the task weight ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=10)
@@ -344,6 +482,7 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
     ax.scatter(
         best["w0"], best["w1"], best["w2"], marker="*", s=180, color="black",
         edgecolors="white", linewidths=0.8, label="best on validation", zorder=5,
+        clip_on=False,  # a corner (one branch alone) is often the best point
     )  # fmt: skip
     for axis in (ax.taxis, ax.laxis, ax.raxis):
         axis.set_tick_params(labelsize=8)
@@ -370,11 +509,40 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
     return fig
 
 
-def training_figure(metrics: pd.DataFrame) -> Figure:
-    """Training loss per task (and per branch, for ForkMerge) against step, from a
-    `metrics.csv` table; the first task drawn is the target, in bold."""
+def _plain_log_ticks(ax, values: pd.Series) -> None:
+    """Log-axis ticks written 0.5, 1, 2 (not 5 × 10⁻¹); over two decades or less the 2s and
+    5s between the powers of ten are labelled too."""
+    from matplotlib.ticker import FuncFormatter
+
+    positive = values[values > 0]
+    decades = math.log10(positive.max() / positive.min()) if len(positive) else 0.0
+
+    def minor(v: float, _pos) -> str:
+        lead = round(v / 10 ** math.floor(math.log10(v) + 1e-9))
+        return f"{v:g}" if decades <= 2 and lead in (2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _val_curve(metrics: pd.DataFrame | None, target: str) -> pd.DataFrame:
+    if metrics is None or not len(metrics):
+        return pd.DataFrame(columns=["step", "value"])
+    rows = metrics[
+        (metrics["task"] == target) & (metrics["split"] == "val") & (metrics["metric"] == "acc")
+    ]
+    return rows.sort_values("step")
+
+
+def training_figure(
+    metrics: pd.DataFrame, target: str | None = None, stl: pd.DataFrame | None = None
+) -> Figure:
+    """Training loss per task (and per branch, for ForkMerge) against step (left axis, log
+    scale) from a `metrics.csv` table, the first task drawn (the target) in bold; on the
+    right axis, in accuracy points, the target's validation accuracy of this run and of its
+    STL baseline (`stl`: the rows of `stl_metrics.csv`), when there are any."""
     loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "loss")]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.6, 3.9), layout="constrained")
     for i, (task, group) in enumerate(loss.groupby("task", sort=False)):
         group = group.sort_values("step")
         ax.plot(
@@ -382,13 +550,30 @@ def training_figure(metrics: pd.DataFrame) -> Figure:
             group["value"],
             color=PALETTE[i % len(PALETTE)],
             linewidth=2.2 if i == 0 else 1.3,
-            label=task,
+            label=f"train loss: {task}",
         )
     ax.set_yscale("log")
+    _plain_log_ticks(ax, loss["value"])
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (cross-entropy, log scale)")
-    ax.set_title("Training loss per task", fontsize=10)
-    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    handles, labels = ax.get_legend_handles_labels()
+    own, base = _val_curve(metrics, target or ""), _val_curve(stl, target or "")
+    title = "Training loss per task"
+    if len(own) or len(base):
+        acc = ax.twinx()
+        acc.spines["right"].set_visible(True)
+        if len(own):
+            acc.plot(own["step"], own["value"], "-o", color="black", linewidth=1.8,
+                     markersize=4.5, label=f"val acc: {target} (this run)")  # fmt: skip
+        if len(base):
+            acc.plot(base["step"], base["value"], "--s", color="0.45", linewidth=1.6,
+                     markersize=4.5, label=f"val acc: {target} (STL)")  # fmt: skip
+        acc.set_ylabel("target validation accuracy (%)")
+        more_handles, more_labels = acc.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+        title = "Training loss per task and the target's validation accuracy"
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles, labels, frameon=False, loc="center left", bbox_to_anchor=(1.1, 0.5))
     return fig
 
 
@@ -423,14 +608,40 @@ def tg_bar_figure(
     """TG per labelled row (columns `label`, `tg` and optionally `tg_err`, the ± of each TG:
     its seed std or, with one seed, its test-set SE; `tg_std` is read as `tg_err` too) as
     horizontal bars, sorted, gains in blue and losses in red, with that ± as error bars.
-    With an `effect` column, bars within noise are drawn faded and hatched."""
-    frame = frame.sort_values("tg")
+    With an `effect` column, bars within noise are drawn faded and hatched. With a `group`
+    column (the target) the rows are grouped under a heading per group, groups in the order
+    they first come from the top, each sorted."""
+    grouped = "group" in frame and frame["group"].nunique() > 1
+    if grouped:
+        order = {g: i for i, g in reversed(list(enumerate(frame["group"])))}
+        frame = frame.assign(_g=-frame["group"].map(order)).sort_values(["_g", "tg"])
+    else:
+        frame = frame.sort_values("tg")
     column = "tg_err" if "tg_err" in frame else "tg_std" if "tg_std" in frame else None
     err = pd.to_numeric(frame[column], errors="coerce").fillna(0.0) if column else None
     err = err if err is not None and (err > 0).any() else None
     colors = ["#2166AC" if v >= 0 else "#B2182B" for v in frame["tg"]]
-    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(frame) + 1.4), layout="constrained")
-    bars = ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+    heads = frame["group"].nunique() if grouped else 0
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * (len(frame) + heads) + 1.4), layout="constrained")
+    if not grouped:
+        bars = ax.barh(frame["label"], frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+    else:  # bottom-up: each group's bars, then its heading row above them
+        y, ticks, labels, heading = [], [], [], []
+        groups = list(frame["group"])
+        for i, g in enumerate(groups):
+            y.append(len(ticks))
+            ticks.append(len(ticks))
+            labels.append(frame["label"].iloc[i])
+            if i + 1 == len(groups) or groups[i + 1] != g:
+                heading.append(len(ticks))
+                ticks.append(len(ticks))
+                labels.append(f"target {g}")
+        bars = ax.barh(y, frame["tg"], xerr=err, color=colors, capsize=3, height=0.6)
+        ax.set_yticks(ticks, labels)
+        for h in heading:
+            ax.get_yticklabels()[h].set_fontweight("bold")
+            if h + 1 < len(ticks):
+                ax.axhline(h + 0.5, color="0.75", linewidth=0.8)
     if "effect" in frame:
         for bar, effect in zip(bars, frame["effect"]):
             if effect == "within_noise":

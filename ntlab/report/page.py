@@ -25,14 +25,79 @@ import pandas as pd
 
 from ntlab import __version__
 from ntlab.errors import NtlabError
+from ntlab.paths import ntlab_home
 from ntlab.report import check_format
-from ntlab.report.views import FigureSpec, Run, TableSpec, comparison, view_for
+from ntlab.report.views import (
+    FigureSpec,
+    Run,
+    TableSpec,
+    comparison,
+    grouped_by_target,
+    view_for,
+)
 from ntlab.runs import atomic_write_text
 
 REPORT_FILE = "report.html"
+# An absolute path in text: "/" after a space, quote, "=" or line start, up to a delimiter.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~$/+<:\-])/[^\s\"'<>&:,;()\[\]{}|*?]+")
+DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
+MAX_UPS = 3  # a path at most this many folders above the report is shown relative to it
 MIME = {"png": "image/png", "svg": "image/svg+xml"}
 DPI = 130
 NUMERIC = re.compile(r"^[+−\-]?\d[\d.,]*( ± [\d.]+)?%?$")
+
+
+class ShownPaths:
+    """Paths as a report shows them: never absolute paths of the machine it was made on.
+
+    Under NTLAB_HOME: `$NTLAB_HOME/…`; near the report (under the folder MAX_UPS above it,
+    never `/` itself): relative to the report's folder; elsewhere under the home folder:
+    `~/…`. Other absolute paths (a data root under /data that the user typed) stay."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = os.path.realpath(base)
+        near = Path(self.base)
+        for _ in range(MAX_UPS):
+            if len(near.parent.parts) > 1:
+                near = near.parent
+        self.near = str(near)
+        self.ntlab_home = os.path.realpath(ntlab_home())
+        self.home = os.path.realpath(Path.home())
+
+    def path(self, path: str | Path) -> str:
+        text = str(path)
+        if not text.startswith(os.sep) or text.startswith(os.sep * 2):
+            return text
+        real = os.path.realpath(text)
+        if _under(real, self.ntlab_home):
+            return "$NTLAB_HOME" + real[len(self.ntlab_home) :]
+        if _under(real, self.near):
+            return os.path.relpath(real, self.base)
+        if _under(real, self.home) and len(Path(self.home).parts) > 1:
+            return "~" + real[len(self.home) :]
+        return text
+
+    def text(self, text: str) -> str:
+        """`text` with every absolute path in it shown as `path` shows it."""
+
+        def shown(match: re.Match) -> str:
+            token = match.group(0)
+            stem = token.rstrip(".")  # the full stop of a sentence
+            return self.path(stem) + token[len(stem) :]
+
+        return ABSOLUTE_PATH.sub(shown, text)
+
+    def page(self, html_text: str) -> str:
+        """A whole page, inlined figures (data: URIs) left untouched."""
+        out, last = [], 0
+        for m in DATA_URI.finditer(html_text):
+            out += [self.text(html_text[last : m.start()]), m.group(0)]
+            last = m.end()
+        return "".join([*out, self.text(html_text[last:])])
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def figure_bytes(figure, fmt: str) -> bytes:
@@ -169,7 +234,7 @@ def run_context(run: Run, fmt: str, anchor: str) -> dict[str, Any]:
     env = run.config.get("environment", {})
     meta = [
         ("command", _command_line(run.config)),
-        ("run directory", str(run.path.resolve())),
+        ("run directory", str(run.path.resolve())),  # shown relative to the report
         ("state", run.state),
         ("started", run.status.get("started", "")),
         ("finished", run.status.get("finished", "")),
@@ -233,11 +298,17 @@ def template_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def render(runs: list[Run], fmt: str = "png", title: str | None = None) -> str:
-    """The page for one run, or the comparison of several (overview first, then each run)."""
+def render(
+    runs: list[Run], fmt: str = "png", title: str | None = None, base: Path | None = None
+) -> str:
+    """The page for one run, or the comparison of several (overview first, then each run).
+
+    Paths on the page are shown relative to `base`, the folder the page is written into
+    (default: the current folder), or under `$NTLAB_HOME` / `~` (`ShownPaths`)."""
     if not runs:
         raise NtlabError("no run directories given; pass one or more --out folders of ntlab runs")
     check_format(fmt)
+    runs = grouped_by_target(runs) if len(runs) > 1 else runs
     env = _environment()
     contexts = [run_context(run, fmt, f"run-{i}") for i, run in enumerate(runs)]
     overview = None
@@ -254,7 +325,7 @@ def render(runs: list[Run], fmt: str = "png", title: str | None = None) -> str:
             if len(runs) == 1
             else f"ntlab: {len(runs)} runs compared"
         )
-    return env.get_template("report.html.j2").render(
+    page = env.get_template("report.html.j2").render(
         title=title,
         css=css,
         runs=contexts,
@@ -264,6 +335,7 @@ def render(runs: list[Run], fmt: str = "png", title: str | None = None) -> str:
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         fmt=fmt,
     )
+    return ShownPaths(Path.cwd() if base is None else base).page(page)
 
 
 def write_report(paths: list[Path], out: Path, fmt: str = "png", title: str | None = None) -> Path:
@@ -272,7 +344,7 @@ def write_report(paths: list[Path], out: Path, fmt: str = "png", title: str | No
     out = Path(out)
     if out.is_dir():
         raise NtlabError(f"--out {out} is a folder; give a file name such as {out}/report.html")
-    atomic_write_text(out, render(runs, fmt, title))
+    atomic_write_text(out, render(runs, fmt, title, base=out.parent))
     return out
 
 

@@ -29,6 +29,8 @@ from ntlab.registry import Registry
 from ntlab.report import figures as fig
 from ntlab.runs import read_json_object
 
+STL_METRICS_FILE = "stl_metrics.csv"  # ntlab.core.runner.STL_METRICS_FILE (no torch import here)
+
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -50,7 +52,7 @@ class TableSpec:
 
 @dataclass
 class Run:
-    """A run directory as written by any command (DESIGN.md §4)."""
+    """A run directory as written by any command (README: "The run directory")."""
 
     path: Path
     config: dict[str, Any]
@@ -256,9 +258,12 @@ def _register(command: str) -> Callable[[type[View]], type[View]]:
 
 
 TRAINING_CAPTION = (
-    "Training loss of each task against the step (log scale), the target first and in bold. "
-    "A target loss that stalls while the auxiliary loss keeps falling is the auxiliary task "
-    "taking over the shared features."
+    "Training loss of each task against the step (left axis, log scale), the target first "
+    "and in bold; on the right axis the target's validation accuracy of this run (black) and "
+    "of the STL run of the same budget (grey, dashed) where it was recorded. A target loss "
+    "that stalls while the auxiliary loss keeps falling is the auxiliary task taking over "
+    "the shared features; this run's accuracy below the STL curve is negative transfer "
+    "during training."
 )
 
 
@@ -266,9 +271,14 @@ def _training_spec(run: Run) -> list[FigureSpec]:
     metrics = run.table("metrics.csv")
     if metrics is None or not ((metrics["split"] == "train") & (metrics["metric"] == "loss")).any():
         return []
+    stl = run.table(STL_METRICS_FILE)
+    target = run.train.get("target")
     return [
         FigureSpec(
-            "training", "Training curves", TRAINING_CAPTION, lambda: fig.training_figure(metrics)
+            "training",
+            "Training curves",
+            TRAINING_CAPTION,
+            lambda: fig.training_figure(metrics, target, stl),
         )
     ]
 
@@ -583,17 +593,18 @@ class TsneView(View):
         if table is None:
             return []
         caption = (
-            "t-SNE of the model's features, one panel per λ: target test points, target "
-            "training points and auxiliary training points drawn at share λ/(1+λ); markers "
-            "are classes. Auxiliary points in clusters of their own, away from the target "
-            "test points, are the distribution shift that λ brings in."
+            "t-SNE of the model's features, one panel per λ: target test points (grey), "
+            "target training points and the auxiliary training points of each domain, drawn "
+            "at share λ/(1+λ) (the interpolated distribution, Eq. 3); each digit sits at the "
+            "centre of its class's test points. Auxiliary points in clusters of their own, "
+            "away from the target test points, are the distribution shift that λ brings in."
         )
         return [
             FigureSpec(
                 "tsne",
                 "Interpolated training distributions",
                 caption,
-                lambda: fig.tsne_figure(table),
+                lambda: fig.tsne_figure(table, run.train.get("target")),
             )
         ]
 
@@ -884,17 +895,36 @@ def _weights(w: list[float]) -> str:
     return "(" + ", ".join(f"{x:g}" for x in w) + ")"
 
 
+def run_target(run: Run) -> str:
+    """The target a run is about, as its summary names it ("" where it has none)."""
+    try:
+        return str(view_for(run).summary(run).get("target") or "")
+    except Exception:  # a damaged run still takes its place on the page
+        return ""
+
+
+def grouped_by_target(runs: list[Run]) -> list[Run]:
+    """The runs with those of one target together, targets in the order they first come,
+    runs of a target in the order given."""
+    targets = [run_target(run) for run in runs]
+    first = {t: i for i, t in reversed(list(enumerate(targets)))}
+    order = sorted(range(len(runs)), key=lambda i: (first[targets[i]], i))
+    return [runs[i] for i in order]
+
+
 def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
-    """The overview of several runs: one row each, and TG bars where runs have a TG."""
+    """The overview of several runs: one row each, grouped by target (targets in the order
+    they first come) and ranked by TG within a target, and TG bars in the same groups."""
     rows = []
     for run in runs:
         s = view_for(run).summary(run)
         rows.append(
             {
+                "target": s["target"],
+                "rank": "",
                 "run": run.name,
                 "command": run.command,
                 "state": run.state,
-                "target": s["target"],
                 "method": s["method"],
                 "test acc (%)": num(s["test_acc"]),
                 "TG vs STL (test)": pm(s["tg"], s["tg_std"], always=s["tg_std"] is not None),
@@ -904,6 +934,13 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
             }
         )
     frame = pd.DataFrame(rows)
+    frame["_group"] = frame["target"].map(
+        {t: i for i, t in reversed(list(enumerate(frame["target"])))}
+    )
+    frame["_key"] = -pd.to_numeric(frame["_tg"], errors="coerce")
+    frame = frame.sort_values(["_group", "_key"], kind="stable", na_position="last")
+    ranks = frame[frame["_key"].notna()].groupby("_group").cumcount() + 1
+    frame.loc[ranks.index, "rank"] = ranks.astype(str)
     bars = frame[frame["_tg"].notna()]
     specs = []
     if len(bars) >= 2:
@@ -915,6 +952,7 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 ],
                 "tg": bars["_tg"].astype(float),
                 "tg_err": pd.to_numeric(bars["_tg_std"], errors="coerce"),
+                "group": bars["target"].astype(str),
             }
         )
         specs.append(
@@ -923,11 +961,13 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "Transfer gain of each run",
                 "TG of each run over the STL model of its own budget and seed (test accuracy "
                 "points; for sweeps the best λ), ± its seed std or, with one seed, its paired "
-                "test-set SE. Red bars, left of 0, are negative transfer.",
+                "test-set SE; runs grouped by target and sorted within it. Red bars, left of 0, "
+                "are negative transfer.",
                 lambda: fig.tg_bar_figure(data),
             )
         )
-    return frame.drop(columns=["_tg", "_tg_std"]), specs
+    shown = frame.drop(columns=["_tg", "_tg_std", "_group", "_key"])
+    return shown.reset_index(drop=True), specs
 
 
 def iter_views() -> Iterator[str]:

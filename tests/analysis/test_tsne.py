@@ -30,6 +30,11 @@ def test_tsne_table_panels(tiny_digits):
     assert table["label"].nunique() <= 4
     zero = table[table["lam"] == 0.0]
     assert "aux-train" not in set(zero["source"])
+    # Each point names its domain: the target, or the auxiliary domain it was drawn from.
+    target_rows = table[table["source"] != "aux-train"]
+    assert set(target_rows["domain"]) == {"optdigits"}
+    aux_rows = table[table["source"] == "aux-train"]
+    assert set(aux_rows["domain"]) == {"mnist", "syn"}
     # Every panel shows the same target test points at the same place.
     tests = [
         g[g["source"] == "target-test"][["x", "y"]].to_numpy() for _, g in table.groupby("lam")

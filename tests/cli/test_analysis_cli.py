@@ -107,7 +107,7 @@ def test_tsne_from_a_train_run(tiny_digits, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "tsne.csv")
-    assert list(table.columns) == ["lam", "x", "y", "source", "label"]
+    assert list(table.columns) == ["lam", "x", "y", "source", "label", "domain"]
     assert table["label"].nunique() == 3
     assert set(table["source"]) == {"target-train", "aux-train", "target-test"}
     results = read(out / "results.json")

@@ -114,7 +114,7 @@ def test_svg_format_inlines_svg(runs, tmp_path):
 def test_report_is_the_same_code_path_as_the_command(runs):
     """The command's report.html and `ntlab report` of that directory show the same body."""
     own = (runs / "fm" / "report.html").read_text()
-    again = render([Run.load(runs / "fm")])
+    again = render([Run.load(runs / "fm")], base=runs / "fm")
 
     def body(page):
         return page[page.index("<main>") :]
@@ -198,7 +198,7 @@ def test_training_figure_draws_one_curve_per_task_target_first():
     )
     fig = figures.training_figure(metrics)
     lines = fig.axes[0].get_lines()
-    assert [line.get_label() for line in lines] == ["optdigits", "mnist"]
+    assert [line.get_label() for line in lines] == ["train loss: optdigits", "train loss: mnist"]
     assert lines[0].get_linewidth() > lines[1].get_linewidth()
     assert list(lines[1].get_ydata()) == pytest.approx([0.1, 0.05, 1 / 30])
     plt.close(fig)
@@ -270,3 +270,63 @@ def test_tg_bars_have_error_bars():
     assert bars.errorbar is not None  # xerr drawn
     faded = [b for b in ax.patches if b.get_hatch()]
     assert len(faded) == 1 and faded[0].get_width() == 0.1
+
+
+# --- the training curves of a train run --------------------------------------------------------
+
+
+def test_a_train_run_keeps_its_stl_validation_curve_and_draws_it(runs):
+    """`train` copies the STL run's target validation accuracy against the step into its run
+    directory (the STL training may have come from the cache), and its training figure shows
+    it beside the run's own, on the loss figure's step axis."""
+    curve = pd.read_csv(runs / "ew" / "stl_metrics.csv")
+    assert list(curve.columns) == ["step", "task", "split", "metric", "value"]
+    assert set(curve["task"]) == {"optdigits"} and set(curve["split"]) == {"val"}
+    assert list(curve["step"]) == [6, 12]  # FAST: --eval-every 6, --steps 12
+    results = json.loads((runs / "ew" / "results.json").read_text())
+    assert curve["value"].iloc[-1] == pytest.approx(results["stl"]["val_acc"])
+    run = Run.load(runs / "ew")
+    (spec,) = VIEWS.get("train").figures(run)
+    figure = spec.build()
+    labels = [line.get_label() for ax in figure.axes for line in ax.get_lines()]
+    assert "val acc: optdigits (this run)" in labels and "val acc: optdigits (STL)" in labels
+    plt.close(figure)
+
+
+# --- no machine paths in a report ------------------------------------------------------------
+
+
+def test_a_report_shows_no_absolute_path_of_the_machine(runs, tmp_path):
+    """Run directories, the failed run's weights file and NTLAB_HOME are shown relative to
+    the report (or as $NTLAB_HOME), never as absolute paths of the machine."""
+    out = tmp_path / "reports" / "all.html"
+    result = invoke("report", runs / "ew", runs / "fm", runs / "failed", "--out", out)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    root = os.path.commonpath([runs, tmp_path])
+    assert root != os.sep and root not in page
+    assert str(runs) not in page and str(tmp_path) not in page
+    assert os.environ["NTLAB_HOME"] not in page
+    shown = os.path.relpath(runs / "ew", out.parent)
+    assert f"<dt>run directory</dt><dd>{shown}</dd>" in page
+    assert f"cannot read weights file {os.path.relpath(runs / 'bad.pt', out.parent)}" in page
+    # A command's own report shows its folder as the report's own.
+    own = (runs / "ew" / "report.html").read_text()
+    assert str(runs) not in own and "<dt>run directory</dt><dd>.</dd>" in own
+
+
+def test_shown_paths_rewrite_only_paths(tmp_path, monkeypatch):
+    from ntlab.report.page import ShownPaths
+
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path / "home"))
+    shown = ShownPaths(tmp_path / "reports")
+    text = (
+        f"<td>--out {tmp_path}/runs/a</td> cache {tmp_path}/home/cache/runs/k. "
+        "see https://arxiv.org/abs/2301.12618, λ/(1+λ) = 1/16, /data/domainnet"
+    )
+    assert shown.text(text) == (
+        "<td>--out ../runs/a</td> cache $NTLAB_HOME/cache/runs/k. "
+        "see https://arxiv.org/abs/2301.12618, λ/(1+λ) = 1/16, /data/domainnet"
+    )
+    figure = "data:image/png;base64,AAAA" + str(tmp_path).replace("-", "A") + "/x=="
+    assert shown.page(f'<img src="{figure}">') == f'<img src="{figure}">'
