@@ -21,17 +21,17 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ntlab.analysis.common import check_lams
+from ntlab.catalog import AUX_KINDS  # noqa: F401  (re-exported)
 from ntlab.checks import check_number, check_seed, check_steps
 from ntlab.core.state import OptimConfig, TrainState
 from ntlab.core.train import LossTerm, attach_sources, term_losses, train
 from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, labelled_chunks
 from ntlab.data.sampler import BatchSource, seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.metrics import gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
 
-AUX_KINDS = ("task", "weight-decay")
 DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
 
 
@@ -47,9 +47,7 @@ class GcsOptions:
 
     def check(self) -> None:
         if self.aux_kind not in AUX_KINDS:
-            raise NtlabError(
-                f"unknown --aux-kind {self.aux_kind!r}; choose one of: {', '.join(AUX_KINDS)}"
-            )
+            raise unknown_name("--aux-kind", self.aux_kind, AUX_KINDS)
         check_steps("--batches", self.batches)
         check_number("--eta", self.eta, low=0, low_open=True, why="the step size of θ − η·g")
         check_steps("--probe-steps", self.probe_steps, low=0)

@@ -15,7 +15,7 @@ app = typer.Typer(
     help="The run cache (NTLAB_HOME/cache): every training ntlab ran, reused by identical "
     "configs. `info` shows it, `verify` reads every entry, `clear` removes entries.",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",
 )
 KINDS = ("runs", "forkmerge")  # always listed, even when empty
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ntlab.checks import check_seed
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
 from ntlab.report import check_format
 from ntlab.runs import RunDir, atomic_write_text, read_json_object, set_command_line
@@ -133,7 +133,7 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     )
     preset_name = preset_name or DEFAULT_PRESET
     if preset_name not in PRESETS:
-        raise NtlabError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+        raise unknown_name("preset", preset_name, PRESETS)
     resolved = {}
     for name, value in values.items():
         if explicit(name):

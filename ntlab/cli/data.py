@@ -14,7 +14,7 @@ from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS, DigitsConfig, prepare_digi
 from ntlab.errors import NtlabError
 
 app = typer.Typer(
-    help="Build and list the benchmarks' data.", no_args_is_help=True, rich_markup_mode="markdown"
+    help="Build and list the benchmarks' data.", no_args_is_help=True, rich_markup_mode="rich"
 )
 
 
@@ -39,7 +39,7 @@ def prepare(
     size: int = typer.Option(16, help="Stored image resolution in pixels (square, RGB)."),
     train: int | None = typer.Option(
         None,
-        help="Training images per domain [default: "
+        help="Training images per domain \\[default: "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN.items())
         + "].",
     ),

@@ -39,7 +39,7 @@ from ntlab.core.runner import (
     validate,
     with_transfer_gain,
 )
-from ntlab.errors import NtlabError
+from ntlab.errors import unknown_name
 from ntlab.metrics import transfer_gain
 from ntlab.runs import RunDir
 
@@ -47,7 +47,7 @@ app = typer.Typer(
     help="ForkMerge: fork the model into branches with different task weights, "
     "merge them by validation.",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",
 )
 CHECKPOINT = Path("checkpoints") / "forkmerge.pt"
 
@@ -197,9 +197,7 @@ def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
     if opts["branch"]:
         return [parse_branch(text, tasks) for text in opts["branch"]]
     if opts["branches"] not in BRANCH_MODES:
-        raise NtlabError(
-            f"unknown --branches {opts['branches']!r}; choose one of: {', '.join(BRANCH_MODES)}"
-        )
+        raise unknown_name("--branches", opts["branches"], BRANCH_MODES)
     build = joint_branches if opts["branches"] == "joint" else per_task_branches
     return build(cfg.target, cfg.aux)
 

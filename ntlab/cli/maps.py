@@ -42,7 +42,7 @@ from ntlab.core.forkmerge import (
 )
 from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
 from ntlab.core.train import LossTerm
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir, atomic_write_text
 
@@ -107,10 +107,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         seeds = parse_seeds(opts["seeds"])
         if opts["forkmerge_branches"] not in BRANCH_MODES:
-            raise NtlabError(
-                f"unknown --forkmerge-branches {opts['forkmerge_branches']!r}; "
-                f"choose one of: {', '.join(BRANCH_MODES)}"
-            )
+            raise unknown_name("--forkmerge-branches", opts["forkmerge_branches"], BRANCH_MODES)
         fm = _forkmerge_options(cfg, opts) if opts["with_forkmerge"] else None
         bench.fingerprint()
         record = run_record(

@@ -38,12 +38,14 @@ def report_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="The HTML file to write [default: reports/<run>.html, or "
+            help="The HTML file to write \\[default: reports/<run>.html, or "
             "reports/compare-….html for several runs]."
         ),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="Figures inlined as png or svg.")] = "png",
-    title: Annotated[str | None, typer.Option(help="Page title [default: from the runs].")] = None,
+    title: Annotated[
+        str | None, typer.Option(help="Page title \\[default: from the runs].")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the path.")] = False,
 ) -> None:
     """Render one run (or compare several) as a self-contained HTML page.

@@ -9,7 +9,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from ntlab.analysis.compare import PROCEDURES, check_method, method_names, method_row
+from ntlab import catalog
+from ntlab.analysis.compare import PROCEDURES, check_method, method_row
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -31,21 +32,21 @@ from ntlab.core.runner import (
     validate,
     with_transfer_gain,
 )
-from ntlab.methods import METHODS
 from ntlab.runs import RunDir
-
-METHOD_HELP = "; ".join(
-    f"{m}: {METHODS.get(m).summary}" for m in method_names() if m in METHODS
-) + (
-    "; grid-search: the fixed-λ grid (--lams of sweep's default), λ chosen on validation; "
-    "forkmerge: ForkMerge with one branch per auxiliary task (defaults of forkmerge train)"
-)
 
 
 def _train_options(
     target: opt.Target,
     method: Annotated[
-        str, typer.Option("--method", "-m", help=f"Weighting method. {METHOD_HELP}.")
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="Weighting method: one of those `ntlab methods` lists with their papers ("
+            + ", ".join(catalog.method_names())
+            + ").",
+            **opt.choice(tuple(catalog.method_names()), metavar="METHOD"),
+        ),
     ] = "stl",
     aux: opt.Aux = "all",
     lam: Annotated[

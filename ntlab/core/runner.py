@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
+from ntlab.catalog import SELECTIONS  # noqa: F401  (re-exported)
 from ntlab.checks import (
     MAX_IMAGE_SIZE,
     MAX_WIDTH,
@@ -36,7 +37,7 @@ from ntlab.core.train import (
 )
 from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import BatchSource, seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.methods import get_method
 from ntlab.metrics import transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
@@ -109,9 +110,6 @@ def benchmark_of(cfg: TrainConfig):
     return get_benchmark(cfg.benchmark, **cfg.data_options())
 
 
-SELECTIONS = ("last", "best-val")
-
-
 def resolved_threads(cfg: TrainConfig) -> int:
     """The intra-op thread count a training of `cfg` runs with (part of its identity: CPU
     results depend on it)."""
@@ -142,7 +140,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | None) -> list[str]:
     """`all`/None → every other task; a comma list is checked against the benchmark."""
     if target not in benchmark_tasks:
-        raise NtlabError(f"unknown target {target!r}; choose one of: {', '.join(benchmark_tasks)}")
+        raise unknown_name("target", target, benchmark_tasks)
     if aux is None or aux == "all" or aux == ["all"]:
         return [t for t in benchmark_tasks if t != target]
     names = [a.strip() for a in aux.split(",")] if isinstance(aux, str) else list(aux)
@@ -151,9 +149,7 @@ def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | 
         raise NtlabError("--aux is empty; give task names separated by commas, or `all`")
     for name in names:
         if name not in benchmark_tasks:
-            raise NtlabError(
-                f"unknown auxiliary task {name!r}; choose from: {', '.join(benchmark_tasks)}"
-            )
+            raise unknown_name("auxiliary task", name, benchmark_tasks)
     if target in names:
         raise NtlabError(f"--target {target} is also listed in --aux; remove it from --aux")
     if len(set(names)) != len(names):
@@ -180,13 +176,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.workers is not None:
         check_number("--workers", cfg.workers, low=0, high=MAX_WORKERS, integer=True)
     if cfg.optimizer not in OPTIMIZERS:
-        raise NtlabError(
-            f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
-        )
+        raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.schedule not in SCHEDULES:
-        raise NtlabError(
-            f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
-        )
+        raise unknown_name("schedule", cfg.schedule, SCHEDULES)
     if get_method(cfg.method).uses_aux and not cfg.aux:
         raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
@@ -200,7 +192,7 @@ def validate(cfg: TrainConfig) -> None:
         ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
     ):
         if value not in choices:
-            raise NtlabError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
+            raise unknown_name(option, value, choices)
 
 
 def check_cnn_width(width: int) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir, downloads_dir
 
 CANVAS = 28
@@ -78,9 +78,7 @@ class DigitsConfig:
             raise NtlabError(f"--size must be between 8 and 64 pixels, got {self.size}")
         for name, n in self.train.items():
             if name not in DOMAINS:
-                raise NtlabError(
-                    f"unknown digits domain {name!r}; choose from {', '.join(DOMAINS)}"
-                )
+                raise unknown_name("digits domain", name, DOMAINS)
             if n < 10:
                 raise NtlabError(f"training size of {name} must be at least 10, got {n}")
         if self.val < 10 or self.test < 10:
@@ -485,9 +483,7 @@ class DigitsBenchmark:
         for name in tasks:
             entry = manifest["domains"].get(name)
             if entry is None:
-                raise NtlabError(
-                    f"unknown task {name!r} in digits; choose from {', '.join(manifest['domains'])}"
-                )
+                raise unknown_name("digits task", name, manifest["domains"])
             problem = check_domain_file(self.root, entry)
             if problem:
                 raise NtlabError(f"{self.root / entry['file']} is damaged ({problem}); {REBUILD}")
