@@ -141,9 +141,7 @@ def test_bad_options_are_rejected(opts, message):
 def test_gcs_leaves_a_batchnorm_model_exactly_as_trained(tiny_digits):
     """θ_T, BatchNorm buffers included, is the trained model during every measurement: the
     probe of the auxiliary heads and the per-batch gradient passes move no buffer."""
-    cfg = TrainConfig(
-        target="optdigits", backbone="resnet18", steps=3, batch_size=8, device="cpu"
-    )
+    cfg = TrainConfig(target="optdigits", backbone="resnet18", steps=3, batch_size=8, device="cpu")
     model, data, _, _ = trained_model(cfg, tasks=AUX)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit_heads(model, data, AUX, steps=3, batch_size=8, seed=0)
