@@ -22,7 +22,6 @@ from ntlab.core.forkmerge import (
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.metrics import gain_effect, transfer_gain, transfer_regime
 
-DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
 
 

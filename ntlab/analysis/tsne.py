@@ -21,7 +21,6 @@ from ntlab.data.sampler import interpolated_draw, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
 
-DEFAULT_LAMS = (0.0, 0.0625, 0.25, 1.0)
 SOURCES = ("target-train", "aux-train", "target-test")
 
 

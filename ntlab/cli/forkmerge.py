@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
 from ntlab.cli import options as opt
@@ -21,27 +20,12 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
 )
-from ntlab.core.forkmerge import (
-    BRANCH_MODES,
-    ForkMergeOptions,
-    joint_branches,
-    parse_branch,
-    per_task_branches,
-    run_forkmerge,
-    validate_forkmerge,
-)
-from ntlab.core.runner import (
-    MODEL_FILE,
-    TrainConfig,
-    cached_run,
-    save_model,
-    stl_config,
-    validate,
-    with_transfer_gain,
-)
+from ntlab.config import ForkMergeOptions
 from ntlab.errors import unknown_name
-from ntlab.metrics import transfer_gain
 from ntlab.runs import RunDir
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
 
 app = typer.Typer(
     help="ForkMerge: fork the model into branches with different task weights, "
@@ -123,6 +107,19 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     (the merged model) and results.json; a checkpoint after every merge lets --resume
     continue a killed run.
     """
+    import pandas as pd
+
+    from ntlab.core.forkmerge import ForkMergeOptions, run_forkmerge, validate_forkmerge
+    from ntlab.core.runner import (
+        MODEL_FILE,
+        cached_run,
+        save_model,
+        stl_config,
+        validate,
+        with_transfer_gain,
+    )
+    from ntlab.metrics import transfer_gain
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -194,6 +191,8 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
 
 
 def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
+    from ntlab.core.forkmerge import BRANCH_MODES, joint_branches, parse_branch, per_task_branches
+
     if opts["branch"]:
         return [parse_branch(text, tasks) for text in opts["branch"]]
     if opts["branches"] not in BRANCH_MODES:

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.models
@@ -24,11 +24,11 @@ from rich.markup import escape
 
 from ntlab import catalog
 from ntlab.cli.common import preset_help
-from ntlab.core.runner import TrainConfig, apply_threads, resolve_aux
-from ntlab.data import BENCHMARKS, get_benchmark
-from ntlab.data.benchmark import DATA_OPTIONS
 from ntlab.errors import did_you_mean
 from ntlab.presets import PRESETS
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
 
 Target = Annotated[
     str, typer.Option("--target", "-t", help="The target task (a domain of the benchmark).")
@@ -186,6 +186,9 @@ MergeHeads = Annotated[
 
 def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
     """The benchmark's data options from resolved command options (those it accepts)."""
+    from ntlab.data import BENCHMARKS
+    from ntlab.data.benchmark import DATA_OPTIONS
+
     accepted = getattr(BENCHMARKS.get(bench_name), "options", DATA_OPTIONS)
     values = {
         "root": str(opts["root"]) if opts.get("root") is not None else None,
@@ -208,6 +211,8 @@ def _domain_list(text: str | None) -> list[str] | None:
 def benchmark(opts: dict[str, Any]):
     """The benchmark of resolved options; `target` and `aux` get their aliases expanded
     (DomainNet: `-t c --aux p,r`) in `opts`."""
+    from ntlab.data import get_benchmark
+
     bench = get_benchmark(opts["benchmark"], **data_options(opts, opts["benchmark"]))
     canonical = getattr(bench, "canonical", None)
     if canonical is not None:
@@ -220,6 +225,9 @@ def benchmark(opts: dict[str, Any]):
 
 def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:
     """The TrainConfig of resolved options (aux checked against the benchmark's tasks)."""
+    from ntlab.core.runner import TrainConfig, apply_threads, resolve_aux
+    from ntlab.data.benchmark import DATA_OPTIONS
+
     names = {f.name for f in fields(TrainConfig)} - {"aux"} - set(DATA_OPTIONS)
     values = {k: v for k, v in opts.items() if k in names}
     values.update(data_options(opts, opts["benchmark"]))

@@ -11,7 +11,6 @@ import typer
 
 from ntlab.cli.common import console, guarded
 from ntlab.errors import NtlabError
-from ntlab.report import check_format
 
 REPORTS_DIR = Path("reports")
 
@@ -56,6 +55,8 @@ def report_command(
     ForkMerge the Λ* of each round and each round's merge-search landscape. Failed or
     unfinished runs render too, with their error and partial tables.
     """
+    from ntlab.report import check_format
+
     with guarded():
         if not runs:
             raise NtlabError(

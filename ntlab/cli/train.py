@@ -6,11 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
 from ntlab import catalog
-from ntlab.analysis.compare import PROCEDURES, check_method, method_row
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -22,16 +20,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
 )
-from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
-from ntlab.core.runner import (
-    MODEL_FILE,
-    run_training,
-    save_model,
-    stl_baseline,
-    store_run,
-    validate,
-    with_transfer_gain,
-)
+from ntlab.config import ForkMergeOptions
 from ntlab.runs import RunDir
 
 
@@ -71,6 +60,19 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
     seed, reused from the cache).
     """
+    import pandas as pd
+
+    from ntlab.analysis.compare import PROCEDURES, check_method
+    from ntlab.core.runner import (
+        MODEL_FILE,
+        run_training,
+        save_model,
+        stl_baseline,
+        store_run,
+        validate,
+        with_transfer_gain,
+    )
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -130,6 +132,10 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
 
 def _train_procedure(opts: dict, bench) -> None:
     """`--method grid-search|forkmerge`: several trainings (cached), reported as one."""
+    from ntlab.analysis.compare import method_row
+    from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
+    from ntlab.core.runner import validate
+
     method = opts["method"]
     cfg = opt.train_config(opts, bench.tasks(), method="ew")
     validate(cfg)

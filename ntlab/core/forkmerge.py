@@ -37,6 +37,7 @@ import torch
 from ntlab.cache import entry_results
 from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F401  (re-exported)
 from ntlab.checks import MAX_STEPS, check_number
+from ntlab.config import ForkMergeOptions  # noqa: E402, F401  (re-exported)
 from ntlab.core.evaluate import evaluate, predict
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
@@ -121,25 +122,6 @@ def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
     if not active_terms(terms):
         raise NtlabError(f"--branch {text!r} gives every task weight 0")
     return BranchSpec(tuple(terms))
-
-
-@dataclass
-class ForkMergeOptions:
-    merge_every: int
-    search: str = "auto"  # grid for two branches, greedy above
-    grid_step: float = 0.1
-    val_samples: int | None = None
-    merge_margin: float = 0.0
-    prune: int | None = None
-    bn_recalibrate: bool = False
-    bn_batches: int = 20
-    optimizer_state: str = "keep"  # or "reset": fresh optimiser moments after every merge
-    merge_heads: str = "all"  # or "shared": the backbone and the target head only
-
-    def search_for(self, branches: int) -> str:
-        if self.search == "auto":
-            return "grid" if branches <= 2 else "greedy"
-        return self.search
 
 
 def validate_forkmerge(

@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,9 +24,10 @@ from ntlab.checks import (
     check_seed,
     check_steps,
 )
+from ntlab.config import TrainConfig  # noqa: E402, F401  (re-exported)
 from ntlab.core.evaluate import evaluate
 from ntlab.core.rules import Rule, RuleContext
-from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
+from ntlab.core.state import OPTIMIZERS, SCHEDULES, TrainState
 from ntlab.core.train import (
     BN_BATCHES,
     LOSS_REDUCTIONS,
@@ -46,63 +47,6 @@ from ntlab.runs import write_failed, write_json
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file
 
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
-
-
-@dataclass
-class TrainConfig:
-    """Every option that decides what a training computes."""
-
-    target: str
-    method: str = "stl"
-    aux: list[str] = field(default_factory=list)
-    lam: float = 1.0
-    benchmark: str = "digits"
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    backbone: str = "cnn"
-    width: int = 16
-    weights: str | None = None
-    backbone_lr_scale: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 100
-    # Image-list benchmarks (domainnet, imagelist): where the data is and how it is loaded.
-    root: str | None = None
-    domains: list[str] | None = None
-    image_size: int | None = None
-    skip_bad_images: bool = False
-    workers: int | None = None
-    # The authors' choices (their DomainNet equal_weight.py: one forward per domain, the
-    # losses divided by the number of domains, the best-validation checkpoint kept).
-    threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's default)
-    bn_batches: str = "pooled"  # pooled | per-term: how BatchNorm sees the terms' batches
-    select: str = "last"  # last | best-val: which iterate is the trained model
-    loss_reduction: str = "sum"  # sum: Σ ν_k L_k | mean: (Σ ν_k L_k)/K
-
-    def optim(self) -> OptimConfig:
-        return OptimConfig(
-            self.optimizer,
-            self.lr,
-            self.weight_decay,
-            schedule=self.schedule,
-            backbone_lr_scale=self.backbone_lr_scale,
-        )
-
-    def data_options(self) -> dict:
-        return {
-            "root": self.root,
-            "domains": self.domains,
-            "image_size": self.image_size,
-            "skip_bad_images": self.skip_bad_images,
-            "workers": self.workers,
-        }
-
-    def terms(self) -> list[LossTerm]:
-        return get_method(self.method).terms(self.target, self.aux, self.lam)
 
 
 def benchmark_of(cfg: TrainConfig):
