@@ -25,6 +25,11 @@ GCS_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
 TSNE_LAMS = (0.0, 0.0625, 0.25, 1.0)
 
 
+def lams_text(lams: tuple[float, ...]) -> str:
+    """A λ grid as --lams takes it: `0,0.0625,0.25,1`."""
+    return ",".join(f"{lam:g}" for lam in lams)
+
+
 @dataclass
 class TrainConfig:
     """Every option that decides what a training computes."""

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
+from ntlab.config import SWEEP_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import (
     ForkMergeOptions,
     cached_forkmerge,

@@ -27,7 +27,7 @@ from ntlab.cli.common import (
     resume_note,
     run_record,
 )
-from ntlab.config import GCS_LAMS, GcsOptions
+from ntlab.config import GCS_LAMS, SWEEP_LAMS, TSNE_LAMS, GcsOptions, lams_text
 from ntlab.errors import NtlabError
 from ntlab.runs import RunDir
 
@@ -81,7 +81,7 @@ def _gcs_options(
             "as the auxiliary task (Fig. 2c–d)."
         ),
     ] = GcsOptions.aux_kind,
-    lams: opt.Lams = ",".join(f"{lam:g}" for lam in GCS_LAMS),
+    lams: opt.Lams = lams_text(GCS_LAMS),
     batches: Annotated[
         int | None,
         typer.Option(help=f"Sampled mini-batch pairs. {preset_help('batches')}"),
@@ -187,7 +187,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
 def _csd_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: Annotated[
         str,
         typer.Option(
@@ -275,7 +275,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
 def _tsne_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.25,1",
+    lams: opt.Lams = lams_text(TSNE_LAMS),
     classes: Annotated[
         int | None,
         typer.Option(help="Keep the K most frequent classes [default: 10, or all if fewer]."),

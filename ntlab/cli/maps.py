@@ -27,7 +27,7 @@ from ntlab.cli.common import (
     resumed_rows,
     run_record,
 )
-from ntlab.config import ForkMergeOptions
+from ntlab.config import SWEEP_LAMS, ForkMergeOptions, lams_text
 from ntlab.errors import NtlabError, unknown_name
 from ntlab.runs import RunDir, atomic_write_text
 
@@ -64,7 +64,7 @@ def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
 def _sweep_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: opt.Seeds = "0",
     with_forkmerge: Annotated[
         bool, typer.Option(help="Also run ForkMerge with the same budget and seeds.")
