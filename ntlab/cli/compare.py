@@ -26,7 +26,7 @@ from ntlab.cli.common import (
     resume_note,
     run_record,
 )
-from ntlab.config import ForkMergeOptions
+from ntlab.config import SWEEP_LAMS, ForkMergeOptions, lams_text
 from ntlab.runs import RunDir
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _compare_options(
     seeds: opt.Seeds = "0",
     lams: Annotated[
         str, typer.Option(help="λ grid of `grid-search` (the λ is chosen on validation).")
-    ] = "0,0.0625,0.125,0.25,0.5,1,2",
+    ] = lams_text(SWEEP_LAMS),
     merge_every: opt.MergeEvery = None,
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
