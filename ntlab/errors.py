@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -12,6 +14,36 @@ class NtlabError(Exception):
 
 class UnknownNameError(NtlabError):
     """A name that is not in a registry."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice `name` most likely misspells, if one is close enough (difflib's ratio ≥ 0.6,
+    case ignored)."""
+    names = list(choices)
+    lowered = {c.lower(): c for c in names}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[found[0]] if found else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`did you mean 'mnist'? ` when a choice is close to `name`, else the empty string."""
+    best = closest(name, choices)
+    return f"did you mean {best!r}? " if best is not None else ""
+
+
+def unknown_name(
+    what: str, name: object, choices: Iterable[str], where: str = ""
+) -> UnknownNameError:
+    """The error for a name that is not one of `choices`: `unknown target 'mnsit'; did you
+    mean 'mnist'? Choose one of: mnist, mnistm, …` (`where` follows the name: `in --branch
+    'a=1'`)."""
+    names = [str(c) for c in choices]
+    hint = did_you_mean(str(name), names)
+    listing = f"{'C' if hint else 'c'}hoose one of: {', '.join(names)}"
+    place = f" {where}" if where else ""
+    return UnknownNameError(f"unknown {what} {name!r}{place}; {hint}{listing}")
 
 
 class NonFiniteError(NtlabError):

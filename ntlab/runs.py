@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ntlab import __version__
 from ntlab.errors import NtlabError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def atomic_write_text(path: Path, text: str) -> None:

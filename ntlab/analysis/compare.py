@@ -20,22 +20,14 @@ from ntlab.analysis.sweep import (
     se_columns,
 )
 from ntlab.analysis.sweep import entry as entry_of
+from ntlab.catalog import PROCEDURES, method_names  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import ForkMergeOptions
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
-from ntlab.errors import NtlabError
-from ntlab.methods import KINDS, METHODS
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.metrics import regime_basis, regime_rule, transfer_gain
 
-PROCEDURES = ("grid-search", "forkmerge")  # methods made of several trainings
 NOT_IN_ALL = ("fixed",)  # needs a λ: grid-search is its fair form
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
-
-
-def method_names() -> list[str]:
-    """Every method `compare` and `train` accept: static, loss weighting, gradient
-    balancing, auxiliary-task methods, then grid-search and forkmerge."""
-    ordered = sorted(METHODS, key=lambda m: KINDS.index(METHODS.get(m).kind))
-    return [*ordered, *PROCEDURES]
 
 
 def all_methods() -> list[str]:
@@ -59,7 +51,7 @@ def parse_methods(text: str) -> list[str]:
 
 def check_method(name: str) -> str:
     if name not in method_names():
-        raise NtlabError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+        raise unknown_name("method", name, method_names())
     return name
 
 

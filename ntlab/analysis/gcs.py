@@ -12,7 +12,6 @@ the validation split, which stays on the device, converted to float once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ntlab.analysis.common import check_lams
-from ntlab.checks import check_number, check_seed, check_steps
+from ntlab.catalog import AUX_KINDS  # noqa: F401  (re-exported)
+from ntlab.config import GCS_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
+from ntlab.config import GcsOptions  # noqa: F401  (re-exported)
 from ntlab.core.state import OptimConfig, TrainState
 from ntlab.core.train import LossTerm, attach_sources, term_losses, train
 from ntlab.data.benchmark import TaskData
@@ -30,34 +30,6 @@ from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.metrics import gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
-
-AUX_KINDS = ("task", "weight-decay")
-DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
-
-
-@dataclass(frozen=True)
-class GcsOptions:
-    lams: tuple[float, ...] = DEFAULT_LAMS
-    batches: int = 64
-    eta: float = 0.01  # the paper's η; the CLI takes its defaults from these fields
-    aux_kind: str = "task"
-    batch_size: int = 64
-    probe_steps: int = 100
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.aux_kind not in AUX_KINDS:
-            raise NtlabError(
-                f"unknown --aux-kind {self.aux_kind!r}; choose one of: {', '.join(AUX_KINDS)}"
-            )
-        check_steps("--batches", self.batches)
-        check_number("--eta", self.eta, low=0, low_open=True, why="the step size of θ − η·g")
-        check_steps("--probe-steps", self.probe_steps, low=0)
-        check_number("--batch-size", self.batch_size, low=1, integer=True)
-        check_seed("--seed", self.seed)
-        check_lams(self.lams)
-        if 0.0 not in self.lams:
-            raise NtlabError("--lams must contain 0: TG(λ) is measured against the λ = 0 step")
 
 
 def fit_heads(

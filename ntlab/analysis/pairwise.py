@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from ntlab.analysis.sweep import entry, mean_std, se_columns
+from ntlab.catalog import PAIR_METHODS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, did_you_mean, unknown_name
 from ntlab.metrics import regime_basis, regime_of_seeds, regime_rule, transfer_gain
 
-PAIR_METHODS = ("ew", "forkmerge")
 COLUMNS = [
     "target", "aux", "method", "seed", "acc", "stl_acc", "tg", "tg_se", "tg_se_kind", "test_n",
     "val_acc", "stl_val_acc",
@@ -41,9 +41,10 @@ def check_domains(domains: Sequence[str], tasks: Sequence[str]) -> list[str]:
     domains = list(dict.fromkeys(domains))
     unknown = [d for d in domains if d not in tasks]
     if unknown:
+        hint = did_you_mean(unknown[0], tasks)
         raise NtlabError(
             f"--domains has {unknown[0]!r}, which is not a domain of the benchmark; "
-            f"choose from: {', '.join(tasks)}"
+            f"{hint}{'C' if hint else 'c'}hoose one of: {', '.join(tasks)}"
         )
     if len(domains) < 2:
         raise NtlabError("--domains needs at least two domains to form a pair")
@@ -54,9 +55,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in PAIR_METHODS:
-            raise NtlabError(
-                f"unknown pairwise method {m!r}; choose from: {', '.join(PAIR_METHODS)}"
-            )
+            raise unknown_name("pairwise method", m, PAIR_METHODS)
     if not methods:
         raise NtlabError("--method is empty; choose from: " + ", ".join(PAIR_METHODS))
     return methods

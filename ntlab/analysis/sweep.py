@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
+from ntlab.config import SWEEP_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import (
     ForkMergeOptions,
     cached_forkmerge,
@@ -28,7 +29,6 @@ from ntlab.metrics import (
     transfer_regime,
 )
 
-DEFAULT_LAMS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
 
 

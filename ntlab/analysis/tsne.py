@@ -15,13 +15,13 @@ import torch
 from sklearn.manifold import TSNE
 
 from ntlab.checks import check_number
+from ntlab.config import TSNE_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
 from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, cat_images, labelled_chunks
 from ntlab.data.sampler import interpolated_draw, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.models.multitask import MultiTaskModel
 
-DEFAULT_LAMS = (0.0, 0.0625, 0.25, 1.0)
 SOURCES = ("target-train", "aux-train", "target-test")
 
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ntlab.analysis import csd as csd_analysis
-from ntlab.analysis import gcs as gcs_analysis
-from ntlab.analysis import tsne as tsne_analysis
-from ntlab.analysis.common import check_lams
 from ntlab.checks import check_steps
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
@@ -31,20 +27,26 @@ from ntlab.cli.common import (
     resume_note,
     run_record,
 )
-from ntlab.core.runner import TrainConfig, load_model, stl_config, trained_model, validate
+from ntlab.config import GCS_LAMS, SWEEP_LAMS, TSNE_LAMS, GcsOptions, lams_text
 from ntlab.errors import NtlabError
-from ntlab.metrics import effect_label, regime_label, rule_caption
 from ntlab.runs import RunDir
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
 
 CSD_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training (λ, seed)
 
 
 def _lams(text: str) -> list[float]:
+    from ntlab.analysis.common import check_lams
+
     return check_lams(parse_numbers(text, "--lams"))
 
 
 def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfig, Any]:
     """Resolve options, check the training they describe and that the data is prepared."""
+    from ntlab.core.runner import validate
+
     opts = resolve_options(ctx, values)
     bench = opt.benchmark(opts)
     if "pretrain_steps" in opts:
@@ -78,15 +80,15 @@ def _gcs_options(
             help="task: the auxiliary domains, mixed; weight-decay: the regulariser ½‖θ‖² "
             "as the auxiliary task (Fig. 2c–d)."
         ),
-    ] = gcs_analysis.GcsOptions.aux_kind,
-    lams: opt.Lams = ",".join(f"{lam:g}" for lam in gcs_analysis.DEFAULT_LAMS),
+    ] = GcsOptions.aux_kind,
+    lams: opt.Lams = lams_text(GCS_LAMS),
     batches: Annotated[
         int | None,
         typer.Option(help=f"Sampled mini-batch pairs. {preset_help('batches')}"),
     ] = None,
     eta: Annotated[
         float, typer.Option(help="η of the one-step update θ − η(g_tgt + λ g_aux) (plain SGD).")
-    ] = gcs_analysis.GcsOptions.eta,
+    ] = GcsOptions.eta,
     pretrain_steps: Annotated[
         int | None,
         typer.Option(
@@ -100,7 +102,7 @@ def _gcs_options(
             help="Steps fitting the auxiliary heads on the frozen θ_T backbone before measuring "
             "(an STL model has untrained auxiliary heads)."
         ),
-    ] = gcs_analysis.GcsOptions.probe_steps,
+    ] = GcsOptions.probe_steps,
 ) -> None: ...
 
 
@@ -113,6 +115,9 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
     the validation TG of one step θ_T − η(g_tgt + λ g_aux) over the step with λ = 0.
     Writes gcs.csv (batch, lam, gcs, tg, …), gcs.png and results.json.
     """
+    from ntlab.analysis import gcs as gcs_analysis
+    from ntlab.core.runner import trained_model
+
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         gopts = gcs_analysis.GcsOptions(
@@ -182,7 +187,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
 def _csd_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: Annotated[
         str,
         typer.Option(
@@ -203,6 +208,10 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
     csd.png and results.json with the target's regime (positive, weak_negative,
     strong_negative or neutral: each λ helps or hurts only beyond its seed noise).
     """
+    from ntlab.analysis import csd as csd_analysis
+    from ntlab.core.runner import validate
+    from ntlab.metrics import effect_label, regime_label, rule_caption
+
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         lams = _lams(opts["lams"])
@@ -273,7 +282,7 @@ def _noise(row: dict, several: bool, effect: str | None) -> str:
 def _tsne_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.25,1",
+    lams: opt.Lams = lams_text(TSNE_LAMS),
     classes: Annotated[
         int | None,
         typer.Option(help="Keep the K most frequent classes [default: 10, or all if fewer]."),
@@ -302,6 +311,9 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
     with Z ~ Bernoulli(λ/(1+λ)). One embedding, one panel per λ. Writes tsne.csv, tsne.png
     and results.json.
     """
+    from ntlab.analysis import tsne as tsne_analysis
+    from ntlab.core.runner import load_model, stl_config, trained_model
+
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         lams = _lams(opts["lams"])

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ntlab import cache
 from ntlab.cli.common import console, die, guarded, results_table
+
+if TYPE_CHECKING:
+    from ntlab import cache
 
 app = typer.Typer(
     help="The run cache (NTLAB_HOME/cache): every training ntlab ran, reused by identical "
     "configs. `info` shows it, `verify` reads every entry, `clear` removes entries.",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",
 )
 KINDS = ("runs", "forkmerge")  # always listed, even when empty
 
@@ -25,6 +27,8 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 
 
 def _size(items: list[cache.Item]) -> str:
+    from ntlab import cache
+
     return cache.human_size(sum(i.size for i in items))
 
 
@@ -35,6 +39,8 @@ def info() -> None:
     Also counts the entries set aside as damaged (broken/) and temporary folders left by
     stores that did not finish; `ntlab cache clear` removes both.
     """
+    from ntlab import cache
+
     with guarded():
         found = cache.scan()
         console.print(f"cache: {found.root}", soft_wrap=True, highlight=False)
@@ -77,6 +83,8 @@ def verify(
     Exit code 0 when every entry reads, 1 when any is damaged. A damaged entry does no
     harm: a command that needs it sets it aside and trains it again.
     """
+    from ntlab import cache
+
     with guarded():
         found = cache.scan()
         damaged = 0
@@ -137,6 +145,8 @@ def clear(
     not finish are removed in every case; a store still being written is left alone. No
     confirmation is asked: a removed training is run again when a command needs it.
     """
+    from ntlab import cache
+
     with guarded():
         if older_than is not None and not (math.isfinite(older_than) and older_than >= 0):
             die(f"--older-than must be a number of days ≥ 0, got {older_than}")

@@ -13,19 +13,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ntlab.checks import check_seed
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
-from ntlab.report import check_format
 from ntlab.runs import RunDir, atomic_write_text, read_json_object, set_command_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -113,6 +114,8 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
 
 def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     """Built-in defaults < preset < --config file < options given on the command line."""
+    from ntlab.report import check_format
+
     config = values.get("config")
     file_cfg = load_config_file(config)
     unknown = sorted(set(file_cfg) - set(values))
@@ -133,7 +136,7 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     )
     preset_name = preset_name or DEFAULT_PRESET
     if preset_name not in PRESETS:
-        raise NtlabError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+        raise unknown_name("preset", preset_name, PRESETS)
     resolved = {}
     for name, value in values.items():
         if explicit(name):
@@ -293,6 +296,8 @@ def check_resumable(path: Path | None, checkpoint: Path, record: dict, command: 
 def resumed_rows(path: Path, checkpoint: Path, key: dict[str, type]) -> pd.DataFrame:
     """The finished parts of a run that --resume continues: `checkpoint` read back, its key
     columns (name → str, int or float) checked; a damaged file is named, with what to do."""
+    import pandas as pd
+
     file = Path(path) / checkpoint
     fix = "run again without --resume to start over"
     try:
@@ -326,11 +331,15 @@ class CheckpointRows:
     with `resume` the rows of the killed run are read back first (damage named)."""
 
     def __init__(self, run: RunDir, file: Path, key: dict[str, type], resume: bool) -> None:
+        import pandas as pd
+
         self.path = run.path / file
         frame = resumed_rows(run.path, file, key) if resume else pd.DataFrame()
         self.rows: list[dict] = frame.to_dict("records")
 
     def add(self, row: dict) -> None:
+        import pandas as pd
+
         self.rows.append(row)
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
 

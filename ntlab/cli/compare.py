@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
-from ntlab.analysis import compare as cmp
-from ntlab.analysis.common import check_lams
+from ntlab import catalog
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     CheckpointRows,
@@ -28,10 +26,11 @@ from ntlab.cli.common import (
     resume_note,
     run_record,
 )
-from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
-from ntlab.core.runner import validate
-from ntlab.metrics import effect_label, rule_caption, stat_view, tg_sentence
+from ntlab.config import SWEEP_LAMS, ForkMergeOptions, lams_text
 from ntlab.runs import RunDir
+
+if TYPE_CHECKING:
+    pass
 
 ROWS = Path("checkpoints") / "rows.csv"
 
@@ -43,13 +42,13 @@ def _compare_options(
         str,
         typer.Option(
             help="Methods, comma-separated, or `all` (every method but `fixed`; stl is always "
-            f"run as the reference). Known: {', '.join(cmp.method_names())}."
+            f"run as the reference). Known: {', '.join(catalog.method_names())}."
         ),
     ] = "all",
     seeds: opt.Seeds = "0",
     lams: Annotated[
         str, typer.Option(help="λ grid of `grid-search` (the λ is chosen on validation).")
-    ] = "0,0.0625,0.125,0.25,0.5,1,2",
+    ] = lams_text(SWEEP_LAMS),
     merge_every: opt.MergeEvery = None,
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
@@ -66,6 +65,13 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
     compare.png (TG per method, mean ± seed std), results.json (per method: accuracy, TG
     and Δm mean ± std; the ranking) and prints the table sorted by TG.
     """
+    import pandas as pd
+
+    from ntlab.analysis import compare as cmp
+    from ntlab.analysis.common import check_lams
+    from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
+    from ntlab.core.runner import validate
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -134,6 +140,8 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
 
 
 def _print(results: dict, path: Path, quiet: bool) -> None:
+    from ntlab.metrics import effect_label, rule_caption, stat_view, tg_sentence
+
     if quiet:
         console.print(str(path))
         return

@@ -9,16 +9,17 @@ from rich.table import Table
 
 from ntlab.checks import check_seed
 from ntlab.cli.common import console, guarded
-from ntlab.data import BENCHMARKS, get_benchmark
-from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS, DigitsConfig, prepare_digits
+from ntlab.data.digits_config import DEFAULT_TRAIN, DigitsConfig
 from ntlab.errors import NtlabError
 
 app = typer.Typer(
-    help="Build and list the benchmarks' data.", no_args_is_help=True, rich_markup_mode="markdown"
+    help="Build and list the benchmarks' data.", no_args_is_help=True, rich_markup_mode="rich"
 )
 
 
 def parse_train_sizes(train: int | None, train_size: list[str]) -> dict[str, int]:
+    from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS
+
     sizes = dict(DEFAULT_TRAIN) if train is None else {d: train for d in DOMAINS}
     for item in train_size:
         name, _, value = item.partition("=")
@@ -39,7 +40,7 @@ def prepare(
     size: int = typer.Option(16, help="Stored image resolution in pixels (square, RGB)."),
     train: int | None = typer.Option(
         None,
-        help="Training images per domain [default: "
+        help="Training images per domain \\[default: "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN.items())
         + "].",
     ),
@@ -63,6 +64,9 @@ def prepare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the data folder."),
 ) -> None:
     """Build a benchmark's data cache (idempotent: an identical build is reused)."""
+    from ntlab.data import get_benchmark
+    from ntlab.data.digits import DigitsConfig, prepare_digits
+
     with guarded():
         get_benchmark(benchmark)
         check_seed("--seed", seed)
@@ -87,6 +91,8 @@ def list_benchmarks() -> None:
 
     Every file listed is checked (its size and digest against the build's): a damaged one
     is marked, and the command ends with exit code 2 naming it."""
+    from ntlab.data import BENCHMARKS, get_benchmark
+
     with guarded():
         damaged = []
         for name in BENCHMARKS:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
 from ntlab.cli import options as opt
@@ -23,36 +22,21 @@ from ntlab.cli.common import (
     results_table,
     tg_cells,
 )
-from ntlab.core.forkmerge import (
-    BRANCH_MODES,
-    ForkMergeOptions,
-    joint_branches,
-    parse_branch,
-    per_task_branches,
-    run_forkmerge,
-    validate_forkmerge,
-)
-from ntlab.core.runner import (
-    MODEL_FILE,
-    STL_METRICS_FILE,
-    TrainConfig,
-    cached_run,
-    save_model,
-    stl_config,
-    stl_curve_csv,
-    tg_fields,
-    validate,
-    with_transfer_gain,
-)
-from ntlab.errors import NtlabError
-from ntlab.metrics import rule_caption, tg_sentence
+from ntlab.config import ForkMergeOptions
+from ntlab.errors import unknown_name
 from ntlab.runs import RunDir, atomic_write_text
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
 
 app = typer.Typer(
     help="ForkMerge: fork the model into branches with different task weights, "
     "merge them by validation.",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",
 )
 CHECKPOINT = Path("checkpoints") / "forkmerge.pt"
 
@@ -129,6 +113,21 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     results.json; a checkpoint after every merge lets --resume
     continue a killed run.
     """
+    import pandas as pd
+
+    from ntlab.core.forkmerge import ForkMergeOptions, run_forkmerge, validate_forkmerge
+    from ntlab.core.runner import (
+        MODEL_FILE,
+        STL_METRICS_FILE,
+        cached_run,
+        save_model,
+        stl_config,
+        stl_curve_csv,
+        tg_fields,
+        validate,
+        with_transfer_gain,
+    )
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -208,17 +207,19 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
 
 
 def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
+    from ntlab.core.forkmerge import BRANCH_MODES, joint_branches, parse_branch, per_task_branches
+
     if opts["branch"]:
         return [parse_branch(text, tasks) for text in opts["branch"]]
     if opts["branches"] not in BRANCH_MODES:
-        raise NtlabError(
-            f"unknown --branches {opts['branches']!r}; choose one of: {', '.join(BRANCH_MODES)}"
-        )
+        raise unknown_name("--branches", opts["branches"], BRANCH_MODES)
     build = joint_branches if opts["branches"] == "joint" else per_task_branches
     return build(cfg.target, cfg.aux)
 
 
 def _print_summary(results: dict, path: Path, quiet: bool) -> None:
+    from ntlab.metrics import rule_caption, tg_sentence
+
     if quiet:
         console.print(str(path))
         return

@@ -5,16 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.table import Table
 
-from ntlab.analysis import pairwise as pw
-from ntlab.analysis import sweep as sw
-from ntlab.analysis import ternary as tn
-from ntlab.analysis.common import check_lams
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -32,19 +27,14 @@ from ntlab.cli.common import (
     resumed_rows,
     run_record,
 )
-from ntlab.core.forkmerge import (
-    BRANCH_MODES,
-    BranchSpec,
-    ForkMergeOptions,
-    joint_branches,
-    parse_branch,
-    validate_forkmerge,
-)
-from ntlab.core.runner import TrainConfig, cached_run, stl_config, validate
-from ntlab.core.train import LossTerm
-from ntlab.errors import NtlabError
-from ntlab.metrics import effect_label, regime_label, rule_caption, stat_view, tg_sentence
+from ntlab.config import SWEEP_LAMS, ForkMergeOptions, TrainConfig, lams_text
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.runs import RunDir, atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ntlab.core.runner import TrainConfig
 
 CELLS = Path("checkpoints") / "cells.csv"
 SWEEP_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training of a sweep
@@ -54,12 +44,16 @@ SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", *NOISE, "tg_val", "source"]
 
 
 def _forkmerge_options(cfg: TrainConfig, opts: dict) -> ForkMergeOptions:
+    from ntlab.core.forkmerge import ForkMergeOptions, joint_branches, validate_forkmerge
+
     fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
     validate_forkmerge(cfg, joint_branches(cfg.target, cfg.aux or [cfg.target]), fm)
     return fm
 
 
 def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
+    from ntlab.core.runner import validate
+
     cfg = opt.train_config(opts, tasks, **{"seed": 0, **overrides})
     validate(cfg)
     return cfg
@@ -71,7 +65,7 @@ def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
 def _sweep_options(
     target: opt.Target,
     aux: opt.Aux = "all",
-    lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
+    lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: opt.Seeds = "0",
     with_forkmerge: Annotated[
         bool, typer.Option(help="Also run ForkMerge with the same budget and seeds.")
@@ -99,6 +93,12 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
     best λ, and the grid-search baseline: per seed the λ with the best validation accuracy,
     and its test TG.
     """
+    import pandas as pd
+
+    from ntlab.analysis import sweep as sw
+    from ntlab.analysis.common import check_lams
+    from ntlab.core.forkmerge import BRANCH_MODES
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -108,10 +108,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         seeds = parse_seeds(opts["seeds"])
         if opts["forkmerge_branches"] not in BRANCH_MODES:
-            raise NtlabError(
-                f"unknown --forkmerge-branches {opts['forkmerge_branches']!r}; "
-                f"choose one of: {', '.join(BRANCH_MODES)}"
-            )
+            raise unknown_name("--forkmerge-branches", opts["forkmerge_branches"], BRANCH_MODES)
         fm = _forkmerge_options(cfg, opts) if opts["with_forkmerge"] else None
         bench.fingerprint()
         record = run_record(
@@ -184,6 +181,8 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
 
 
 def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> None:
+    from ntlab.metrics import effect_label, regime_label, rule_caption, stat_view, tg_sentence
+
     if quiet:
         console.print(str(path))
         return
@@ -278,6 +277,10 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
     (pairwise_ew.png, pairwise_forkmerge.png) and results.json (negative cells per method,
     each target's regime over its auxiliary domains). A killed run continues with --resume.
     """
+    import pandas as pd
+
+    from ntlab.analysis import pairwise as pw
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -369,6 +372,10 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 def _print_pairwise(
     table: pd.DataFrame, summary: dict, methods: list[str], path: Path, quiet: bool
 ) -> None:
+
+    from ntlab.analysis import pairwise as pw
+    from ntlab.metrics import regime_label, rule_caption, stat_view, tg_sentence
+
     if quiet:
         console.print(str(path))
         return
@@ -446,6 +453,11 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
     then evaluates Σ_b Λ_b θ_b at every grid point with ForkMerge's grid search. Writes
     ternary.csv (w0, w1, w2, val_acc, test_acc, tg, best), ternary.png and results.json.
     """
+    from ntlab.analysis import ternary as tn
+    from ntlab.core.forkmerge import BranchSpec, parse_branch
+    from ntlab.core.runner import cached_run, stl_config
+    from ntlab.core.train import LossTerm
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)

@@ -9,21 +9,26 @@ preset < --config file < command line).
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.models
+from rich.markup import escape
 
+from ntlab import catalog
 from ntlab.cli.common import preset_help
-from ntlab.core.runner import TrainConfig, apply_threads, resolve_aux
-from ntlab.data import BENCHMARKS, get_benchmark
-from ntlab.data.benchmark import DATA_OPTIONS
-from ntlab.models import BACKBONES
+from ntlab.errors import did_you_mean
 from ntlab.presets import PRESETS
+
+if TYPE_CHECKING:
+    from ntlab.core.runner import TrainConfig
 
 Target = Annotated[
     str, typer.Option("--target", "-t", help="The target task (a domain of the benchmark).")
@@ -31,7 +36,7 @@ Target = Annotated[
 Aux = Annotated[
     str, typer.Option(help="Auxiliary tasks, comma-separated, or `all` (every other domain).")
 ]
-Benchmark = Annotated[str, typer.Option(help=f"Benchmark: {', '.join(BENCHMARKS)}.")]
+Benchmark = Annotated[str, typer.Option(help="The benchmark (`ntlab data list` shows them).")]
 Steps = Annotated[int | None, typer.Option(help=f"Optimiser steps. {preset_help('steps')}")]
 BatchSize = Annotated[
     int | None, typer.Option(help=f"Mini-batch size per loss term. {preset_help('batch_size')}")
@@ -39,9 +44,7 @@ BatchSize = Annotated[
 LR = Annotated[float | None, typer.Option(help=f"Learning rate. {preset_help('lr')}")]
 Optimizer = Annotated[
     str | None,
-    typer.Option(
-        help=f"Optimiser: adam or sgd (nesterov momentum 0.9). {preset_help('optimizer')}"
-    ),
+    typer.Option(help=f"Optimiser (sgd: nesterov momentum 0.9). {preset_help('optimizer')}"),
 ]
 WeightDecay = Annotated[
     float | None,
@@ -49,13 +52,13 @@ WeightDecay = Annotated[
 ]
 Schedule = Annotated[
     str | None,
-    typer.Option(help=f"Learning-rate schedule: constant or cosine. {preset_help('schedule')}"),
+    typer.Option(help=f"Learning-rate schedule. {preset_help('schedule')}"),
 ]
 Backbone = Annotated[
     str,
     typer.Option(
-        help=f"Backbone: {', '.join(BACKBONES)} (cnn: small, fast on CPU; the others: "
-        "torchvision's, trained from scratch unless --weights)."
+        help="Backbone (cnn: small, fast on CPU; the others: torchvision's, trained from "
+        "scratch unless --weights)."
     ),
 ]
 BackboneLrScale = Annotated[
@@ -138,7 +141,7 @@ LossReduction = Annotated[
     ),
 ]
 Preset = Annotated[
-    str | None, typer.Option(help=f"Option bundle: {', '.join(PRESETS)} [default: default].")
+    str | None, typer.Option(help="Option bundle (budget and optimiser) [default: default].")
 ]
 Config = Annotated[
     Path | None,
@@ -183,6 +186,9 @@ MergeHeads = Annotated[
 
 def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
     """The benchmark's data options from resolved command options (those it accepts)."""
+    from ntlab.data import BENCHMARKS
+    from ntlab.data.benchmark import DATA_OPTIONS
+
     accepted = getattr(BENCHMARKS.get(bench_name), "options", DATA_OPTIONS)
     values = {
         "root": str(opts["root"]) if opts.get("root") is not None else None,
@@ -205,6 +211,8 @@ def _domain_list(text: str | None) -> list[str] | None:
 def benchmark(opts: dict[str, Any]):
     """The benchmark of resolved options; `target` and `aux` get their aliases expanded
     (DomainNet: `-t c --aux p,r`) in `opts`."""
+    from ntlab.data import get_benchmark
+
     bench = get_benchmark(opts["benchmark"], **data_options(opts, opts["benchmark"]))
     canonical = getattr(bench, "canonical", None)
     if canonical is not None:
@@ -217,6 +225,9 @@ def benchmark(opts: dict[str, Any]):
 
 def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> TrainConfig:
     """The TrainConfig of resolved options (aux checked against the benchmark's tasks)."""
+    from ntlab.core.runner import TrainConfig, apply_threads, resolve_aux
+    from ntlab.data.benchmark import DATA_OPTIONS
+
     names = {f.name for f in fields(TrainConfig)} - {"aux"} - set(DATA_OPTIONS)
     values = {k: v for k, v in opts.items() if k in names}
     values.update(data_options(opts, opts["benchmark"]))
@@ -274,17 +285,121 @@ def run_options(
     """Where a command writes and how it talks."""
 
 
+# Help panels, by option name (a command's own options stay in its first panel, "Options",
+# unless listed here); the image-list options have their own panel, so a digits user can
+# skip it.
+DATA, IMAGES, MODEL, OPTIM, FORKMERGE, OUTPUT = (
+    "Data",
+    "Image lists (benchmarks imagelist, domainnet)",
+    "Model",
+    "Optimisation",
+    "ForkMerge",
+    "Seeds and output",
+)
+PANELS = {
+    "benchmark": DATA,
+    **dict.fromkeys(("root", "image_size", "workers", "skip_bad_images"), IMAGES),
+    **dict.fromkeys(("backbone", "width", "weights", "bn_batches"), MODEL),
+    **dict.fromkeys(
+        (
+            "steps",
+            "batch_size",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "schedule",
+            "backbone_lr_scale",
+            "eval_every",
+            "select",
+            "loss_reduction",
+            "threads",
+            "device",
+        ),
+        OPTIM,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ("merge_every", "merge_heads", "with_forkmerge", "forkmerge_branches"), FORKMERGE
+    ),
+    **dict.fromkeys(
+        ("seed", "seeds", "preset", "config", "out", "overwrite", "resume", "quiet", "format"),
+        OUTPUT,
+    ),
+}
+TEMPLATE_PANELS = {"domains": IMAGES}  # only where the template declares it (not pairwise's)
+# Options with fixed choices, by name: the parser checks them and --help lists them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "benchmark": catalog.BENCHMARK_NAMES,
+    "backbone": catalog.BACKBONE_NAMES,
+    "optimizer": catalog.OPTIMIZERS,
+    "schedule": catalog.SCHEDULES,
+    "bn_batches": catalog.BN_BATCHES,
+    "select": catalog.SELECTIONS,
+    "loss_reduction": catalog.LOSS_REDUCTIONS,
+    "merge_heads": catalog.MERGE_HEADS,
+    "forkmerge_branches": catalog.BRANCH_MODES,
+    "branches": catalog.BRANCH_MODES,
+    "search": ("auto", *catalog.SEARCHES),
+    "optimizer_state": catalog.OPTIMIZER_STATES,
+    "aux_kind": catalog.AUX_KINDS,
+    "preset": tuple(PRESETS),
+    "format": catalog.FORMATS,
+}
+
+
+def choice(choices: tuple[str, ...], metavar: str | None = None) -> dict[str, Any]:
+    """typer.Option arguments for an option with fixed choices: the parser rejects anything
+    else (with a did-you-mean) and --help shows `[a|b|c]` (or `metavar`)."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            hint = did_you_mean(value, choices).strip()
+            message = f"{value!r} is not one of {', '.join(choices)}"
+            raise typer.BadParameter(f"{message}; {hint}" if hint else message)
+        return value
+
+    parse.__name__ = metavar or "choice"
+    return {"parser": parse, "metavar": metavar or f"[{'|'.join(choices)}]"}
+
+
+def _dressed(p: inspect.Parameter, own: bool) -> inspect.Parameter:
+    """`p` with its help panel, its choices and its help text escaped for rich markup (so
+    `[default: …]` and `image_list/<domain>_<split>.txt` show as written)."""
+    base, *meta = typing.get_args(p.annotation) or (p.annotation,)
+    infos = [m for m in meta if isinstance(m, typer.models.OptionInfo)]
+    if not infos:
+        return p
+    info = copy.copy(infos[0])
+    if info.help:
+        info.help = escape(info.help)
+    if info.rich_help_panel is None:
+        info.rich_help_panel = PANELS.get(p.name) or (None if own else TEMPLATE_PANELS.get(p.name))
+    if p.name in CHOICES and info.parser is None and info.metavar is None:
+        for key, value in choice(CHOICES[p.name]).items():
+            setattr(info, key, value)
+    return p.replace(annotation=Annotated[base, info])
+
+
+PANEL_ORDER = (None, DATA, MODEL, OPTIM, FORKMERGE, IMAGES, OUTPUT)
+
+
+def _panel_rank(p: inspect.Parameter) -> int:
+    infos = [m for m in typing.get_args(p.annotation)[1:] if isinstance(m, typer.models.OptionInfo)]
+    panel = infos[0].rich_help_panel if infos else None
+    return PANEL_ORDER.index(panel) if panel in PANEL_ORDER else 0
+
+
 def command(*templates: Callable[..., None], exclude: tuple[str, ...] = ()):
     """Give a command the options of `templates` (less `exclude`, which the command declares
     its own way; an option in two templates is the first one's); it is called as
-    `fn(ctx, values)`."""
+    `fn(ctx, values)`. Options get their help panel (`PANELS`) and choices (`CHOICES`)."""
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
     ]
-    for template in templates:
+    for i, template in enumerate(templates):
         for p in inspect.signature(template, eval_str=True).parameters.values():
             if p.name not in exclude and p.name not in {q.name for q in params}:
-                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                params.append(_dressed(p.replace(kind=inspect.Parameter.KEYWORD_ONLY), i == 0))
+    params[1:] = sorted(params[1:], key=_panel_rank)  # --help shows the panels in this order
 
     def decorate(fn: Callable[[typer.Context, dict[str, Any]], None]):
         @functools.wraps(fn)
@@ -292,6 +407,7 @@ def command(*templates: Callable[..., None], exclude: tuple[str, ...] = ()):
             return fn(ctx, values)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__doc__ = escape(inspect.cleandoc(fn.__doc__ or ""))
         return wrapper
 
     return decorate

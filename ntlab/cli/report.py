@@ -11,7 +11,6 @@ import typer
 
 from ntlab.cli.common import console, guarded
 from ntlab.errors import NtlabError
-from ntlab.report import check_format
 
 REPORTS_DIR = Path("reports")
 
@@ -38,12 +37,14 @@ def report_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="The HTML file to write [default: reports/<run>.html, or "
+            help="The HTML file to write \\[default: reports/<run>.html, or "
             "reports/compare-….html for several runs]."
         ),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="Figures inlined as png or svg.")] = "png",
-    title: Annotated[str | None, typer.Option(help="Page title [default: from the runs].")] = None,
+    title: Annotated[
+        str | None, typer.Option(help="Page title \\[default: from the runs].")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the path.")] = False,
 ) -> None:
     """Render one run (or compare several) as a self-contained HTML page.
@@ -54,6 +55,8 @@ def report_command(
     ForkMerge the Λ* of each round and each round's merge-search landscape. Failed or
     unfinished runs render too, with their error and partial tables.
     """
+    from ntlab.report import check_format
+
     with guarded():
         if not runs:
             raise NtlabError(

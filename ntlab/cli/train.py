@@ -6,10 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
-from ntlab.analysis.compare import PROCEDURES, check_method, method_names, method_row
+from ntlab import catalog
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -23,34 +22,22 @@ from ntlab.cli.common import (
     results_table,
     tg_cells,
 )
-from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
-from ntlab.core.runner import (
-    MODEL_FILE,
-    STL_METRICS_FILE,
-    run_training,
-    save_model,
-    stl_baseline,
-    stl_curve_csv,
-    store_run,
-    validate,
-    with_transfer_gain,
-)
-from ntlab.methods import METHODS
-from ntlab.metrics import gain_effect, rule_caption, tg_sentence
+from ntlab.config import ForkMergeOptions
 from ntlab.runs import RunDir, atomic_write_text
-
-METHOD_HELP = "; ".join(
-    f"{m}: {METHODS.get(m).summary}" for m in method_names() if m in METHODS
-) + (
-    "; grid-search: the fixed-λ grid (--lams of sweep's default), λ chosen on validation; "
-    "forkmerge: ForkMerge with one branch per auxiliary task (defaults of forkmerge train)"
-)
 
 
 def _train_options(
     target: opt.Target,
     method: Annotated[
-        str, typer.Option("--method", "-m", help=f"Weighting method. {METHOD_HELP}.")
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="Weighting method: one of those `ntlab methods` lists with their papers ("
+            + ", ".join(catalog.method_names())
+            + ").",
+            **opt.choice(tuple(catalog.method_names()), metavar="METHOD"),
+        ),
     ] = "stl",
     aux: opt.Aux = "all",
     lam: Annotated[
@@ -76,6 +63,21 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
     seed, reused from the cache).
     """
+    import pandas as pd
+
+    from ntlab.analysis.compare import PROCEDURES, check_method
+    from ntlab.core.runner import (
+        MODEL_FILE,
+        STL_METRICS_FILE,
+        run_training,
+        save_model,
+        stl_baseline,
+        stl_curve_csv,
+        store_run,
+        validate,
+        with_transfer_gain,
+    )
+
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
@@ -113,6 +115,8 @@ def train_command(ctx: typer.Context, values: dict) -> None:
 
 
 def print_summary(results: dict, path: Path, quiet: bool) -> None:
+    from ntlab.metrics import rule_caption, tg_sentence
+
     if quiet:
         console.print(str(path))
         return
@@ -146,6 +150,11 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
 
 def _train_procedure(opts: dict, bench) -> None:
     """`--method grid-search|forkmerge`: several trainings (cached), reported as one."""
+    from ntlab.analysis.compare import method_row
+    from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
+    from ntlab.core.runner import validate
+    from ntlab.metrics import gain_effect
+
     method = opts["method"]
     cfg = opt.train_config(opts, bench.tasks(), method="ew")
     validate(cfg)

@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 from ntlab.cache import entry_results
+from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F401  (re-exported)
 from ntlab.checks import MAX_STEPS, check_number
+from ntlab.config import ForkMergeOptions  # noqa: F401  (re-exported)
 from ntlab.core.evaluate import predict, target_results
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
@@ -64,17 +66,14 @@ from ntlab.core.train import LossTerm, active_terms, attach_sources, train
 from ntlab.data import TaskData
 from ntlab.data.files import take
 from ntlab.data.sampler import seeded_generator
-from ntlab.errors import NonFiniteError, NtlabError
+from ntlab.errors import NonFiniteError, NtlabError, unknown_name
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
 from ntlab.paths import runs_cache_dir
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
 
-BRANCH_MODES = ("joint", "per-task")
 MAX_CANDIDATES = 10_000  # merges a search scores per round (each is a validation pass)
 MIN_GRID_STEP = 0.001
-OPTIMIZER_STATES = ("keep", "reset")
-MERGE_HEADS = ("all", "shared")
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,7 @@ def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
                 f"--branch expects TASK=WEIGHT pairs separated by commas, got {text!r}"
             )
         if name not in tasks:
-            raise NtlabError(
-                f"unknown task {name!r} in --branch {text!r}; choose from: {', '.join(tasks)}"
-            )
+            raise unknown_name("task", name, tasks, where=f"in --branch {text!r}")
         try:
             weight = float(value)
         except ValueError:
@@ -127,25 +124,6 @@ def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
     return BranchSpec(tuple(terms))
 
 
-@dataclass
-class ForkMergeOptions:
-    merge_every: int
-    search: str = "auto"  # grid for two branches, greedy above
-    grid_step: float = 0.1
-    val_samples: int | None = None
-    merge_margin: float = 0.0
-    prune: int | None = None
-    bn_recalibrate: bool = False
-    bn_batches: int = 20
-    optimizer_state: str = "keep"  # or "reset": fresh optimiser moments after every merge
-    merge_heads: str = "all"  # or "shared": the backbone and the target head only
-
-    def search_for(self, branches: int) -> str:
-        if self.search == "auto":
-            return "grid" if branches <= 2 else "greedy"
-        return self.search
-
-
 def validate_forkmerge(
     cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
 ) -> None:
@@ -158,7 +136,7 @@ def validate_forkmerge(
             f"--merge-every must be between 1 and --steps ({cfg.steps}), got {opts.merge_every}"
         )
     if opts.search not in ("auto", *SEARCHES):
-        raise NtlabError(f"unknown search {opts.search!r}; choose one of: {', '.join(SEARCHES)}")
+        raise unknown_name("search", opts.search, ("auto", *SEARCHES))
     kind = opts.search_for(len(branches))
     if kind == "binary" and len(branches) != 2:
         raise NtlabError("--search binary works with exactly two branches; use grid or greedy")
@@ -178,14 +156,9 @@ def validate_forkmerge(
         check_number("--val-samples", opts.val_samples, low=1, integer=True)
     check_number("--bn-batches", opts.bn_batches, low=1, high=MAX_STEPS, integer=True)
     if opts.optimizer_state not in OPTIMIZER_STATES:
-        raise NtlabError(
-            f"unknown --optimizer-state {opts.optimizer_state!r}; choose one of: "
-            + ", ".join(OPTIMIZER_STATES)
-        )
+        raise unknown_name("--optimizer-state", opts.optimizer_state, OPTIMIZER_STATES)
     if opts.merge_heads not in MERGE_HEADS:
-        raise NtlabError(
-            f"unknown --merge-heads {opts.merge_heads!r}; choose one of: {', '.join(MERGE_HEADS)}"
-        )
+        raise unknown_name("--merge-heads", opts.merge_heads, MERGE_HEADS)
     check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
         raise NtlabError(f"the first branch must be the target alone ({cfg.target}=1)")

@@ -11,12 +11,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
+from ntlab.catalog import SELECTIONS  # noqa: F401  (re-exported)
 from ntlab.checks import (
     MAX_IMAGE_SIZE,
     MAX_WIDTH,
@@ -25,9 +26,10 @@ from ntlab.checks import (
     check_seed,
     check_steps,
 )
+from ntlab.config import TrainConfig  # noqa: F401  (re-exported)
 from ntlab.core.evaluate import evaluate, evaluate_with_correct
 from ntlab.core.rules import Rule, RuleContext
-from ntlab.core.state import OPTIMIZERS, SCHEDULES, OptimConfig, TrainState
+from ntlab.core.state import OPTIMIZERS, SCHEDULES, TrainState
 from ntlab.core.train import (
     BN_BATCHES,
     LOSS_REDUCTIONS,
@@ -38,7 +40,7 @@ from ntlab.core.train import (
 )
 from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import BatchSource, seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.methods import get_method
 from ntlab.metrics import gain_fields, pack_correct, tg_noise, transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
@@ -50,69 +52,9 @@ METRICS_FILE = "metrics.csv"
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
 
 
-@dataclass
-class TrainConfig:
-    """Every option that decides what a training computes."""
-
-    target: str
-    method: str = "stl"
-    aux: list[str] = field(default_factory=list)
-    lam: float = 1.0
-    benchmark: str = "digits"
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    backbone: str = "cnn"
-    width: int = 16
-    weights: str | None = None
-    backbone_lr_scale: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 100
-    # Image-list benchmarks (domainnet, imagelist): where the data is and how it is loaded.
-    root: str | None = None
-    domains: list[str] | None = None
-    image_size: int | None = None
-    skip_bad_images: bool = False
-    workers: int | None = None
-    # The authors' choices (their DomainNet equal_weight.py: one forward per domain, the
-    # losses divided by the number of domains, the best-validation checkpoint kept).
-    threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's default)
-    bn_batches: str = "pooled"  # pooled | per-term: how BatchNorm sees the terms' batches
-    select: str = "last"  # last | best-val: which iterate is the trained model
-    loss_reduction: str = "sum"  # sum: Σ ν_k L_k | mean: (Σ ν_k L_k)/K
-
-    def optim(self) -> OptimConfig:
-        return OptimConfig(
-            self.optimizer,
-            self.lr,
-            self.weight_decay,
-            schedule=self.schedule,
-            backbone_lr_scale=self.backbone_lr_scale,
-        )
-
-    def data_options(self) -> dict:
-        return {
-            "root": self.root,
-            "domains": self.domains,
-            "image_size": self.image_size,
-            "skip_bad_images": self.skip_bad_images,
-            "workers": self.workers,
-        }
-
-    def terms(self) -> list[LossTerm]:
-        return get_method(self.method).terms(self.target, self.aux, self.lam)
-
-
 def benchmark_of(cfg: TrainConfig):
     """The benchmark of `cfg`, with its data options."""
     return get_benchmark(cfg.benchmark, **cfg.data_options())
-
-
-SELECTIONS = ("last", "best-val")
 
 
 def resolved_threads(cfg: TrainConfig) -> int:
@@ -145,7 +87,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | None) -> list[str]:
     """`all`/None → every other task; a comma list is checked against the benchmark."""
     if target not in benchmark_tasks:
-        raise NtlabError(f"unknown target {target!r}; choose one of: {', '.join(benchmark_tasks)}")
+        raise unknown_name("target", target, benchmark_tasks)
     if aux is None or aux == "all" or aux == ["all"]:
         return [t for t in benchmark_tasks if t != target]
     names = [a.strip() for a in aux.split(",")] if isinstance(aux, str) else list(aux)
@@ -154,9 +96,7 @@ def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | 
         raise NtlabError("--aux is empty; give task names separated by commas, or `all`")
     for name in names:
         if name not in benchmark_tasks:
-            raise NtlabError(
-                f"unknown auxiliary task {name!r}; choose from: {', '.join(benchmark_tasks)}"
-            )
+            raise unknown_name("auxiliary task", name, benchmark_tasks)
     if target in names:
         raise NtlabError(f"--target {target} is also listed in --aux; remove it from --aux")
     if len(set(names)) != len(names):
@@ -183,13 +123,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.workers is not None:
         check_number("--workers", cfg.workers, low=0, high=MAX_WORKERS, integer=True)
     if cfg.optimizer not in OPTIMIZERS:
-        raise NtlabError(
-            f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
-        )
+        raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.schedule not in SCHEDULES:
-        raise NtlabError(
-            f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
-        )
+        raise unknown_name("schedule", cfg.schedule, SCHEDULES)
     if get_method(cfg.method).uses_aux and not cfg.aux:
         raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
@@ -203,7 +139,7 @@ def validate(cfg: TrainConfig) -> None:
         ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
     ):
         if value not in choices:
-            raise NtlabError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
+            raise unknown_name(option, value, choices)
 
 
 def check_cnn_width(width: int) -> None:

@@ -18,11 +18,11 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ntlab.catalog import SEARCHES  # noqa: F401  (re-exported)
 from ntlab.errors import NtlabError
 
 Weights = tuple[float, ...]
 Score = Callable[[Weights], float]
-SEARCHES = ("grid", "greedy", "binary")
 
 
 @dataclass

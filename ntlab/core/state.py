@@ -9,13 +9,11 @@ from pathlib import Path
 
 import torch
 
+from ntlab.catalog import OPTIMIZERS, SCHEDULES  # noqa: F401  (re-exported)
 from ntlab.data.sampler import BatchSource
-from ntlab.errors import NtlabError
+from ntlab.errors import unknown_name
 from ntlab.models.multitask import MultiTaskModel
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class Schedule:
 
     def __init__(self, kind: str, total_steps: int) -> None:
         if kind not in SCHEDULES:
-            raise NtlabError(f"unknown schedule {kind!r}; choose one of: {', '.join(SCHEDULES)}")
+            raise unknown_name("schedule", kind, SCHEDULES)
         self.kind, self.total_steps = kind, max(1, total_steps)
 
     def __call__(self, step: int) -> float:
@@ -67,7 +65,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
             weight_decay=cfg.weight_decay,
             foreach=True,
         )
-    raise NtlabError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    raise unknown_name("optimizer", cfg.name, OPTIMIZERS)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ntlab.catalog import BN_BATCHES, LOSS_REDUCTIONS  # noqa: F401  (re-exported)
 from ntlab.core.rules import Rule, WeightedSum
 from ntlab.core.state import TrainState
 from ntlab.data.benchmark import TaskData
@@ -74,10 +75,6 @@ def attach_sources(
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
-
-
-BN_BATCHES = ("pooled", "per-term")
-LOSS_REDUCTIONS = ("sum", "mean")
 
 
 def term_losses(

@@ -1,7 +1,20 @@
-"""Benchmarks and their data."""
+"""Benchmarks and their data.
 
-from ntlab.data import digits as _digits  # noqa: F401  (registers the benchmark)
-from ntlab.data import imagelist as _imagelist  # noqa: F401  (registers domainnet, imagelist)
-from ntlab.data.benchmark import BENCHMARKS, SPLITS, Benchmark, TaskData, get_benchmark
+The package imports nothing heavy until a name is asked for (`ntlab --help` must not pay
+for torch): `BENCHMARKS`, `get_benchmark`, `TaskData`, `Benchmark` and `SPLITS` load the
+benchmarks (which register themselves) on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["BENCHMARKS", "SPLITS", "Benchmark", "TaskData", "get_benchmark"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ntlab.data import benchmark, digits, imagelist  # noqa: F401  (registers them)
+
+    return getattr(benchmark, name)

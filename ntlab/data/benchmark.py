@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from ntlab.catalog import DATA_OPTIONS  # noqa: F401  (re-exported)
 from ntlab.errors import NtlabError
 from ntlab.registry import Registry
 
@@ -72,6 +73,3 @@ def get_benchmark(name: str, **options: object) -> Benchmark:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise NtlabError(f"{flags} {'does' if len(extra) == 1 else 'do'} not apply to {name}")
     return cls(**{k: v for k, v in options.items() if k in accepted})
-
-
-DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers")

@@ -7,13 +7,12 @@ Each domain is built on a 28×28 canvas and then resized to the stored resolutio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
+from ntlab.data.digits_config import DEFAULT_TRAIN, DOMAINS, FORMAT_VERSION, DigitsConfig  # noqa: F401
 from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir, downloads_dir
 
 CANVAS = 28
-FORMAT_VERSION = 1
-
-DOMAINS: dict[str, tuple[str, str]] = {
-    "mnist": ("real", "MNIST (LeCun & Cortes), the original IDX files"),
-    "optdigits": ("real", "UCI optdigits 8×8 (scikit-learn load_digits), framed like MNIST"),
-    "syn": ("generated", "digits in matplotlib's bundled fonts: colours, rotation, blur"),
-    "mnistm": ("generated", "MNIST-M style: MNIST strokes blended over scikit-learn's photos"),
-    "permlo": ("generated", "far shift: MNIST with its pixel positions permuted (fixed)"),
-}
-DEFAULT_TRAIN = {"mnist": 250, "optdigits": 100, "syn": 500, "mnistm": 250, "permlo": 1000}
 MNIST_DOMAINS = ("mnist", "mnistm", "permlo")  # disjoint slices of the MNIST files
 FONT_FILES = (
     "DejaVuSans.ttf",
@@ -61,34 +51,6 @@ FONT_FILES = (
     "cmti10.ttf",
     "cmmi10.ttf",
 )
-
-
-@dataclass
-class DigitsConfig:
-    """How the benchmark is built; stored in the manifest and part of its fingerprint."""
-
-    seed: int = 0
-    size: int = 16
-    train: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TRAIN))
-    val: int = 1000
-    test: int = 2000
-
-    def validate(self) -> None:
-        if not 8 <= self.size <= 64:
-            raise NtlabError(f"--size must be between 8 and 64 pixels, got {self.size}")
-        for name, n in self.train.items():
-            if name not in DOMAINS:
-                raise NtlabError(
-                    f"unknown digits domain {name!r}; choose from {', '.join(DOMAINS)}"
-                )
-            if n < 10:
-                raise NtlabError(f"training size of {name} must be at least 10, got {n}")
-        if self.val < 10 or self.test < 10:
-            raise NtlabError("--val and --test must be at least 10 images each")
-
-    def fingerprint(self) -> str:
-        blob = json.dumps({"v": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -485,9 +447,7 @@ class DigitsBenchmark:
         for name in tasks:
             entry = manifest["domains"].get(name)
             if entry is None:
-                raise NtlabError(
-                    f"unknown task {name!r} in digits; choose from {', '.join(manifest['domains'])}"
-                )
+                raise unknown_name("digits task", name, manifest["domains"])
             problem = check_domain_file(self.root, entry)
             if problem:
                 raise NtlabError(f"{self.root / entry['file']} is damaged ({problem}); {REBUILD}")

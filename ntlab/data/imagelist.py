@@ -18,7 +18,7 @@ import torch
 
 from ntlab.data.benchmark import BENCHMARKS, TaskData
 from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers
-from ntlab.errors import NtlabError
+from ntlab.errors import NtlabError, unknown_name
 
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 DOMAINNET_ALIASES = {d[0]: d for d in DOMAINNET_DOMAINS}  # c i p q r s
@@ -70,7 +70,7 @@ def resolve_domains(names: list[str], known: tuple[str, ...] | None = None) -> l
     for name in names:
         full = DOMAINNET_ALIASES.get(name, name) if known == DOMAINNET_DOMAINS else name
         if known is not None and full not in known:
-            raise NtlabError(f"unknown domain {name!r}; choose one of: {', '.join(known)}")
+            raise unknown_name("domain", name, known)
         if full in out:
             raise NtlabError(f"domain {full} is listed twice")
         out.append(full)
@@ -261,7 +261,7 @@ class ImageListBenchmark:
         out = {}
         for name in tasks:
             if name not in known:
-                raise NtlabError(f"unknown domain {name!r}; choose one of: {', '.join(known)}")
+                raise unknown_name("domain", name, known)
             lists = self.domain(name)
             splits = {}
             for split in ("train", "val", "test"):

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ntlab.catalog import METHOD_INFO
 from ntlab.core.rules import Rule, RuleContext
 from ntlab.core.train import LossTerm
 from ntlab.registry import Registry
 
 AUX_TERM = "aux"  # the name of the mixed auxiliary term of Eq. 1
-KINDS = ("static", "loss weighting", "gradient balancing", "auxiliary")
+KINDS = ("static", "loss weighting", "gradient balancing", "auxiliary")  # of registered methods
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,29 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, summary: str, uses_aux: bool = True, uses_lam: bool = False):
+def _info(name: str):
+    """The catalog's entry of `name` (its one line and kind are declared there, torch-free)."""
+    info = METHOD_INFO.get(name)
+    if info is None or info.kind not in KINDS:
+        raise ValueError(f"method {name!r} needs an entry in ntlab.catalog.METHOD_INFO")
+    return info
+
+
+def register_method(name: str, uses_aux: bool = True, uses_lam: bool = False):
     def decorator(fn: Callable[[str, list[str], float], list[LossTerm]]):
-        METHODS.register(name)(Method(name, summary, uses_aux, fn, uses_lam))
+        info = _info(name)
+        METHODS.register(name)(Method(name, info.summary, uses_aux, fn, uses_lam, info.kind))
         return fn
 
     return decorator
 
 
-def register_rule(name: str, summary: str, kind: str):
+def register_rule(name: str):
     """Register an adaptive method: one term per task (as EW), gradients from its rule."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown method kind {kind!r}")
+    info = _info(name)
 
     def decorator(factory: Callable[[RuleContext], Rule]):
-        METHODS.register(name)(Method(name, summary, True, _ew, kind=kind, rule=factory))
+        METHODS.register(name)(Method(name, info.summary, True, _ew, kind=info.kind, rule=factory))
         return factory
 
     return decorator
@@ -66,23 +75,17 @@ def target_term(target: str) -> LossTerm:
     return LossTerm(target, (target,), 1.0)
 
 
-@register_method("stl", "single-task learning: the target alone", uses_aux=False)
+@register_method("stl", uses_aux=False)
 def _stl(target: str, aux: list[str], lam: float) -> list[LossTerm]:
     return [target_term(target)]
 
 
-@register_method(
-    "ew", "equal weighting: target + every auxiliary task, each its own batch, weight 1"
-)
+@register_method("ew")
 def _ew(target: str, aux: list[str], lam: float) -> list[LossTerm]:
     return [target_term(target)] + [LossTerm(a, (a,), 1.0) for a in aux]
 
 
-@register_method(
-    "fixed",
-    "Eq. 1: target (weight 1) + the auxiliary tasks mixed into one, weight λ",
-    uses_lam=True,
-)
+@register_method("fixed", uses_lam=True)
 def _fixed(target: str, aux: list[str], lam: float) -> list[LossTerm]:
     return [target_term(target), LossTerm(AUX_TERM, tuple(aux), lam)]
 

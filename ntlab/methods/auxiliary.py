@@ -247,15 +247,12 @@ class PostTrain(Rule):
         return weights
 
 
-for _name, _summary, _rule in [
-    ("gcs", "auxiliary gradient only where it agrees with the target's (Du et al. 2018)",
-     GradientCosineSimilarity),
-    ("ol-aux", "weights from target–auxiliary gradient cosines, every 5 steps (Lin et al. 2019)",
-     OnlineAuxiliary),
-    ("arml", "weights that make Σ α_k g_k match the target gradient (Shi et al. 2020)",
-     AuxiliaryReweighting),
-    ("auto-lambda", "meta-gradient of the target's validation loss (Liu et al. 2022)",
-     AutoLambda),
-    ("post-train", "EW for the first half of the budget, then the target alone", PostTrain),
-]:  # fmt: skip
-    register_rule(_name, _summary, "auxiliary")(_rule)
+# one line and paper of each: ntlab.catalog.METHOD_INFO
+for _name, _rule in [
+    ("gcs", GradientCosineSimilarity),
+    ("ol-aux", OnlineAuxiliary),
+    ("arml", AuxiliaryReweighting),
+    ("auto-lambda", AutoLambda),
+    ("post-train", PostTrain),
+]:
+    register_rule(_name)(_rule)

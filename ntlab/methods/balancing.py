@@ -108,14 +108,15 @@ def _aligned(ctx):
     return AlignedMTL()
 
 
-for _name, _summary, _make in [
-    ("mgda", "multiple-gradient descent, min-norm point (Sener & Koltun 2018)", _mgda),
-    ("pcgrad", "projecting conflicting gradients (Yu et al. 2020)", _pcgrad),
-    ("imtl", "impartial MTL, gradient part IMTL-G (Liu et al. 2021)", _imtl),
-    ("cagrad", "conflict-averse gradient descent, c = 0.4 (Liu et al. 2021)", _cagrad),
-    ("nashmtl", "Nash bargaining over task gradients (Navon et al. 2022)", _nashmtl),
-    ("gradvac", "gradient vaccine, β = 0.5 (Wang et al. 2021)", _gradvac),
-    ("upgrad", "unconflicting projection of gradients (TorchJD, Quinton & Rey 2024)", _upgrad),
-    ("aligned-mtl", "aligned MTL (Senushkin et al. 2023)", _aligned),
+# one line and paper of each: ntlab.catalog.METHOD_INFO
+for _name, _make in [
+    ("mgda", _mgda),
+    ("pcgrad", _pcgrad),
+    ("imtl", _imtl),
+    ("cagrad", _cagrad),
+    ("nashmtl", _nashmtl),
+    ("gradvac", _gradvac),
+    ("upgrad", _upgrad),
+    ("aligned-mtl", _aligned),
 ]:
-    register_rule(_name, f"{_summary}; TorchJD", "gradient balancing")(_aggregated(_make))
+    register_rule(_name)(_aggregated(_make))

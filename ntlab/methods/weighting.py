@@ -127,15 +127,8 @@ class RandomLossWeighting(Rule):
         return weights
 
 
-register_rule("uw", "uncertainty weighting (Kendall et al. 2018)", "loss weighting")(
-    UncertaintyWeighting
-)
-register_rule("dwa", "dynamic weight average (Liu et al. 2019)", "loss weighting")(
-    DynamicWeightAverage
-)
-register_rule("gradnorm", "gradient normalisation, α = 1.5 (Chen et al. 2018)", "loss weighting")(
-    GradNorm
-)
-register_rule("rlw", "random loss weighting (Lin et al. 2022)", "loss weighting")(
-    RandomLossWeighting
-)
+# one line and paper of each: ntlab.catalog.METHOD_INFO
+register_rule("uw")(UncertaintyWeighting)
+register_rule("dwa")(DynamicWeightAverage)
+register_rule("gradnorm")(GradNorm)
+register_rule("rlw")(RandomLossWeighting)

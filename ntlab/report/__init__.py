@@ -1,9 +1,8 @@
 """Figures (pure functions: DataFrame → matplotlib Figure), the per-command views and the
 self-contained HTML report."""
 
+from ntlab.catalog import FORMATS  # noqa: F401  (re-exported)
 from ntlab.errors import NtlabError
-
-FORMATS = ("png", "svg")
 
 
 def check_format(fmt: str) -> str:

@@ -124,7 +124,7 @@ def test_tsne_from_a_train_run(tiny_digits, tmp_path):
         (["gcs", "--lams", ""], "--lams is empty"),
         (["gcs", "--lams", "0,x"], "'x' is not a number"),
         (["gcs", "--batches", "0"], "--batches must be an integer between 1"),
-        (["gcs", "--aux-kind", "dropout"], "unknown --aux-kind"),
+        (["gcs", "--aux-kind", "dropout"], "'dropout' is not one of task, weight-decay"),
         (["csd", "--lams", "0"], "at least one λ > 0"),
         (["csd", "--seeds", "0,0"], "lists a seed twice"),
         (["tsne", "--classes", "11"], "--classes must be between 1 and 10"),

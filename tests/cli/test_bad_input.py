@@ -82,10 +82,11 @@ TABLE = [
     Bad([*FM, "--grid-step", "0.3"], "--grid-step must divide 1"),
     Bad([*FM, "--grid-step", "0"], "--grid-step must be a finite number in [0.001, 1], got 0.0"),
     Bad([*FM, "--grid-step", "nan"], "--grid-step must be a finite number in [0.001, 1], got nan"),
-    Bad([*FM, "--merge-heads", "heads"], "unknown --merge-heads 'heads'; choose one of: all"),
+    Bad([*FM, "--merge-heads", "heads"],
+        "Invalid value for '--merge-heads': 'heads' is not one of all, shared"),
     Bad(["pairwise", "--domains", "mnist,syn", "--method", "forkmerge", "--merge-heads", "x", *FAST,
          "--merge-every", "2"],
-        "unknown --merge-heads"),
+        "'x' is not one of all, shared"),
     Bad(["forkmerge", "train", "-t", "mnist", "--branches", "per-task", "--search", "grid",
          "--grid-step", "0.01", *FAST, "--merge-every", "2"],
         "gives 4598126 candidate merges per round"),
@@ -102,7 +103,7 @@ TABLE = [
         "cannot read weights file {tmp}/afile.txt: it is not a file written by torch.save",
         left="failed"),
     Bad(["sweep", "-t", "mnist", "--aux", "syn", "--with-forkmerge", "--forkmerge-branches", "foo",
-         *FAST], "unknown --forkmerge-branches 'foo'"),
+         *FAST], "'foo' is not one of joint, per-task"),
 ]  # fmt: skip
 
 

@@ -43,8 +43,7 @@ def test_help_lists_every_train_option_with_its_default():
     ):
         assert option in text
     assert "default: from --preset (quick: 300, default: 500, paper: 50000)" in text
-    for method in ("stl:", "ew:", "fixed:"):
-        assert method in text
+    assert "`ntlab methods`" in text and "stl, ew, fixed" in text
 
 
 def test_top_level_help_names_the_commands():
@@ -169,14 +168,14 @@ def test_quick_preset_sets_the_budget(tiny_digits, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--benchmark", "nope"], "unknown benchmark 'nope'; choose one of: digits"),
+        (["--benchmark", "nope"], "Invalid value for '--benchmark': 'nope' is not one of digits"),
         (["--target", "nope"], "unknown target 'nope'; choose one of: mnist"),
-        (["--method", "nope"], "unknown method 'nope'; choose one of: stl, ew, fixed"),
+        (["--method", "nope"], "'nope' is not one of stl, ew, fixed"),
         (["--method", "fixed", "--lam", "-0.5"], "--lam must be a finite number ≥ 0"),
         (["--steps", "0"], "--steps must be an integer between 1 and"),
         (["--method", "ew", "--aux", "syn,mnist"], "--target mnist is also listed in --aux"),
         (["--aux", "syn,nope", "--method", "ew"], "unknown auxiliary task 'nope'"),
-        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--preset", "huge"], "'huge' is not one of quick, default, paper"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--weights", "/no/such/file.pt"], "--weights file /no/such/file.pt does not exist"),
     ],

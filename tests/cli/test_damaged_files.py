@@ -243,12 +243,12 @@ def test_data_list_marks_the_damaged_file(world):
 def test_a_file_that_ends_early_is_not_reported_as_aborted(world, monkeypatch):
     """Click turns an EOFError (what a truncated gzip or pickle raises) into "Aborted"; every
     command's guard names it as a damaged file instead."""
-    import ntlab.cli.data as data_cli
+    import ntlab.data.digits as digits
 
     def ends_early(*args, **kwargs):
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")
 
-    monkeypatch.setattr(data_cli, "prepare_digits", ends_early)
+    monkeypatch.setattr(digits, "prepare_digits", ends_early)
     result = runner.invoke(app, ["data", "prepare", "digits"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

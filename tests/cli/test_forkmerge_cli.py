@@ -111,7 +111,7 @@ def test_forkmerge_tg_comes_with_its_noise_and_verdict(tiny_digits, tmp_path):
         (["--prune", "0"], "--prune must keep at least 1 branch"),
         (["--branch", "optdigits=1", "--branch", "optdigits=0,syn=0"], "gives every task weight 0"),
         (["--branch", "optdigits=1", "--branch", "optdigits=1,nope=1"], "unknown task 'nope'"),
-        (["--branches", "both"], "unknown --branches 'both'"),
+        (["--branches", "both"], "'both' is not one of joint, per-task"),
         (["--search", "binary", "--branches", "per-task"], "exactly two branches"),
     ],
 )

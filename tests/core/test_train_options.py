@@ -93,9 +93,9 @@ def test_config_json_records_the_resolved_thread_count(tiny_digits, tmp_path, ke
     "args, message",
     [
         (["--threads", "0"], "--threads must be a positive number of threads"),
-        (["--bn-batches", "pool"], "unknown --bn-batches 'pool'; choose one of: pooled, per-term"),
-        (["--select", "best"], "unknown --select 'best'; choose one of: last, best-val"),
-        (["--loss-reduction", "avg"], "unknown --loss-reduction 'avg'; choose one of: sum, mean"),
+        (["--bn-batches", "pool"], "'pool' is not one of pooled, per-term; did you mean 'pooled'?"),
+        (["--select", "best"], "'best' is not one of last, best-val; did you mean 'best-val'?"),
+        (["--loss-reduction", "avg"], "'avg' is not one of sum, mean"),
     ],
 )
 def test_bad_option_values_exit_2_with_one_line(tiny_digits, tmp_path, args, message):
