@@ -70,7 +70,7 @@ def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
 
 
 def _gcs_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     aux_kind: Annotated[
         str,
@@ -180,7 +180,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
 
 
 def _csd_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     lams: opt.Lams = "0,0.0625,0.125,0.25,0.5,1,2",
     seeds: Annotated[
@@ -222,11 +222,18 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
         if opts["resume"]:
             resume_note(len(done), len(lams) * len(seeds), opts["quiet"], "trainings")
         with StepProgress(opts["quiet"]) as progress:
+            total = len(lams) * len(seeds)
+            overall = progress.overall(f"csd → {cfg.target}", total, "trainings", len(done))
 
             def on_run(name: str, c: TrainConfig):
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
 
-            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, rows.add)
+            def on_row(row: dict) -> None:
+                rows.add(row)
+                if overall:
+                    overall.advance()
+
+            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, on_row)
         run.write_table("csd.csv", table)
         summary = csd_analysis.csd_summary(table)
         results = {
@@ -264,7 +271,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
 
 
 def _tsne_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     lams: opt.Lams = "0,0.0625,0.25,1",
     classes: Annotated[
