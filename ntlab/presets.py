@@ -1,4 +1,10 @@
-"""Named option bundles (`--preset`): built-in defaults < preset < --config file < command line."""
+"""Named option bundles (`--preset`): built-in defaults < preset < --config file < command line.
+
+A preset's values that are tied to the budget follow `--steps` (FOLLOW_STEPS): ForkMerge's Δt
+is a fraction of the steps (the paper's 12.5K of 50K, a quarter), so `--preset quick
+--steps 60` merges every 15 steps; at a preset's own steps the numbers are the preset's
+(quick 300 → 75, default 500 → 125, paper 50000 → 12500).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "schedule": "cosine",
         "backbone_lr_scale": 1.0,
         "eval_every": 100,
-        "merge_every": 75,
+        "merge_fraction": 0.25,  # Δt = 75 of 300
         "batches": 32,
     },
     # The budget the benchmark's calibration (README) was measured with.
@@ -26,7 +32,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "schedule": "cosine",
         "backbone_lr_scale": 1.0,
         "eval_every": 100,
-        "merge_every": 125,
+        "merge_fraction": 0.25,  # Δt = 125 of 500
         "batches": 64,
     },
     # The paper's DomainNet settings : SGD nesterov 0.9, wd 5e-4, lr 0.01 with the
@@ -42,7 +48,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "schedule": "cosine",
         "backbone_lr_scale": 0.1,
         "eval_every": 2_500,
-        "merge_every": 12_500,
+        "merge_fraction": 0.25,  # Δt = 12.5K of 50K
         "batches": 200,
     },
 }
@@ -50,8 +56,28 @@ ALIASES = {"pretrain_steps": "steps"}  # an option that falls back to another pr
 DEFAULT_PRESET = "default"
 
 
-def preset_value(preset: str, name: str) -> object | None:
+# option → (preset key, how the value follows --steps): `fraction` = max(1, round(steps × f));
+# `at_most` = min(the preset's value, steps) (a value above the budget says nothing more).
+FOLLOW_STEPS = {
+    "merge_every": ("merge_fraction", "fraction"),
+    "eval_every": ("eval_every", "at_most"),
+}
+
+
+def preset_value(preset: str, name: str, steps: int | None = None) -> object | None:
+    """The value `preset` gives option `name`; values tied to the budget follow `steps`
+    (default: the preset's own steps)."""
     values = PRESETS[preset]
+    if name in FOLLOW_STEPS:
+        key, rule = FOLLOW_STEPS[name]
+        if key not in values:
+            return None
+        budget = values.get("steps") if steps is None else steps
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            return values.get(name)  # an invalid --steps is reported on its own
+        if rule == "fraction":
+            return max(1, int(budget * float(values[key]) + 0.5))
+        return min(int(values[key]), budget)
     if name in values:
         return values[name]
     return values.get(ALIASES.get(name, ""))

@@ -13,7 +13,7 @@ from ntlab.cli import cache as cache_cli
 from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli import maps as maps_cli
-from ntlab.cli.common import err_console
+from ntlab.cli.common import err_console, set_origins
 from ntlab.cli.compare import compare_command
 from ntlab.cli.methods import methods_command
 from ntlab.cli.report import report_command
@@ -92,6 +92,7 @@ def _root(
     ),
 ) -> None:
     """ntlab: negative transfer, task-weight sweeps and ForkMerge, on one training core."""
+    set_origins(None)  # what an earlier invocation in this process resolved is not ours
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
 
 
 def _gcs_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     aux_kind: Annotated[
         str,
@@ -185,7 +185,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
 
 
 def _csd_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: Annotated[
@@ -231,11 +231,18 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
         if opts["resume"]:
             resume_note(len(done), len(lams) * len(seeds), opts["quiet"], "trainings")
         with StepProgress(opts["quiet"]) as progress:
+            total = len(lams) * len(seeds)
+            overall = progress.overall(f"csd → {cfg.target}", total, "trainings", len(done))
 
             def on_run(name: str, c: TrainConfig):
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
 
-            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, rows.add)
+            def on_row(row: dict) -> None:
+                rows.add(row)
+                if overall:
+                    overall.advance()
+
+            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, on_row)
         run.write_table("csd.csv", table)
         summary = csd_analysis.csd_summary(table)
         results = {
@@ -280,7 +287,7 @@ def _noise(row: dict, several: bool, effect: str | None) -> str:
 
 
 def _tsne_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     lams: opt.Lams = lams_text(TSNE_LAMS),
     classes: Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import time
 import tomllib
 import types
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from ntlab.checks import check_seed
 from ntlab.errors import NtlabError, unknown_name
-from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value
+from ntlab.presets import DEFAULT_PRESET, FOLLOW_STEPS, PRESETS, preset_value
 from ntlab.runs import RunDir, atomic_write_text, read_json_object, set_command_line
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ def guarded(run: RunDir | None = None) -> Iterator[None]:
     try:
         yield
     except NtlabError as exc:
-        _fail(run, str(exc))
-        die(str(exc))
+        message = describe_origins(str(exc))
+        _fail(run, message)
+        die(message)
     except KeyboardInterrupt:
         _fail(run, "interrupted")
         die("interrupted", code=130)
@@ -100,7 +102,12 @@ def print_paths(path: Path) -> None:
     console.print(f"report: {Path(path) / 'report.html'}", soft_wrap=True, highlight=False)
 
 
+# Options without a default: given on the command line or in --config, checked once resolved.
+REQUIRED = {"target": "the target task"}
+
+
 def load_config_file(path: Path | None) -> dict[str, Any]:
+    """A --config file as read: TOML (keys spelled with - or _), tables kept as tables."""
     if path is None:
         return {}
     if not path.is_file():
@@ -109,21 +116,103 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise NtlabError(f"--config file {path} is not valid TOML: {exc}") from None
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NtlabError(f"--config file {path} cannot be read ({exc})") from None
+    return _underscored(data)
+
+
+def _underscored(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k.replace("-", "_"): _underscored(v) if isinstance(v, dict) else v for k, v in data.items()
+    }
+
+
+def _option_keys(command: Any) -> dict[str, str]:
+    """The keys a --config file may give `command`: its options by parameter name and by
+    long spelling (`from_run` and `from` for `--from`), each → the parameter name."""
+    keys = {}
+    for param in command.params:
+        if param.name is None or param.name == "config":
+            continue
+        keys[param.name] = param.name
+        for spelling in param.opts:
+            if spelling.startswith("--"):
+                keys.setdefault(spelling[2:].replace("-", "_"), param.name)
+    return keys
+
+
+def _subcommands(group: Any, ctx: typer.Context) -> dict[str, Any]:
+    if not hasattr(group, "list_commands"):  # a command, not a group
+        return {}
+    return {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+
+
+def _leaves(command: Any, ctx: typer.Context) -> list[Any]:
+    subs = _subcommands(command, ctx)
+    return [leaf for sub in subs.values() for leaf in _leaves(sub, ctx)] if subs else [command]
+
+
+def config_for_command(ctx: typer.Context, path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The values a --config file gives this command, by parameter name.
+
+    Top-level keys apply to every command; a table named after the command overrides them
+    (`[train]`, `[pairwise]`; a subcommand's table sits in its group's: `[forkmerge.train]`,
+    and `[forkmerge]` applies to every forkmerge subcommand). A key the command does not
+    take is ignored where another command in the table's scope takes it (one file can serve
+    several commands); a key no command there takes, or a table that names no command, is
+    an error naming the file and the key."""
+    names, c = [], ctx
+    while c.parent is not None:
+        names.insert(0, c.info_name)
+        c = c.parent
+    root = c.find_root()
+    own = _option_keys(ctx.command)
+    chosen: dict[str, Any] = {}
+
+    def walk(table: dict[str, Any], scope: Any, where: list[str], on_path: bool) -> None:
+        subs = _subcommands(scope, root)
+        leaves = _leaves(scope, root)
+        for key, value in table.items():
+            location = ".".join([*where, key])
+            if isinstance(value, dict):
+                if key not in subs:
+                    raise NtlabError(
+                        f"--config file {path}: table [{location}] names no ntlab command"
+                        + (f"; tables here: {', '.join(sorted(subs))}" if subs else "")
+                    )
+                depth = len(where)
+                walk(value, subs[key], [*where, key], on_path and names[depth : depth + 1] == [key])
+                continue
+            if on_path and key in own:
+                if len(where) >= chosen.get(own[key], (-1, None))[0]:  # a table wins
+                    chosen[own[key]] = (len(where), value)
+            elif not any(key in _option_keys(leaf) for leaf in leaves):
+                option = "--" + key.replace("_", "-")
+                if where and not subs:  # the table of one command
+                    owner = f"`ntlab {' '.join(where)}` has no option {option}"
+                else:
+                    group = f"`ntlab {' '.join(where)}` subcommand" if where else "ntlab command"
+                    owner = f"no {group} has an option {option}"
+                raise NtlabError(
+                    f"--config file {path}: unknown key {location!r} ({owner}; see "
+                    f"`{' '.join(['ntlab', *names])} --help`)"
+                )
+
+    walk(data, root.command, [], True)
+    return {name: value for name, (_, value) in chosen.items()}
 
 
 def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Built-in defaults < preset < --config file < options given on the command line."""
+    """Built-in defaults < preset < --config file < options given on the command line.
+
+    Preset values tied to the budget follow the resolved --steps (ntlab.presets). Where
+    each value came from is kept for error messages (`describe_origins`), and the command
+    line recorded for config.json and the report is the complete command, every resolved
+    value inlined (no --config)."""
     from ntlab.report import check_format
 
     config = values.get("config")
-    file_cfg = load_config_file(config)
-    unknown = sorted(set(file_cfg) - set(values))
-    if unknown:
-        raise NtlabError(
-            f"--config file {config} has unknown keys {', '.join(unknown)}; "
-            f"valid keys: {', '.join(sorted(values))}"
-        )
+    file_cfg = config_for_command(ctx, config, load_config_file(config)) if config else {}
     kinds = option_kinds(ctx)
     file_cfg = {k: config_value(config, k, v, *kinds[k]) for k, v in file_cfg.items()}
 
@@ -137,23 +226,82 @@ def resolve_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     preset_name = preset_name or DEFAULT_PRESET
     if preset_name not in PRESETS:
         raise unknown_name("preset", preset_name, PRESETS)
-    resolved = {}
+    resolved, origins = {}, {}
     for name, value in values.items():
         if explicit(name):
-            resolved[name] = value
+            resolved[name], origins[name] = value, "typed"
         elif name in file_cfg:
-            resolved[name] = file_cfg[name]
+            resolved[name], origins[name] = file_cfg[name], f"from {config}"
+        elif value is None and name in FOLLOW_STEPS:
+            resolved[name], origins[name] = None, "preset"  # once --steps is known
         elif value is None and preset_value(preset_name, name) is not None:
-            resolved[name] = preset_value(preset_name, name)
+            resolved[name], origins[name] = preset_value(preset_name, name), "preset"
         else:
-            resolved[name] = value
+            resolved[name], origins[name] = value, "default"
+    budget = resolved.get("steps", resolved.get("pretrain_steps"))
+    for name in FOLLOW_STEPS:
+        if name in resolved and resolved[name] is None:
+            resolved[name] = preset_value(preset_name, name, budget)
+            origins[name] = "default" if resolved[name] is None else "preset"
     resolved["preset"] = preset_name
+    origins = {
+        k: f"from --preset {preset_name}" if v == "preset" else v for k, v in origins.items()
+    }
+    set_origins(_origins_by_option(ctx, resolved, origins))
+    for name, what in REQUIRED.items():
+        if name in resolved and resolved[name] is None:
+            raise NtlabError(
+                f"missing option --{name.replace('_', '-')} ({what}; give it on the command "
+                f"line or as `{name}` in --config)"
+            )
     if resolved.get("out") is not None:
         check_out(Path(resolved["out"]))
     if "format" in resolved:
         check_format(resolved["format"])
-    set_command_line(command_line(ctx))
+    set_command_line(command_line(ctx, resolved, origins))
     return resolved
+
+
+_origins: dict[str, tuple[Any, str]] = {}  # --option → (value, where it came from)
+
+
+def set_origins(origins: dict[str, tuple[Any, str]] | None) -> None:
+    """Where the values of this invocation's options came from (reset by every invocation)."""
+    global _origins
+    _origins = dict(origins or {})
+
+
+def _origins_by_option(
+    ctx: typer.Context, resolved: dict[str, Any], origins: dict[str, str]
+) -> dict[str, tuple[Any, str]]:
+    out = {}
+    for param in ctx.command.params:
+        if param.name not in origins or origins[param.name] == "typed":
+            continue
+        value = resolved.get(param.name)
+        if value is None or isinstance(value, bool) or value == []:
+            continue
+        for spelling in param.opts:
+            if spelling.startswith("--"):
+                out[spelling] = (value, origins[param.name])
+    return out
+
+
+def describe_origins(message: str) -> str:
+    """`message` with, for each option it names that the user did not type, its value and
+    where it came from: `…; --merge-every 75 (from --preset quick)`."""
+    known = _origins
+    if not known:
+        return message
+    notes = []
+    for spelling in dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", message)):
+        if spelling in known:
+            value, origin = known[spelling]
+            shown = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+            note = f"{spelling} {shown} ({origin})"
+            if note not in message:
+                notes.append(note)
+    return message + ("; " + ", ".join(notes) if notes else "")
 
 
 def option_kinds(ctx: typer.Context) -> dict[str, tuple[type, bool]]:
@@ -222,22 +370,35 @@ def check_out(path: Path) -> None:
             return
 
 
-def command_line(ctx: typer.Context) -> list[str]:
-    """`ntlab SUBCOMMAND --option value …` with the options given on the command line, in
-    their canonical spelling: what a report shows under "command" and a user can re-run."""
+def command_line(
+    ctx: typer.Context,
+    resolved: dict[str, Any] | None = None,
+    origins: dict[str, str] | None = None,
+) -> list[str]:
+    """`ntlab SUBCOMMAND --option value …`: what a report shows under "command" and a user
+    can re-run. With `resolved` values it is the complete command: every option typed, from
+    the --config file or from the preset, in the command's option order, and no --config;
+    options left at their built-in default are left out."""
     names, c = [], ctx
     while c.parent is not None:
         names.insert(0, c.info_name)
         c = c.parent
     words = ["ntlab", *names]
     for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)
-        if source is None or source.name != "COMMANDLINE":
+        if resolved is None:
+            source = ctx.get_parameter_source(param.name)
+            if source is None or source.name != "COMMANDLINE":
+                continue
+            value = ctx.params.get(param.name)
+        else:
+            if param.name == "config" or (origins or {}).get(param.name, "default") == "default":
+                continue
+            value = resolved.get(param.name)
+        if value is None:
             continue
-        value = ctx.params.get(param.name)
         if getattr(param, "is_flag", False) and isinstance(value, bool):
             flags = param.opts if value else param.secondary_opts
-            words += flags[:1]
+            words += [max(flags, key=len)] if flags else []
             continue
         long = max(param.opts, key=len)
         for item in value if isinstance(value, list | tuple) else [value]:
@@ -369,7 +530,14 @@ def default_out(*parts: str) -> Path:
 
 
 class StepProgress:
-    """A rich progress bar over training steps; silent when quiet."""
+    """Progress on the terminal (silent when quiet): one bar per training while it trains,
+    one line for a training that came from the cache, and for commands of several trainings
+    an overall bar (`overall`) whose ETA comes from the durations of the parts that trained.
+
+    A training's bar appears at its first step and goes once it is done. A callback that
+    never saw a step by the time the next one is asked for (or the overall bar advances, or
+    the progress ends) belonged to a training the run cache answered: it prints
+    `DESCRIPTION: from cache` instead of leaving a bar at 0."""
 
     def __init__(self, quiet: bool) -> None:
         self.progress = Progress(
@@ -377,32 +545,128 @@ class StepProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"),
-            TimeRemainingColumn(),
+            _Remaining(),
             console=console,
             transient=True,
             disable=quiet,
         )
         self.quiet = quiet
+        self.worked = False  # a training stepped since the overall bar last advanced
+        self.pending: list[TrainingBar] = []  # callbacks that have not stepped yet
 
     def __enter__(self) -> StepProgress:
         if not self.quiet:
             self.progress.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.settle()
         self.progress.stop()
 
-    def callback(self, description: str, total: int, unit: str = "steps", every: int = 10):
-        """A per-step callback for one loop (a training by default), redrawn every few steps."""
+    def callback(
+        self, description: str, total: int, unit: str = "steps", every: int = 10, count=False
+    ) -> TrainingBar | None:
+        """A per-step callback for one loop (a training by default), redrawn every few steps;
+        `count`: the callback counts its calls instead of reading the step (ForkMerge's
+        branches each restart the step count)."""
         if self.quiet:
             return None
-        task = self.progress.add_task(description, total=total, unit=unit)
+        self.settle()
+        bar = TrainingBar(self, description, total, unit, every, count)
+        self.pending.append(bar)
+        return bar
 
-        def on_step(step: int) -> None:
-            if step % every == 0 or step == total:
-                self.progress.update(task, completed=step)
+    def settle(self) -> None:
+        """Callbacks that never stepped: their trainings came from the cache; say so."""
+        for bar in self.pending:
+            if bar.calls == 0:
+                self.progress.console.print(f"{bar.description}: from cache", highlight=False)
+        self.pending = []
 
-        return on_step
+    def overall(self, description: str, total: int, unit: str, done: int = 0) -> OverallBar | None:
+        """The bar over a command's parts (cells, runs, trainings), `done` of them already
+        finished (a resumed run); `advance()` after each part."""
+        if self.quiet:
+            return None
+        return OverallBar(self, description, total, unit, done)
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class TrainingBar:
+    """One training's bar, made at its first step, removed at its last."""
+
+    def __init__(
+        self, owner: StepProgress, description: str, total: int, unit: str, every: int, count
+    ) -> None:
+        self.owner, self.description = owner, description
+        self.total, self.unit, self.every, self.count = total, unit, every, count
+        self.task = None
+        self.calls = 0
+
+    def __call__(self, step: int) -> None:
+        self.calls += 1
+        if self.count:
+            step = self.calls
+        progress = self.owner.progress
+        self.owner.worked = True
+        if self.calls > 1 and self.task is None:
+            return  # done: its bar is gone
+        if self.task is None:
+            self.task = progress.add_task(
+                self.description, total=self.total, completed=step, unit=self.unit
+            )
+        if step >= self.total:
+            progress.remove_task(self.task)
+            self.task = None
+        elif step % self.every == 0:
+            progress.update(self.task, completed=step)
+
+
+class OverallBar:
+    """done/total of a command's parts; the ETA is the mean duration of the parts that
+    trained (parts from the cache or a resumed run take no time) times the parts left."""
+
+    def __init__(self, owner: StepProgress, description: str, total: int, unit: str, done: int):
+        self.owner, self.total, self.done = owner, total, done
+        self.durations: list[float] = []
+        self.since = _now()
+        self.task = owner.progress.add_task(
+            description, total=total, completed=done, unit=unit, eta=None
+        )
+        owner.worked = False
+
+    def advance(self) -> None:
+        self.owner.settle()
+        now = _now()
+        if self.owner.worked:
+            self.durations.append(now - self.since)
+        self.owner.worked = False
+        self.since, self.done = now, self.done + 1
+        eta = None
+        if self.durations and self.done < self.total:
+            eta = (sum(self.durations) / len(self.durations), self.total - self.done, now)
+        self.owner.progress.update(self.task, completed=self.done, eta=eta)
+
+
+class _Remaining(TimeRemainingColumn):
+    """rich's time remaining for a training's steps; the overall bar's own ETA for it."""
+
+    def render(self, task):  # type: ignore[no-untyped-def]
+        if "eta" not in task.fields:
+            return super().render(task)
+        from rich.text import Text
+
+        if task.fields["eta"] is None:
+            return Text("-:--:--", style="progress.remaining")
+        mean, left, since = task.fields["eta"]
+        current = _now() - since  # the part under way
+        seconds = int(mean * (left - 1) + max(mean - current, 0.0))
+        h, rest = divmod(seconds, 3600)
+        return Text(f"{h}:{rest // 60:02d}:{rest % 60:02d}", style="progress.remaining")
 
 
 def run_record(opts: dict[str, Any], cfg: Any, bench: Any, **extra: Any) -> dict[str, Any]:

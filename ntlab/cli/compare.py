@@ -36,7 +36,7 @@ ROWS = Path("checkpoints") / "rows.csv"
 
 
 def _compare_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     methods: Annotated[
         str,
@@ -104,15 +104,14 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
             resume_note(len(done), len(cells), opts["quiet"], "runs")
         rows, new_rows = [], []
         with StepProgress(opts["quiet"]) as progress:
-            overall = progress.callback(
-                f"compare → {cfg.target}: {len(cells)} runs", len(cells), unit="runs", every=1
-            )
+            overall = progress.overall(f"compare → {cfg.target}", len(cells), "runs")
 
             def on_run(label, run_cfg):
-                total = run_cfg.steps * (len(run_cfg.aux) + 1 if label == "forkmerge" else 1)
-                return progress.callback(f"{label} seed {run_cfg.seed}", total)
+                fm = label == "forkmerge"
+                total = run_cfg.steps * (len(run_cfg.aux) + 1 if fm else 1)
+                return progress.callback(f"{label} seed {run_cfg.seed}", total, count=fm)
 
-            for i, (method, seed) in enumerate(cells):
+            for method, seed in cells:
                 if (method, seed) in done:
                     rows.append(done[(method, seed)])
                 else:
@@ -120,7 +119,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
                     rows.append(new_rows[-1])
                     checkpoint.add(new_rows[-1])
                 if overall:
-                    overall(i + 1)
+                    overall.advance()
         table = pd.DataFrame(rows)
         run.write_table("compare.csv", cmp.tidy(table))
         summary = cmp.compare_summary(table)

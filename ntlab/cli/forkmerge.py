@@ -27,9 +27,7 @@ from ntlab.errors import unknown_name
 from ntlab.runs import RunDir, atomic_write_text
 
 if TYPE_CHECKING:
-    from ntlab.core.runner import TrainConfig
-
-if TYPE_CHECKING:
+    from ntlab.core.forkmerge import BranchSpec
     from ntlab.core.runner import TrainConfig
 
 app = typer.Typer(
@@ -42,7 +40,7 @@ CHECKPOINT = Path("checkpoints") / "forkmerge.pt"
 
 
 def _forkmerge_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     branches: Annotated[
         str,
@@ -165,14 +163,9 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             checkpoint.unlink(missing_ok=True)
         with StepProgress(opts["quiet"]) as progress:
             total = cfg.steps * len(specs)
-            counter = progress.callback(f"forkmerge → {cfg.target} ({len(specs)} branches)", total)
-            ticks = {"n": 0}
-
-            def on_step(_: int) -> None:
-                ticks["n"] += 1
-                if counter:
-                    counter(ticks["n"])
-
+            on_step = progress.callback(
+                f"forkmerge → {cfg.target} ({len(specs)} branches)", total, count=True
+            )
             outcome = run_forkmerge(
                 cfg, specs, fm, on_step=on_step, checkpoint=checkpoint, resume=opts["resume"]
             )
@@ -203,7 +196,38 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
         save_model(run.path / MODEL_FILE, outcome.model, cfg)
         complete(run, results, opts["format"])
-        _print_summary(results, run.path, opts["quiet"])
+        labels = [branch_label(b, cfg.target) for b in specs]
+        _print_summary(results, outcome.merges, labels, run.path, opts["quiet"])
+
+
+def branch_label(spec: BranchSpec, target: str) -> str:
+    """A branch named by what it adds to the target: `target` (the target alone), `+mnist`
+    (Eq. 12), `+mnist,syn` (Algorithm 1: mixed into one term), `+syn×0.5+mnist×0.5`
+    (explicit weights); a target weight other than 1 is shown (`target×0.5+mnist`)."""
+    parts = []
+    for term in spec.terms:
+        weight = "" if term.weight == 1 else f"×{term.weight:g}"
+        if term.tasks == (target,):
+            parts.insert(0, f"target{weight}" if weight or len(spec.terms) == 1 else "")
+        else:
+            parts.append(f"+{','.join(term.tasks)}{weight}")
+    if all(t.tasks != (target,) for t in spec.terms):  # no target term: the tasks alone
+        parts[0] = parts[0].lstrip("+")
+    return "".join(parts)
+
+
+def round_lines(merges: list[dict], labels: list[str]) -> list[str]:
+    """`round 1 (step 75): target 0.7 · +mnist 0.3`, one line per merge."""
+    rounds: dict[int, dict] = {}
+    for row in merges:
+        rounds.setdefault(row["round"], {"step": row["step"], "weights": {}})
+        rounds[row["round"]]["weights"][row["branch"]] = row["lambda"]
+    lines = []
+    for r in sorted(rounds):
+        weights = rounds[r]["weights"]
+        text = " · ".join(f"{labels[b]} {round(weights[b], 3):g}" for b in sorted(weights))
+        lines.append(f"round {r + 1} (step {rounds[r]['step']}): {text}")
+    return lines
 
 
 def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
@@ -217,7 +241,9 @@ def _branches(opts: dict, cfg: TrainConfig, tasks: list[str]):
     return build(cfg.target, cfg.aux)
 
 
-def _print_summary(results: dict, path: Path, quiet: bool) -> None:
+def _print_summary(
+    results: dict, merges: list[dict], labels: list[str], path: Path, quiet: bool
+) -> None:
     from ntlab.metrics import rule_caption, tg_sentence
 
     if quiet:
@@ -257,10 +283,8 @@ def _print_summary(results: dict, path: Path, quiet: bool) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-    lams = ", ".join(
-        "(" + ", ".join(f"{w:.1f}" for w in r) + ")" for r in results["lambda_per_round"]
-    )
-    console.print(f"Λ* per round: {lams}")
+    for line in round_lines(merges, labels):
+        console.print(f"Λ* {line}", highlight=False)
     for row in results.get("excluded_branches", []):
         console.print(
             f"[yellow]branch {row['branch']} left out of merge {row['round']}[/]: {row['reason']}"

@@ -63,7 +63,7 @@ def _base(opts: dict, tasks: list[str], **overrides: Any) -> TrainConfig:
 
 
 def _sweep_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: opt.Aux = "all",
     lams: opt.Lams = lams_text(SWEEP_LAMS),
     seeds: opt.Seeds = "0",
@@ -140,20 +140,26 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         finished = [{"method": "fixed", **r} for r in done_fixed.values()]
         finished += [{"method": "forkmerge", **r} for r in done_fm.values()]
 
-        def keep(method: str):
-            def on_row(row: dict) -> None:
-                finished.append({"method": method, **row})
-                frame = pd.DataFrame(finished).reindex(columns=["method", *SWEEP_FIXED])
-                atomic_write_text(run.path / SWEEP_ROWS, frame.to_csv(index=False))
-
-            return on_row
-
         with StepProgress(opts["quiet"]) as progress:
+            overall = progress.overall(
+                f"sweep → {cfg.target}", parts, "trainings", len(done_fixed) + len(done_fm)
+            )
+
+            def keep(method: str):
+                def on_row(row: dict) -> None:
+                    finished.append({"method": method, **row})
+                    frame = pd.DataFrame(finished).reindex(columns=["method", *SWEEP_FIXED])
+                    atomic_write_text(run.path / SWEEP_ROWS, frame.to_csv(index=False))
+                    if overall:
+                        overall.advance()
+
+                return on_row
 
             def on_run(name: str, c: TrainConfig):
                 n = len(c.aux) + 1 if opts["forkmerge_branches"] == "per-task" else 2
-                total = c.steps * (n if name == "forkmerge" else 1)
-                return progress.callback(f"{name} seed {c.seed} → {c.target}", total)
+                fm = name == "forkmerge"
+                total = c.steps * (n if fm else 1)
+                return progress.callback(f"{name} seed {c.seed} → {c.target}", total, count=fm)
 
             table = sw.lambda_grid_table(cfg, lams, seeds, on_run, done_fixed, keep("fixed"))
             fm_rows = (
@@ -330,22 +336,21 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         new_rows = []
         started = time.time()
         with StepProgress(opts["quiet"]) as progress:
-            overall = progress.callback(
-                f"pairwise: {len(cells)} cells", len(cells), unit="cells", every=1
-            )
-            for i, cell in enumerate(cells):
+            overall = progress.overall("pairwise", len(cells), "cells", len(finished))
+            for cell in cells:
                 if cell.key() not in finished:
 
                     def on_step(name: str, cell: pw.Cell = cell):
-                        total = cfg.steps * (2 if name == "forkmerge" else 1)
+                        fm_run = name == "forkmerge"
+                        total = cfg.steps * (2 if fm_run else 1)
                         label = f"{name} {cell.target} ← {cell.aux} seed {cell.seed}"
-                        return progress.callback(label, total)
+                        return progress.callback(label, total, count=fm_run)
 
                     new_rows.append(pw.run_cell(cfg, cell, fm, on_step))
                     rows.append(new_rows[-1])
                     _write_csv(run.path / CELLS, pd.DataFrame(rows))
-                if overall:
-                    overall(i + 1)
+                    if overall:
+                        overall.advance()
         order = {key: i for i, key in enumerate(c.key() for c in cells)}
         rows.sort(key=lambda r: order[(r["target"], r["aux"], r["method"], int(r["seed"]))])
         table = pd.DataFrame(rows)
@@ -426,7 +431,7 @@ def _cell(value: float, noise: float, effect: object) -> str:
 
 
 def _ternary_options(
-    target: opt.Target,
+    target: opt.Target = None,
     aux: Annotated[
         str | None,
         typer.Option(help="Two auxiliary domains A,B: branches target, target+A, target+B."),
@@ -496,12 +501,11 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
             stl, source = cached_run(
                 stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
             )
-            bars = [
-                progress.callback(f"branch {b}: {label}", cfg.steps)
-                for b, label in enumerate(labels)
-            ]
+            bars: dict = {}  # each branch's bar, made when it starts training
 
             def on_step(b: int, step: int) -> None:
+                if b not in bars:
+                    bars[b] = progress.callback(f"branch {b}: {labels[b]}", cfg.steps)
                 if bars[b]:
                     bars[b](step)
 

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from ntlab.core.runner import TrainConfig
 
 Target = Annotated[
-    str, typer.Option("--target", "-t", help="The target task (a domain of the benchmark).")
+    str | None,
+    typer.Option(
+        "--target",
+        "-t",
+        help="The target task (a domain of the benchmark) [required: here or as `target` in "
+        "--config].",
+    ),
 ]
 Aux = Annotated[
     str, typer.Option(help="Auxiliary tasks, comma-separated, or `all` (every other domain).")
@@ -107,7 +113,10 @@ Seed = Annotated[int, typer.Option(help="Seed of initialisation and batch order.
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, or cuda[:N].")]
 EvalEvery = Annotated[
     int | None,
-    typer.Option(help=f"Steps between target validation checks. {preset_help('eval_every')}"),
+    typer.Option(
+        help="Steps between target validation checks "
+        f"{preset_help('eval_every')[:-1]}, at most --steps]."
+    ),
 ]
 # The authors' choices (their DomainNet equal_weight.py), each an option; README: "BatchNorm,
 # threads and the authors' choices".
@@ -145,7 +154,11 @@ Preset = Annotated[
 ]
 Config = Annotated[
     Path | None,
-    typer.Option(help="A TOML file of options (keys as option names); the command line wins."),
+    typer.Option(
+        help="A TOML file of options (keys as option names: `steps = 60`); top-level keys serve "
+        "every command, a table per command overrides them (`[train]`, `[forkmerge.train]`); "
+        "the command line wins."
+    ),
 ]
 Overwrite = Annotated[
     bool, typer.Option(help="Replace a finished run in --out (the folder is emptied first).")
@@ -173,7 +186,10 @@ Seeds = Annotated[
 ]
 MergeEvery = Annotated[
     int | None,
-    typer.Option(help=f"Δt of ForkMerge: steps between merges. {preset_help('merge_every')}"),
+    typer.Option(
+        help="Δt of ForkMerge: steps between merges [default: a quarter of --steps (quick: 75, "
+        "default: 125, paper: 12500)]."
+    ),
 ]
 MergeHeads = Annotated[
     str,

@@ -27,7 +27,7 @@ from ntlab.runs import RunDir, atomic_write_text
 
 
 def _train_options(
-    target: opt.Target,
+    target: opt.Target = None,
     method: Annotated[
         str,
         typer.Option(
@@ -177,8 +177,9 @@ def _train_procedure(opts: dict, bench) -> None:
         with StepProgress(opts["quiet"]) as progress:
 
             def on_run(label, run_cfg):
-                total = run_cfg.steps * (len(run_cfg.aux) + 1 if label == "forkmerge" else 1)
-                return progress.callback(f"{label} → {run_cfg.target}", total)
+                fm = label == "forkmerge"
+                total = run_cfg.steps * (len(run_cfg.aux) + 1 if fm else 1)
+                return progress.callback(f"{label} → {run_cfg.target}", total, count=fm)
 
             row = method_row(cfg, method, cfg.seed, fm, on_run=on_run)
         results = {

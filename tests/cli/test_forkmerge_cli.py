@@ -59,7 +59,9 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     )
     assert mpimg.imread(out / "lambda.png").shape[0] > 100
     assert json.loads((out / "status.json").read_text())["state"] == "completed"
-    assert "forkmerge" in result.stdout and "Λ* per round" in result.stdout
+    assert "forkmerge" in result.stdout
+    assert "Λ* round 3 (step 12): target " in result.stdout  # joint: +mnist,syn
+    assert " · +mnist,syn " in result.stdout
     page = check_report(
         out / "report.html",
         figures=3,
