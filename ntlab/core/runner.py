@@ -322,8 +322,10 @@ def cache_key(cfg: TrainConfig) -> str:
     (`ntlab.cache.code_digest`), so a change to any of them retires every cached training.
     """
     method = get_method(cfg.method)
+    # with --select best-val the validation checks pick the model, so their spacing counts
+    ignored = NOT_IN_KEY - {"eval_every"} if cfg.select == "best-val" else NOT_IN_KEY
     payload = {
-        **{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY},
+        **{k: v for k, v in asdict(cfg).items() if k not in ignored},
         "aux": cfg.aux if method.uses_aux else [],
         "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,

@@ -91,6 +91,14 @@ def test_every_option_but_evaluation_and_loading_is_in_the_key(tiny_digits):
         )
 
 
+def test_with_best_val_selection_the_validation_spacing_is_in_the_key(tiny_digits):
+    """--select best-val keeps the best of the checks every --eval-every steps: another
+    spacing can pick another iterate, so it must not reuse the cached training."""
+    base = TrainConfig(target="syn", steps=5, select="best-val")
+    other = TrainConfig(**{**base.__dict__, "eval_every": 7})
+    assert runner.cache_key(base) != runner.cache_key(other)
+
+
 def test_an_entry_records_the_code_that_trained_it(tmp_path):
     store_cached(tmp_path / "runs" / "k", {"val_acc": 1.0}, torch.nn.Linear(2, 2), {"a": 1})
     config = json.loads((tmp_path / "runs" / "k" / "config.json").read_text())
