@@ -29,6 +29,7 @@ What this adapter adds, and nothing else:
   * afterwards, their 'latest' checkpoint (last epoch) is evaluated on the test loader with
     their utils.validate_all, and a JSON summary is written to <log>/summary.json.
 """
+
 import json
 import os
 import re
@@ -67,8 +68,9 @@ class Digits(tvd.VisionDataset):
     CLASSES = [str(i) for i in range(10)]
     _cache = {}
 
-    def __init__(self, root, task, split="train", download=False, transform=None,
-                 target_transform=None):
+    def __init__(
+        self, root, task, split="train", download=False, transform=None, target_transform=None
+    ):
         super().__init__(root, transform=transform, target_transform=target_transform)
         assert split in ("train", "val", "test")
         if task not in Digits._cache:
@@ -139,16 +141,28 @@ def main():
     from utils.classifier import MultiOutputClassifier
     from utils.logger import CompleteLogger
 
-    val_t = utils.get_val_transform(args.val_resizing, resize_size=args.resize_size,
-                                    norm_mean=args.norm_mean, norm_std=args.norm_std)
+    val_t = utils.get_val_transform(
+        args.val_resizing,
+        resize_size=args.resize_size,
+        norm_mean=args.norm_mean,
+        norm_std=args.norm_std,
+    )
     test_loaders = {
-        d: DataLoader(Digits(args.root, d, "test", transform=val_t),
-                      batch_size=args.test_batch_size, shuffle=False, num_workers=args.workers)
+        d: DataLoader(
+            Digits(args.root, d, "test", transform=val_t),
+            batch_size=args.test_batch_size,
+            shuffle=False,
+            num_workers=args.workers,
+        )
         for d in args.target
     }
     val_loaders = {
-        d: DataLoader(Digits(args.root, d, "val", transform=val_t),
-                      batch_size=args.test_batch_size, shuffle=False, num_workers=args.workers)
+        d: DataLoader(
+            Digits(args.root, d, "val", transform=val_t),
+            batch_size=args.test_batch_size,
+            shuffle=False,
+            num_workers=args.workers,
+        )
         for d in args.target
     }
     backbone = utils.get_model(args.arch, pretrain=not args.scratch)
@@ -167,14 +181,14 @@ def main():
     text = open(os.path.join(args.log, logs[-1])).read()
     accs = [float(a) for a in re.findall(r" \* Acc@1 ([0-9.]+)", text)]
     nt = len(args.target)
-    per_epoch = [accs[e * nt:(e + 1) * nt] for e in range(args.epochs)]
+    per_epoch = [accs[e * nt : (e + 1) * nt] for e in range(args.epochs)]
     best, best_e = 0.0, None
     for e, a in enumerate(per_epoch):
         if sum(a) > best:
             best, best_e = sum(a), e
     out["val_per_epoch"] = per_epoch
     out["best_epoch"] = best_e  # 0-based
-    out["test_best_from_their_log"] = accs[args.epochs * nt:]
+    out["test_best_from_their_log"] = accs[args.epochs * nt :]
     with open(os.path.join(args.log, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(out))
