@@ -421,6 +421,8 @@ def _print_pairwise(
 
 def _cell(value: float, noise: float, effect: object) -> str:
     """A pairwise cell: `+2.90 ± 0.60`, in brackets when it is within noise."""
+    import pandas as pd
+
     if pd.isna(value):
         return ""
     text = f"{value:+.2f}" + ("" if pd.isna(noise) else f" ± {noise:.2f}")

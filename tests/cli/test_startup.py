@@ -34,3 +34,65 @@ def test_help_and_version_import_no_heavy_library():
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(code == 0 for code in found["codes"].values()), found["codes"]
     assert found["heavy"] == [], f"--help imported {found['heavy']}"
+
+
+def test_no_command_uses_a_name_that_is_imported_only_for_type_checking():
+    """The command modules import heavy names inside their functions; a name imported at the
+    top only under `if TYPE_CHECKING:` exists for annotations, and a function body that uses
+    it fails at run time with a NameError (which ruff does not see)."""
+    import ast
+
+    problems = []
+    for path in sorted((ROOT / "ntlab" / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        type_only = set()
+        for node in tree.body:
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                for sub in node.body:
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                        type_only.update((a.asname or a.name.split(".")[0]) for a in sub.names)
+        bound_at_top = {
+            a.asname or a.name.split(".")[0]
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for a in node.names
+        }
+        type_only -= bound_at_top
+        functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)] + [
+            m
+            for c in tree.body
+            if isinstance(c, ast.ClassDef)
+            for m in c.body
+            if isinstance(m, ast.FunctionDef)
+        ]  # nested functions see their enclosing function's imports
+        for fn in functions:
+            local = {
+                a.asname or a.name.split(".")[0]
+                for sub in ast.walk(fn)
+                if isinstance(sub, (ast.Import, ast.ImportFrom))
+                for a in sub.names
+            }
+            annotations = {  # annotations are strings here (`from __future__ import annotations`)
+                id(n)
+                for sub in ast.walk(fn)
+                for ann in (
+                    [a.annotation for a in sub.args.args + sub.args.kwonlyargs] + [sub.returns]
+                    if isinstance(sub, ast.FunctionDef)
+                    else [sub.annotation]
+                    if isinstance(sub, ast.AnnAssign)
+                    else []
+                )
+                if ann is not None
+                for n in ast.walk(ann)
+            }
+            used = {
+                sub.id
+                for stmt in fn.body
+                for sub in ast.walk(stmt)
+                if isinstance(sub, ast.Name)
+                and isinstance(sub.ctx, ast.Load)
+                and id(sub) not in annotations
+            }
+            for name in sorted((used & type_only) - local):
+                problems.append(f"{path.name}:{fn.lineno} {fn.name} uses {name}")
+    assert problems == [], problems
