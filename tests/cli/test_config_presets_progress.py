@@ -161,9 +161,12 @@ def test_a_full_forkmerge_toml_runs_alone_and_its_recorded_command_reruns_it(tin
     words = config["environment"]["command_line"]
     assert words[:3] == ["ntlab", "forkmerge", "train"] and "--config" not in words
     assert words.count("--branch") == 3 and "--target" in words and "--no-baselines" in words
-    # a stable order: the command's own options as its --help lists them
+    # a stable order: the options as --help lists them (its own, then the panels: Data,
+    # Model, Optimisation, ForkMerge, Image lists, Seeds and output)
     flags = [w for w in words if w.startswith("--")]
-    assert flags.index("--target") < flags.index("--merge-every") < flags.index("--steps")
+    assert flags.index("--target") < flags.index("--benchmark") < flags.index("--backbone")
+    assert flags.index("--backbone") < flags.index("--steps") < flags.index("--merge-heads")
+    assert flags.index("--merge-heads") < flags.index("--seed") < flags.index("--out")
     words[words.index("--out") + 1] = str(tmp_path / "b")
     again = invoke(*words[1:])
     assert again.exit_code == 0, again.output
