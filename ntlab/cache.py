@@ -27,7 +27,7 @@ from ntlab.storage import DamagedFileError, load_torch_file
 
 # The sources whose content can change a trained number (the CLI, the report, presets —
 # which resolve into the config — and the paths do not).
-CODE_PARTS = ("core", "methods", "models", "data", "analysis", "metrics.py")
+CODE_PARTS = ("core", "methods", "models", "data", "analysis", "metrics.py", "config.py")
 ENTRY_FILES = ("results.json", "config.json", "model.pt")
 BROKEN = "broken"
 LEFTOVER_AGE_S = 600  # a temporary folder older than this belongs to no running store

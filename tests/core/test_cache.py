@@ -72,6 +72,19 @@ def test_one_line_of_a_method_changes_its_key_and_the_cli_or_report_do_not(tiny_
     assert edited[0] != original[0] and edited[1] != original[1]
 
 
+def test_the_options_dataclasses_are_part_of_the_code_digest(tmp_path):
+    """TrainConfig, ForkMergeOptions and GcsOptions live in ntlab/config.py (torch-free, for
+    the command line): their methods decide what is computed (`search_for`: which merge
+    search), so an edit there retires the cache like an edit of the core."""
+    copy = tmp_path / "pkg" / "ntlab"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cache.source_digest(copy)
+    edit_line(
+        copy / "config.py", 'return "grid" if branches <= 2', 'return "grid" if branches <= 3'
+    )
+    assert cache.source_digest(copy) != before
+
+
 def test_the_digest_covers_the_training_sources_of_the_installed_package():
     assert cache.source_digest(PACKAGE) == cache.code_digest()
     assert cache.source_digest(PACKAGE, ("core",)) != cache.source_digest(PACKAGE, ("methods",))
