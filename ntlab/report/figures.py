@@ -49,11 +49,13 @@ def lambda_figure(merges: pd.DataFrame) -> Figure:
             width=0.8,
         )
         bottom += table[branch]
-    ax.set_xlabel("merge round")
+    ax.set_xlabel("merge round (its step)")
     ax.set_ylabel("Λ* (share of the merged model)")
     ax.set_ylim(0, 1)
-    ax.set_xticks(list(table.index))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
+    steps = merges.drop_duplicates("round").set_index("round")["step"]
+    # rounds counted from 1 as the terminal's `Λ* round 1 (step 75)` lines count them
+    ax.set_xticks(list(table.index), [f"{r + 1}\n({steps[r]})" for r in table.index])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, frameon=False)
     ax.set_title("ForkMerge: merge weights per round", fontsize=10)
     return fig
 
