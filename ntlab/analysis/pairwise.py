@@ -173,7 +173,9 @@ def pairwise_summary(table: pd.DataFrame) -> dict:
         counts += [n for r in regimes.values() for n in r.seeds]
         summary["methods"][method] = {
             "cells": int(len(means)),
-            "negative_cells": int((means < 0).sum()),
+            "negative_cells": int((means < 0).sum()),  # by sign; what counts is below
+            "hurt_cells": sum(e == "hurts" for e in effects.values()),  # beyond noise
+            "helped_cells": sum(e == "helps" for e in effects.values()),
             "cells_below_minus_1": int((means < -1).sum()),
             "mean_tg": float(means.mean()),
             "tg": mean_std(means),

@@ -391,8 +391,9 @@ def _print_pairwise(
         effects = pw.cell_effects(table, m)
         info = summary["methods"][m]
         out = Table(
-            title=f"{m}: TG (test, mean over seeds), {info['negative_cells']} of "
-            f"{info['cells']} pairs negative, mean {info['mean_tg']:+.2f}",
+            title=f"{m}: TG (test, mean over seeds): of {info['cells']} pairs "
+            f"{info['hurt_cells']} hurt and {info['helped_cells']} help beyond noise, "
+            f"mean {info['mean_tg']:+.2f}",
             title_justify="left",
             caption=f"(in brackets): within noise; regime of each target over its auxiliary "
             f"domains; {rule_caption(n)}",

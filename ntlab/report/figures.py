@@ -409,7 +409,7 @@ def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None
     image = ax.imshow(
         mean.to_numpy(dtype=float), cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit, limit)
     )
-    within = 0
+    within = hurt = helped = 0
     for i, t in enumerate(domains):
         for j, a in enumerate(domains):
             value = mean.loc[t, a]
@@ -419,6 +419,8 @@ def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None
             spread, effect = noise.get((t, a), (None, None))
             text = f"{value:+.2f}" + ("" if spread is None else f"\n±{spread:.2f}")
             faded = effect == "within_noise"
+            hurt += effect == "hurts"
+            helped += effect == "helps"
             if faded:
                 within += 1
                 ax.add_patch(
@@ -436,10 +438,10 @@ def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None
     ax.set_xlabel("auxiliary domain")
     ax.set_ylabel("target domain")
     label = {"ew": "equal weighting", "forkmerge": "ForkMerge"}.get(method, method)
-    negative = int((mean < 0).sum().sum())
     total = int(mean.notna().sum().sum())
     ax.set_title(
-        f"TG of {label}: {negative} of {total} pairs negative, {within} within noise", fontsize=10
+        f"TG of {label}, {total} pairs: {hurt} hurt, {helped} help, {within} within noise",
+        fontsize=10,
     )
     seeds = part["seed"].nunique()
     basis = f"± seed std, {seeds} seeds" if seeds > 1 else "± paired test-set SE, 1 seed"

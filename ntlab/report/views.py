@@ -684,7 +684,9 @@ class PairwiseView(View):
             {
                 "method": m,
                 "pairs": str(v["cells"]),
-                "negative (TG < 0)": str(v["negative_cells"]),
+                "hurt (beyond noise)": str(v.get("hurt_cells", "—")),
+                "help (beyond noise)": str(v.get("helped_cells", "—")),
+                "TG < 0": str(v["negative_cells"]),
                 "below −1": str(v["cells_below_minus_1"]),
                 "mean TG": pm(v["tg"]["mean"], v["tg"]["std"]),
                 "≥ +1 on every seed": ", ".join(v.get("positive_on_every_seed_ge_1", [])) or "—",

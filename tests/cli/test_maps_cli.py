@@ -83,6 +83,9 @@ def test_pairwise_runs_every_cell_then_reuses_the_cache(tiny_digits, tmp_path):
     for m in ("ew", "forkmerge"):
         means = table[table["method"] == m].groupby(["target", "aux"])["tg"].mean()
         assert results["methods"][m]["negative_cells"] == int((means < 0).sum())
+        effects = results["methods"][m]["cells_tg"].values()
+        assert results["methods"][m]["hurt_cells"] == sum(c["effect"] == "hurts" for c in effects)
+        assert results["methods"][m]["helped_cells"] == sum(c["effect"] == "helps" for c in effects)
         assert_figure(first / f"pairwise_{m}.png")
     check_report(first / "report.html", figures=2, texts=("Regime per target",))
     assert set(results["methods"]["ew"]["regime_per_target"]) == {"optdigits", "mnist", "syn"}
