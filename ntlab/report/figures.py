@@ -607,7 +607,7 @@ def search_figure(search: pd.DataFrame) -> Figure:
 
 
 def tg_bar_figure(
-    frame: pd.DataFrame, title: str = "Transfer gain per run (below 0: negative transfer)"
+    frame: pd.DataFrame, title: str = "Transfer gain per run (hatched: within noise)"
 ) -> Figure:
     """TG per labelled row (columns `label`, `tg` and optionally `tg_err`, the ± of each TG:
     its seed std or, with one seed, its test-set SE; `tg_std` is read as `tg_err` too) as

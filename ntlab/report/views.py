@@ -864,9 +864,7 @@ class CompareView(View):
                 "compare",
                 "Transfer gain per method",
                 caption,
-                lambda: fig.tg_bar_figure(
-                    data, "Transfer gain per method (below 0: negative transfer)"
-                ),
+                lambda: fig.tg_bar_figure(data, "Transfer gain per method (hatched: within noise)"),
             )
         ]
 
