@@ -282,7 +282,10 @@ def test_a_train_run_keeps_its_stl_validation_curve_and_draws_it(runs):
     curve = pd.read_csv(runs / "ew" / "stl_metrics.csv")
     assert list(curve.columns) == ["step", "task", "split", "metric", "value"]
     assert set(curve["task"]) == {"optdigits"} and set(curve["split"]) == {"val"}
-    assert list(curve["step"]) == [6, 12]  # FAST: --eval-every 6, --steps 12
+    # the STL run may come from the cache, trained with another --eval-every (it is not part
+    # of the key with --select last): its own checks, ending at the last step
+    steps = list(curve["step"])
+    assert steps == sorted(steps) and steps[-1] == 12 and len(steps) >= 2
     results = json.loads((runs / "ew" / "results.json").read_text())
     assert curve["value"].iloc[-1] == pytest.approx(results["stl"]["val_acc"])
     run = Run.load(runs / "ew")
