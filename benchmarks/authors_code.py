@@ -147,24 +147,18 @@ def main():
         norm_mean=args.norm_mean,
         norm_std=args.norm_std,
     )
-    test_loaders = {
-        d: DataLoader(
-            Digits(args.root, d, "test", transform=val_t),
-            batch_size=args.test_batch_size,
-            shuffle=False,
-            num_workers=args.workers,
-        )
-        for d in args.target
-    }
-    val_loaders = {
-        d: DataLoader(
-            Digits(args.root, d, "val", transform=val_t),
-            batch_size=args.test_batch_size,
-            shuffle=False,
-            num_workers=args.workers,
-        )
-        for d in args.target
-    }
+    test_loaders, val_loaders = (
+        {
+            d: DataLoader(
+                Digits(args.root, d, split, transform=val_t),
+                batch_size=args.test_batch_size,
+                shuffle=False,
+                num_workers=args.workers,
+            )
+            for d in args.target
+        }
+        for split in ("test", "val")
+    )
     backbone = utils.get_model(args.arch, pretrain=not args.scratch)
     heads = nn.ModuleDict({d: nn.Linear(backbone.out_features, 10) for d in args.source})
     model = MultiOutputClassifier(backbone, heads, finetune=not args.scratch)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ntlab.checks import check_seed
 from ntlab.cli.common import console, guarded
-from ntlab.data.digits_config import DEFAULT_TRAIN, DigitsConfig
+from ntlab.data.digits_config import DEFAULT_TRAIN, DOMAINS, DigitsConfig
 from ntlab.errors import NtlabError
 
 app = typer.Typer(
@@ -18,7 +18,6 @@ app = typer.Typer(
 
 
 def parse_train_sizes(train: int | None, train_size: list[str]) -> dict[str, int]:
-    from ntlab.data.digits import DEFAULT_TRAIN, DOMAINS
 
     sizes = dict(DEFAULT_TRAIN) if train is None else {d: train for d in DOMAINS}
     for item in train_size:
@@ -65,7 +64,7 @@ def prepare(
 ) -> None:
     """Build a benchmark's data cache (idempotent: an identical build is reused)."""
     from ntlab.data import get_benchmark
-    from ntlab.data.digits import DigitsConfig, prepare_digits
+    from ntlab.data.digits import prepare_digits
 
     with guarded():
         get_benchmark(benchmark)
