@@ -18,7 +18,6 @@ app = typer.Typer(
 
 
 def parse_train_sizes(train: int | None, train_size: list[str]) -> dict[str, int]:
-
     sizes = dict(DEFAULT_TRAIN) if train is None else {d: train for d in DOMAINS}
     for item in train_size:
         name, _, value = item.partition("=")
