@@ -64,12 +64,15 @@ def pack_correct(correct: torch.Tensor) -> dict[str, Any]:
 
 
 def unpack_correct(packed: Any) -> torch.Tensor | None:
-    """The booleans of `pack_correct`, or None where `packed` is absent or not of that form."""
+    """The booleans of `pack_correct`, or None where `packed` is absent or not of that form
+    (a tensor of booleans, as evaluation returns them, is passed through)."""
     import base64
     import binascii
 
     import numpy as np
 
+    if isinstance(packed, torch.Tensor):
+        return packed.detach().to("cpu", torch.bool).reshape(-1)
     if not isinstance(packed, dict) or not isinstance(packed.get("n"), int):
         return None
     try:
@@ -125,6 +128,8 @@ def tg_noise(method: Mapping[str, Any], stl: Mapping[str, Any]) -> dict[str, Any
 def images_measured(results: Mapping[str, Any]) -> int | None:
     """The number of test images a result was measured on, where it says."""
     packed = results.get("test_correct")
+    if isinstance(packed, torch.Tensor) and packed.numel():
+        return int(packed.numel())
     if isinstance(packed, dict) and isinstance(packed.get("n"), int) and packed["n"] > 0:
         return packed["n"]
     n = results.get("test_n")

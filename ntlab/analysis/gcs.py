@@ -7,10 +7,18 @@ GCS(g_tgt, g_aux) on the shared parameters, and for every λ the one-step model
 The one-step models are never built as modules: their parameters are computed as one
 stacked tensor per parameter, and each is evaluated with `torch.func.functional_call` on
 the validation split, which stays on the device, converted to float once.
+
+The noise of a per-λ mean TG has two sources: which batch pairs were drawn and which images
+the validation split holds. Its standard error is sqrt(SE_batches² + SE_images²): the first
+is the std of the per-batch TGs over √B, the second the std over the validation images of
+each image's mean (over the batches) difference over √n. For a two-way random design this
+counts the batch × image interaction twice, so it errs on the safe side. A mean TG helps or
+hurts beyond noise when it is beyond twice that SE.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -28,8 +36,10 @@ from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, labelled_chunks
 from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
-from ntlab.metrics import gradient_cosine
+from ntlab.metrics import gain_effect, gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
+
+GCS_SE_KIND = "batch pairs + validation images"
 
 
 def fit_heads(
@@ -70,8 +80,9 @@ def gcs_table(
     aux: list[str],
     opts: GcsOptions,
     on_batch: Callable[[int], None] | None = None,
-) -> pd.DataFrame:
-    """One row per (batch, λ): gcs, tg, tg_loss, val_acc, val_loss, aux_kind.
+) -> tuple[pd.DataFrame, dict[float, dict[str, float]]]:
+    """(one row per (batch, λ): gcs, tg, tg_loss, val_acc, val_loss, aux_kind; per λ the
+    validation-image part of the standard error of its mean TG: {"tg": …, "tg_loss": …}).
 
     `tg` is the paper's TG in validation accuracy points; `tg_loss` the same comparison in
     validation loss, L̂(θ(0)) − L̂(θ(λ)) (> 0 helps), which resolves effects smaller than one
@@ -98,6 +109,10 @@ def gcs_table(
         )
     x_val, y_val = data[target].x("val"), data[target].y("val")
     lam_t = torch.tensor(lams, device=device)
+    zero = lams.index(0.0)
+    # per λ and validation image, the sum over batches of its difference from the λ = 0 step
+    diff_correct = torch.zeros(len(lams), len(y_val), dtype=torch.float64)
+    diff_loss = torch.zeros(len(lams), len(y_val), dtype=torch.float64)
     rows = []
     model.train()  # the gradients of training steps; θ_T's BatchNorm buffers stay as trained
     with frozen_batchnorm_statistics(model):
@@ -114,15 +129,19 @@ def gcs_table(
             stacked = one_step_params(
                 {n: params[n].detach() for n in updated}, g_tgt, g_aux, lam_t, opts.eta
             )
-            acc, loss = one_step_scores(model, head, stacked, x_val, y_val)
+            correct, losses = one_step_outcomes(model, head, stacked, x_val, y_val)
+            diff_correct += (correct.double() - correct[zero].double()).cpu()
+            diff_loss += (losses[zero].double() - losses.double()).cpu()
+            acc = (correct.double().mean(1) * 100).tolist()
+            loss = losses.double().mean(1).tolist()
             for i, lam in enumerate(lams):
                 rows.append(
                     {
                         "batch": b,
                         "lam": lam,
                         "gcs": cos,
-                        "tg": acc[i] - acc[lams.index(0.0)],
-                        "tg_loss": loss[lams.index(0.0)] - loss[i],
+                        "tg": acc[i] - acc[zero],
+                        "tg_loss": loss[zero] - loss[i],
                         "val_acc": acc[i],
                         "val_loss": loss[i],
                         "aux_kind": opts.aux_kind,
@@ -130,7 +149,20 @@ def gcs_table(
                 )
             if on_batch:
                 on_batch(b + 1)
-    return pd.DataFrame(rows)
+    n = len(y_val)
+    image_se = {
+        lam: {
+            "tg": _image_se(diff_correct[i] * 100 / opts.batches, n),
+            "tg_loss": _image_se(diff_loss[i] / opts.batches, n),
+        }
+        for i, lam in enumerate(lams)
+    }
+    return pd.DataFrame(rows), image_se
+
+
+def _image_se(per_image: torch.Tensor, n: int) -> float:
+    """The standard error of a mean over n validation images from each image's value."""
+    return float(per_image.std()) / math.sqrt(n) if n > 1 else 0.0
 
 
 def one_step_params(
@@ -158,7 +190,6 @@ def _flat(grads: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([grads[n].reshape(-1) for n in names])
 
 
-@torch.no_grad()
 def one_step_scores(
     model: MultiTaskModel,
     head: int,
@@ -168,7 +199,22 @@ def one_step_scores(
     chunk: int = 2048,
 ) -> tuple[list[float], list[float]]:
     """Accuracy (points) and mean loss on (x, y) of the models whose parameters are stacked
-    along dim 0 of `stacked` (names as in `model`; the others are the model's own).
+    along dim 0 of `stacked` (names as in `model`; the others are the model's own)."""
+    correct, losses = one_step_outcomes(model, head, stacked, x, y, chunk)
+    return (correct.double().mean(1) * 100).tolist(), losses.double().mean(1).tolist()
+
+
+@torch.no_grad()
+def one_step_outcomes(
+    model: MultiTaskModel,
+    head: int,
+    stacked: dict[str, torch.Tensor],
+    x: Images,
+    y: torch.Tensor,
+    chunk: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which images each stacked model gets right, bool [models, images]; each image's
+    cross-entropy, [models, images]) on (x, y), images skipped as unreadable left out.
 
     A loop over the models with `functional_call`: on the CPU it measured 3× faster than
     `vmap` over the stack (which turns convolutions into grouped ones).
@@ -188,28 +234,44 @@ def one_step_scores(
         )
         for i in range(n_models)
     ]
-    correct, total, count = [0.0] * n_models, [0.0] * n_models, 0
+    correct: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
+    losses: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
     for xs, ys in labelled_chunks(x, y, chunk):  # each chunk decoded once for every model
-        count += len(ys)
         for i, (backbone, head_params) in enumerate(models):
             features = functional_call(model.backbone, backbone, (xs,))
             out = functional_call(model.heads[head], head_params, (features,))
-            correct[i] += (out.argmax(1) == ys).sum().item()
-            total[i] += F.cross_entropy(out, ys, reduction="sum").item()
+            correct[i].append(out.argmax(1) == ys)
+            losses[i].append(F.cross_entropy(out, ys, reduction="none"))
     model.train(was_training)
-    return [c / count * 100 for c in correct], [t / count for t in total]
+    return (
+        torch.stack([torch.cat(c) for c in correct]),
+        torch.stack([torch.cat(v) for v in losses]),
+    )
 
 
-def gcs_summary(table: pd.DataFrame) -> dict:
-    """Share of conflicting pairs, per-λ mean TG and correlation of GCS with TG, best λ."""
+def gcs_summary(table: pd.DataFrame, image_se: dict[float, dict[str, float]] | None = None) -> dict:
+    """Share of conflicting pairs, per-λ mean TG with its standard error and verdict,
+    correlation of GCS with TG, best λ.
+
+    The SE of a mean TG is sqrt(SE_batches² + SE_images²) (module docstring); `image_se` is
+    the validation-image part per λ from `gcs_table` (without it, the batch part alone).
+    """
     per_batch = table.drop_duplicates("batch")
     per_lam = {}
     for lam, group in table[table["lam"] > 0].groupby("lam"):
+        images = (image_se or {}).get(float(lam), {})
+        mean_tg, mean_tg_loss = float(group["tg"].mean()), float(group["tg_loss"].mean())
+        se = _mean_se(group["tg"], images.get("tg"))
+        se_loss = _mean_se(group["tg_loss"], images.get("tg_loss"))
         per_lam[f"{lam:g}"] = {
-            "mean_tg": float(group["tg"].mean()),
+            "mean_tg": mean_tg,
+            "mean_tg_se": se,
+            "effect": gain_effect([mean_tg], se),
             "share_tg_positive": float((group["tg"] > 0).mean()),
             "corr_gcs_tg": _corr(group["gcs"], group["tg"]),
-            "mean_tg_loss": float(group["tg_loss"].mean()),
+            "mean_tg_loss": mean_tg_loss,
+            "mean_tg_loss_se": se_loss,
+            "effect_loss": gain_effect([mean_tg_loss], se_loss),
             "share_tg_loss_positive": float((group["tg_loss"] > 0).mean()),
             "corr_gcs_tg_loss": _corr(group["gcs"], group["tg_loss"]),
             "share_conflicting_but_helpful": float(
@@ -221,14 +283,25 @@ def gcs_summary(table: pd.DataFrame) -> dict:
         }
     means = table.groupby("lam")["tg"].mean()
     best = float(means.idxmax())
+    chosen = per_lam.get(f"{best:g}", {"mean_tg_se": 0.0, "effect": "within_noise"})  # λ = 0
     return {
         "batches": int(len(per_batch)),
         "share_conflicting": float((per_batch["gcs"] < 0).mean()),
         "mean_gcs": float(per_batch["gcs"].mean()),
+        "tg_se_kind": GCS_SE_KIND if image_se is not None else "batch pairs",
         "per_lam": per_lam,
         "best_lam": best,
         "best_mean_tg": float(means.max()),
+        "best_mean_tg_se": chosen["mean_tg_se"],
+        "best_effect": chosen["effect"],
     }
+
+
+def _mean_se(per_batch: pd.Series, image_part: float | None) -> float:
+    """The SE of the mean over batch pairs: sqrt(SE_batches² + SE_images²) (one batch pair:
+    the image part alone, the batch-to-batch spread being unknown)."""
+    batches = float(per_batch.std()) / math.sqrt(len(per_batch)) if len(per_batch) > 1 else 0.0
+    return math.sqrt(batches**2 + (image_part or 0.0) ** 2)
 
 
 def _corr(a: pd.Series, b: pd.Series) -> float | None:

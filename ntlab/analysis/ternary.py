@@ -3,25 +3,28 @@
 Three branches are forked from one start and trained `steps` each with their own task
 weights; then `Σ_b Λ_b θ_b` is evaluated at every point of a simplex grid. Validation
 accuracy is the score ForkMerge's grid search walks on (the same `grid_search`, the same
-`MergeSpace`); test accuracy and TG against the STL run are recorded beside it.
+`MergeSpace`); test accuracy and TG against the STL run are recorded beside it, each TG with
+its paired test-set standard error (the merged model and the STL run scored on the same test
+images, `ntlab.metrics.tg_noise`) and its verdict.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
 from ntlab.checks import check_number
-from ntlab.core.evaluate import evaluate
+from ntlab.core.evaluate import evaluate, evaluate_with_correct
 from ntlab.core.forkmerge import BranchSpec, fork_branches
 from ntlab.core.merge import MergeSpace
 from ntlab.core.runner import TrainConfig
 from ntlab.core.search import RecordingScore, grid_search
 from ntlab.core.train import train
 from ntlab.errors import NtlabError
-from ntlab.metrics import transfer_gain
+from ntlab.metrics import gain_effect, gain_fields, tg_noise
 
 MAX_RESOLUTION = 100  # 5151 merges, each evaluated on validation and test
 
@@ -43,11 +46,14 @@ def ternary_table(
     cfg: TrainConfig,
     branches: list[BranchSpec],
     resolution: int,
-    stl_test_acc: float,
+    stl: Mapping[str, Any],
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """(one row per grid point: w0, w1, w2, val_acc, test_acc, tg, best;
-    each branch's own val/test accuracy)."""
+    """(one row per grid point: w0, w1, w2, val_acc, test_acc, tg, tg_se, tg_se_kind, effect,
+    best; each branch's own val/test accuracy).
+
+    `stl` is the STL run's result (`test_acc`, and `test_correct` for the paired SE; without
+    it the SE is the binomial one)."""
     if len(branches) != 3:
         raise NtlabError(f"a ternary map needs exactly three branches, got {len(branches)}")
     check_resolution(resolution)
@@ -68,15 +74,17 @@ def ternary_table(
     rows = []
     for weights, val_acc in score.candidates:
         space.load_into(probe, weights)
-        test_acc = evaluate(probe, target, "test")["acc"]
+        values, right = evaluate_with_correct(probe, target, "test")
+        noise = tg_noise({"test_acc": values["acc"], "test_correct": right}, stl)
         rows.append(
             {
                 "w0": weights[0],
                 "w1": weights[1],
                 "w2": weights[2],
                 "val_acc": val_acc,
-                "test_acc": test_acc,
-                "tg": transfer_gain(test_acc, stl_test_acc),
+                "test_acc": values["acc"],
+                **noise,
+                "effect": gain_effect([noise["tg"]], noise["tg_se"]),
                 "best": tuple(weights) == tuple(best.weights),
             }
         )
@@ -93,15 +101,13 @@ def ternary_table(
 
 
 def ternary_summary(table: pd.DataFrame, own: list[dict]) -> dict:
-    """Best Λ (on validation) and its TG, TG at each corner and at the centre."""
+    """Best Λ (on validation) and its TG, TG at each corner and at the centre, and the best
+    point on test (chosen in hindsight), each TG with its test-set SE and verdict."""
     best = table[table["best"]].iloc[0]
     corners = {}
     for b in range(3):
         row = table[table[f"w{b}"] == 1.0].iloc[0]
-        corners[own[b]["task_weights"]] = {
-            "tg": float(row["tg"]),
-            "test_acc": float(row["test_acc"]),
-        }
+        corners[own[b]["task_weights"]] = {"test_acc": float(row["test_acc"]), **_gain(row)}
     centre = (
         table.assign(
             d=(table["w0"] - 1 / 3).abs()
@@ -111,22 +117,28 @@ def ternary_summary(table: pd.DataFrame, own: list[dict]) -> dict:
         .sort_values("d")
         .iloc[0]
     )
+    hindsight = table.loc[table["tg"].idxmax()]
     return {
         "points": int(len(table)),
         "best": {
-            "weights": [float(best["w0"]), float(best["w1"]), float(best["w2"])],
+            "weights": _weights(best),
             "val_acc": float(best["val_acc"]),
             "test_acc": float(best["test_acc"]),
-            "tg": float(best["tg"]),
+            **_gain(best),
         },
         "corners": corners,
-        "centre": {
-            "weights": [float(centre["w0"]), float(centre["w1"]), float(centre["w2"])],
-            "tg": float(centre["tg"]),
-        },
-        "best_test_point": {
-            "weights": [float(v) for v in table.loc[table["tg"].idxmax(), ["w0", "w1", "w2"]]],
-            "tg": float(table["tg"].max()),
-        },
+        "centre": {"weights": _weights(centre), **_gain(centre)},
+        # the maximum of many noisy TGs: optimistic by construction, not a finding
+        "best_test_point": {"weights": _weights(hindsight), **_gain(hindsight)},
+        "within_noise_points": int((table["effect"] == "within_noise").sum()),
         "branches": own,
     }
+
+
+def _weights(row: pd.Series) -> list[float]:
+    return [float(row["w0"]), float(row["w1"]), float(row["w2"])]
+
+
+def _gain(row: pd.Series) -> dict:
+    """`tg`, `tg_se`, `tg_se_kind`, `seeds` and `effect` of one merged model."""
+    return gain_fields([float(row["tg"])], float(row["tg_se"]), str(row["tg_se_kind"]))

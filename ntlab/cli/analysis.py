@@ -117,6 +117,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
     """
     from ntlab.analysis import gcs as gcs_analysis
     from ntlab.core.runner import trained_model
+    from ntlab.metrics import effect_label
 
     with guarded():
         opts, cfg, bench = _start(ctx, values)
@@ -141,7 +142,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
             gcs_analysis.fit_heads(
                 model, data, aux, gopts.probe_steps, cfg.batch_size, cfg.seed, lr=10 * cfg.lr
             )
-            table = gcs_analysis.gcs_table(
+            table, image_se = gcs_analysis.gcs_table(
                 model,
                 data,
                 cfg.target,
@@ -151,7 +152,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
             )
         gcs_analysis.check_measured(table, gopts.eta)
         run.write_table("gcs.csv", table)
-        summary = gcs_analysis.gcs_summary(table)
+        summary = gcs_analysis.gcs_summary(table, image_se)
         results = {
             "target": cfg.target,
             "aux": aux,
@@ -167,17 +168,27 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
         table_out = results_table(
             f"gcs: {cfg.target} vs {gopts.aux_kind} ({summary['batches']} batches, "
             f"{summary['share_conflicting']:.0%} conflicting)",
-            ["λ", "mean TG", "share TG > 0", "corr(GCS, TG)"],
+            ["λ", "mean TG ± SE", "verdict", "share TG > 0", "corr(GCS, TG)"],
+            left=("verdict",),
         )
         for lam, row in summary["per_lam"].items():
             corr = row["corr_gcs_tg"]
             table_out.add_row(
                 lam,
-                f"{row['mean_tg']:+.3f}",
+                f"{row['mean_tg']:+.3f} ± {row['mean_tg_se']:.3f}",
+                effect_label(row["effect"]),
                 f"{row['share_tg_positive']:.0%}",
                 "n/a" if corr is None else f"{corr:+.2f}",
             )
         console.print(table_out)
+        console.print(
+            f"best λ = {summary['best_lam']:g}: mean one-step TG "
+            f"{summary['best_mean_tg']:+.3f} ± {summary['best_mean_tg_se']:.3f} validation "
+            f"points ({effect_label(summary['best_effect'])}; SE over "
+            f"{summary['tg_se_kind']}, {summary['batches']} batch pairs)",
+            highlight=False,
+            soft_wrap=True,
+        )
         print_paths(run.path)
 
 

@@ -465,6 +465,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
     from ntlab.core.forkmerge import BranchSpec, parse_branch
     from ntlab.core.runner import cached_run, stl_config
     from ntlab.core.train import LossTerm
+    from ntlab.metrics import effect_label, tg_sentence, tg_text
 
     with guarded():
         opts = resolve_options(ctx, values)
@@ -512,7 +513,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
                 if bars[b]:
                     bars[b](step)
 
-            table, own = tn.ternary_table(cfg, specs, resolution, stl["test_acc"], on_step)
+            table, own = tn.ternary_table(cfg, specs, resolution, stl, on_step)
         run.write_table("ternary.csv", table)
         summary = tn.ternary_summary(table, own)
         results = {
@@ -527,17 +528,25 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
             console.print(str(run.path))
             return
         out = results_table(
-            f"ternary: {cfg.target}, {len(table)} merges",
-            ["point", "Λ", "val acc", "test acc", "TG (test)"],
-            left=("point", "Λ"),
+            f"ternary: {cfg.target}, {len(table)} merges "
+            f"({summary['within_noise_points']} within noise)",
+            ["point", "Λ", "val acc", "test acc", "TG (test) ± SE", "verdict"],
+            left=("point", "Λ", "verdict"),
         )
         for b, o in enumerate(own):
-            row = table[table[f"w{b}"] == 1.0].iloc[0]
+            corner = summary["corners"][o["task_weights"]]
             out.add_row(f"branch {b}: {o['task_weights']}", f"e{b}", f"{o['val_acc']:.2f}",
-                        f"{o['test_acc']:.2f}", f"{row['tg']:+.2f}")  # fmt: skip
+                        f"{o['test_acc']:.2f}", tg_text(corner),
+                        effect_label(corner["effect"]))  # fmt: skip
         best = summary["best"]
         weights = "(" + ", ".join(f"{w:.1f}" for w in best["weights"]) + ")"
         out.add_row("best on validation", weights, f"{best['val_acc']:.2f}",
-                    f"{best['test_acc']:.2f}", f"{best['tg']:+.2f}")  # fmt: skip
+                    f"{best['test_acc']:.2f}", tg_text(best),
+                    effect_label(best["effect"]))  # fmt: skip
         console.print(out)
+        console.print(
+            tg_sentence(f"the merge chosen on validation {weights} vs STL on {cfg.target}", best),
+            highlight=False,
+            soft_wrap=True,
+        )
         print_paths(run.path)

@@ -488,6 +488,7 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
         edgecolors="white", linewidths=0.8, label="best on validation", zorder=5,
         clip_on=False,  # a corner (one branch alone) is often the best point
     )  # fmt: skip
+    hatched = _hatch_within_noise(ax, table)
     for axis in (ax.taxis, ax.laxis, ax.raxis):
         axis.set_tick_params(labelsize=8)
     # Corners of the triangle in axes fractions: top Λ₀ = 1, bottom left Λ₁, bottom right Λ₂.
@@ -507,10 +508,36 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
         )
     cax = ax.inset_axes([1.08, 0.1, 0.04, 0.8], transform=ax.transAxes)
     fig.colorbar(image, cax=cax, label="TG vs STL (test accuracy points)")
-    fig.suptitle(
-        "Merging three branches: TG over the simplex (★ chosen on validation)", fontsize=10
-    )
+    title = "Merging three branches: TG over the simplex (★ chosen on validation)"
+    if hatched is not None:
+        title += f"\n{hatched} of {len(table)} merges within noise (hatched)"
+    fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _hatch_within_noise(ax, table: pd.DataFrame) -> int | None:
+    """Hatch the part of a ternary map where the merges' TG is within noise (`effect` of
+    `ternary.csv`); the number of such merges, or None for a table without verdicts."""
+    if "effect" not in table:
+        return None
+    within = (table["effect"] == "within_noise").to_numpy(dtype=float)
+    count = int(within.sum())
+    if count == 0:
+        return 0
+    if count == len(within):  # a constant field has no contour: hatch the whole triangle
+        within[0] = 0.99  # still above the level, but the field is no longer constant
+    ax.tricontourf(
+        table["w0"], table["w1"], table["w2"], within, levels=[0.5, 1.5], colors="none",
+        hatches=[WITHIN_NOISE_HATCH], zorder=3, gid="within-noise",
+    )  # fmt: skip
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[Patch(facecolor="white", edgecolor="0.45", hatch=WITHIN_NOISE_HATCH,
+                       label="within noise (|TG| ≤ 2 × paired test-set SE)")],
+        loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8, frameon=False,
+    )  # fmt: skip
+    return count
 
 
 def _plain_log_ticks(ax, values: pd.Series) -> None:

@@ -415,7 +415,9 @@ GCS_CAPTION = (
     "Each point is one batch: the cosine between the target gradient and the auxiliary "
     "gradient (x) against the transfer gain of one SGD step with weight λ (y). Left of 0 the "
     "gradients conflict, above 0 the step helped. If conflict caused negative transfer, the "
-    "upper-left and lower-right quadrants would be empty."
+    "upper-left and lower-right quadrants would be empty. In the table, each mean TG has "
+    "its standard error over the batch pairs and the validation images, and is within "
+    "noise unless beyond twice it."
 )
 
 
@@ -427,7 +429,10 @@ class GcsView(View):
         rows = [
             {
                 "λ": lam_text(lam),
-                "mean one-step TG (val acc points)": num(v["mean_tg"], 3, signed=True),
+                "mean one-step TG (val acc points)": pm(
+                    v["mean_tg"], v.get("mean_tg_se"), 3, always="mean_tg_se" in v
+                ),
+                "transfer": effect_text(v["effect"], 1) if "effect" in v else "",
                 "steps that help": f"{v['share_tg_positive']:.0%}",
                 "corr(GCS, TG)": num(v["corr_gcs_tg"], signed=True),
                 "conflicting yet helpful": f"{v['share_conflicting_but_helpful']:.0%}",
@@ -746,27 +751,13 @@ class TernaryView(View):
     title = "ternary map of merged models"
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
-        rows = [
-            {
-                "point": "best on validation",
-                "Λ": _weights(r["best"]["weights"]),
-                "TG vs STL (test)": num(r["best"]["tg"], signed=True),
-            },
-            {
-                "point": "best on test (hindsight)",
-                "Λ": _weights(r["best_test_point"]["weights"]),
-                "TG vs STL (test)": num(r["best_test_point"]["tg"], signed=True),
-            },
-            {
-                "point": "centre",
-                "Λ": _weights(r["centre"]["weights"]),
-                "TG vs STL (test)": num(r["centre"]["tg"], signed=True),
-            },
+        points = [
+            ("best on validation", r["best"]),
+            ("best on test (hindsight, optimistic)", r["best_test_point"]),
+            ("centre", r["centre"]),
         ]
-        rows += [
-            {"point": f"corner: {name}", "Λ": "", "TG vs STL (test)": num(v["tg"], signed=True)}
-            for name, v in r.get("corners", {}).items()
-        ]
+        rows = [_merge_row(name, point, _weights(point["weights"])) for name, point in points]
+        rows += [_merge_row(f"corner: {name}", v, "") for name, v in r.get("corners", {}).items()]
         return pd.DataFrame(rows)
 
     def summary(self, run: Run) -> dict[str, Any]:
@@ -775,7 +766,9 @@ class TernaryView(View):
             **super().summary(run),
             "method": f"merge Λ = {_weights(best.get('weights', []))}",
             "tg": best.get("tg"),
-            "regime": "",  # the merges of a ternary map carry no noise estimate
+            "tg_std": best.get("tg_se"),  # the ± of TG: the paired test-set SE
+            "effect": best.get("effect"),
+            "regime": run_effect(best) if "effect" in best else "",
         }
 
     def figures(self, run: Run) -> list[FigureSpec]:
@@ -787,7 +780,8 @@ class TernaryView(View):
         caption = (
             "TG of the merged model Σ Λ_b θ_b at every point of the simplex; each corner is "
             "one branch alone. Blue gains, red (below 0) is negative transfer; the star is "
-            "the point chosen on validation."
+            "the point chosen on validation. Hatched: merges whose TG is within noise "
+            "(within twice its paired test-set SE)."
         )
         return [
             FigureSpec(
@@ -889,6 +883,17 @@ def _method_effect(stat: dict[str, Any]) -> str:
     if stat.get("effect") in EFFECT_LABELS:
         return effect_text(stat["effect"], stat.get("seeds"))
     return ""  # an older result without its effect: no noise estimate to judge it by
+
+
+def _merge_row(point: str, v: dict[str, Any], weights: str) -> dict[str, str]:
+    """One merged model of a ternary map: its TG ± paired test-set SE and verdict (results
+    written before they were recorded: the TG alone)."""
+    return {
+        "point": point,
+        "Λ": weights,
+        "TG vs STL (test)": pm(v["tg"], v.get("tg_se"), always="tg_se" in v),
+        "transfer": run_effect(v) if "effect" in v else "",
+    }
 
 
 def _weights(w: list[float]) -> str:

@@ -165,7 +165,7 @@ def test_ternary_table_weights_corners_and_stl(tiny_digits):
         BranchSpec((tgt, LossTerm(a, (a,), 1.0))) for a in ("mnist", "syn")
     ]
     stl, _ = cached_run(stl_config(cfg))
-    table, own = ternary_table(cfg, specs, 4, stl["test_acc"])
+    table, own = ternary_table(cfg, specs, 4, stl)
     assert len(table) == 15  # (R+1)(R+2)/2
     assert ((table["w0"] + table["w1"] + table["w2"]) - 1).abs().max() < 1e-9
     corner = table[table["w0"] == 1.0].iloc[0]
@@ -176,8 +176,22 @@ def test_ternary_table_weights_corners_and_stl(tiny_digits):
     assert corner["tg"] == pytest.approx(0.0)
     assert table["best"].sum() == 1
     assert table.loc[table["best"], "val_acc"].item() == table["val_acc"].max()
+    # Every merge's TG has its paired test-set SE against the STL run, and a verdict by it.
+    assert set(table["tg_se_kind"]) == {"paired"} and (table["tg_se"] >= 0).all()
+    assert corner["tg_se"] == 0.0 and corner["effect"] == "within_noise"  # identical to STL
+    beyond = table["tg"].abs() > 2 * table["tg_se"]
+    assert (table.loc[~beyond, "effect"] == "within_noise").all()
+    assert set(table.loc[beyond & (table["tg"] > 0), "effect"]) <= {"helps"}
+    assert set(table.loc[beyond & (table["tg"] < 0), "effect"]) <= {"hurts"}
     summary = ternary_summary(table, own)
     assert summary["corners"]["optdigits=1"]["tg"] == pytest.approx(0.0)
+    assert summary["corners"]["optdigits=1"]["effect"] == "within_noise"
+    assert summary["within_noise_points"] == int((~beyond).sum())
+    for point in ("best", "centre", "best_test_point"):
+        assert {"tg", "tg_se", "tg_se_kind", "effect"} <= set(summary[point]), point
+    # without the STL's per-image correctness the SE falls back to the binomial one
+    unpaired, _ = ternary_table(cfg, specs, 1, {"test_acc": stl["test_acc"]})
+    assert set(unpaired["tg_se_kind"]) == {"binomial"} and (unpaired["tg_se"] > 0).all()
     assert sum(summary["best"]["weights"]) == pytest.approx(1.0)
     with pytest.raises(NtlabError, match="--resolution"):
         check_resolution(0)

@@ -47,6 +47,12 @@ def test_gcs_writes_table_figure_and_results(tiny_digits, tmp_path, kind):
     per_batch = table.drop_duplicates("batch")
     assert results["share_conflicting"] == pytest.approx((per_batch["gcs"] < 0).mean())
     assert results["best_lam"] in (0.0, 0.5, 1.0)
+    for lam, row in results["per_lam"].items():
+        assert row["mean_tg"] == pytest.approx(table[table["lam"] == float(lam)]["tg"].mean())
+        assert row["mean_tg_se"] >= 0 and row["effect"] in ("helps", "hurts", "within_noise")
+        assert f"{row['mean_tg']:+.3f} ± {row['mean_tg_se']:.3f}" in result.stdout
+    assert results["tg_se_kind"] == "batch pairs + validation images"
+    assert f"best λ = {results['best_lam']:g}: mean one-step TG" in result.stdout
     assert read(out / "status.json")["state"] == "completed"
     assert_figure(out / "gcs.png")
     check_report(

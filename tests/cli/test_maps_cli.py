@@ -220,9 +220,21 @@ def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
     assert corner["test_acc"] == pytest.approx(results["branches"][0]["test_acc"])
     assert corner["val_acc"] == pytest.approx(results["branches"][0]["val_acc"])
     assert results["best"]["val_acc"] == pytest.approx(table["val_acc"].max())
+    assert {"tg_se", "tg_se_kind", "effect"} <= set(results["best"])
+    assert results["corners"]["optdigits=1"] == {
+        "test_acc": corner["test_acc"], "tg": 0.0, "tg_se": 0.0, "tg_se_kind": "paired",
+        "seeds": 1, "effect": "within_noise",
+    }  # fmt: skip
+    # the terminal says it with its noise: the target-alone corner is the STL run
+    assert "+0.00 ± 0.00" in result.stdout and "within noise" in result.stdout
+    assert "(within noise, 1 seed, paired test-set SE)" in result.stdout or (
+        "(beyond noise, 1 seed, paired test-set SE)" in result.stdout
+    )
     assert_figure(out / "ternary.png")
     check_report(
-        out / "report.html", figures=1, texts=("best on validation", "corner: optdigits=1,mnist=1")
+        out / "report.html",
+        figures=1,
+        texts=("best on validation", "corner: optdigits=1,mnist=1", "within noise", "± 0.00"),
     )
 
 

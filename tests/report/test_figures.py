@@ -231,3 +231,39 @@ def test_a_report_of_several_runs_lists_them_by_target(tmp_path):
     page = render(runs, base=tmp_path)
     sections = [page.index(f"<h2>{name} ") for name in ("a", "c", "b")]
     assert sections == sorted(sections)
+
+
+def _simplex(resolution: int, tg) -> pd.DataFrame:
+    rows = []
+    for i in range(resolution + 1):
+        for j in range(resolution + 1 - i):
+            w = (i / resolution, j / resolution, (resolution - i - j) / resolution)
+            value = tg(w)
+            sign = "helps" if value > 0 else "hurts"
+            effect = "within_noise" if abs(value) <= 2 * 0.5 else sign
+            rows.append({"w0": w[0], "w1": w[1], "w2": w[2], "tg": value, "tg_se": 0.5,
+                         "effect": effect, "best": w == (1.0, 0.0, 0.0)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("tg", "hatched"),
+    [(lambda w: 4 * w[1] - 4 * w[2], True), (lambda w: 0.1 * w[1], True), (lambda w: 3.0, False)],
+)
+def test_ternary_hatches_the_merges_within_noise(tg, hatched):
+    """A ternary map hatches where the merges' TG is within noise, says how many in its title
+    and legend; a table of older runs without verdicts draws without them."""
+    table = _simplex(6, tg)
+    within = int((table["effect"] == "within_noise").sum())
+    fig = figures.ternary_figure(table, ["optdigits=1", "optdigits=1,mnist=1", "optdigits=1,syn"])
+    ax = fig.axes[0]
+    hatches = [c for c in ax.collections if c.get_gid() == "within-noise"]
+    assert bool(hatches) == hatched
+    assert f"{within} of {len(table)} merges within noise" in fig.texts[0].get_text()
+    if hatched:
+        assert "within noise" in ax.get_legend().get_texts()[0].get_text()
+    plt.close(fig)
+    old = figures.ternary_figure(table.drop(columns=["effect", "tg_se"]), ["a", "b", "c"])
+    assert not [c for c in old.axes[0].collections if c.get_gid() == "within-noise"]
+    assert "within noise" not in old.texts[0].get_text()
+    plt.close(old)
