@@ -529,20 +529,25 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
             return
         out = results_table(
             f"ternary: {cfg.target}, {len(table)} merges "
-            f"({summary['within_noise_points']} within noise)",
-            ["point", "Λ", "val acc", "test acc", "TG (test) ± SE", "verdict"],
+            f"({summary['within_noise_points']} within noise), TG on test",
+            ["point", "Λ", "val acc", "test acc", "TG ± SE", "verdict"],
             left=("point", "Λ", "verdict"),
         )
         for b, o in enumerate(own):
             corner = summary["corners"][o["task_weights"]]
-            out.add_row(f"branch {b}: {o['task_weights']}", f"e{b}", f"{o['val_acc']:.2f}",
-                        f"{o['test_acc']:.2f}", tg_text(corner),
+            out.add_row(f"branch {b}", "/".join("1" if i == b else "0" for i in range(3)),
+                        f"{o['val_acc']:.2f}", f"{o['test_acc']:.2f}", tg_text(corner),
                         effect_label(corner["effect"]))  # fmt: skip
         best = summary["best"]
-        weights = "(" + ", ".join(f"{w:.1f}" for w in best["weights"]) + ")"
-        out.add_row("best on validation", weights, f"{best['val_acc']:.2f}",
-                    f"{best['test_acc']:.2f}", tg_text(best),
+        out.add_row("best on val", "/".join(f"{w:.1f}" for w in best["weights"]),
+                    f"{best['val_acc']:.2f}", f"{best['test_acc']:.2f}", tg_text(best),
                     effect_label(best["effect"]))  # fmt: skip
+        weights = "(" + ", ".join(f"{w:.1f}" for w in best["weights"]) + ")"
+        console.print(
+            "branches: " + " · ".join(f"{b} {o['task_weights']}" for b, o in enumerate(own)),
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(out)
         console.print(
             tg_sentence(f"the merge chosen on validation {weights} vs STL on {cfg.target}", best),
