@@ -158,3 +158,6 @@ def method_names() -> list[str]:
     """Every method `train` and `compare` accept, grouped by kind (static, loss weighting,
     gradient balancing, auxiliary-task methods, then the procedures)."""
     return sorted(METHOD_INFO, key=lambda m: KINDS.index(METHOD_INFO[m].kind))
+
+
+EXECUTORS = ("local", "ray")  # ntlab.core.executor: worker processes, or Ray tasks

@@ -16,6 +16,13 @@ class UnknownNameError(NtlabError):
     """A name that is not in a registry."""
 
 
+class TrainingsFailed(NtlabError):
+    """Some trainings of a command failed (the others finished): exit code 1, not 2, since
+    the input was fine; the message names them and says how to retry."""
+
+    exit_code = 1
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The choice `name` most likely misspells, if one is close enough (difflib's ratio ≥ 0.6,
     case ignored)."""

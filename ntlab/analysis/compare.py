@@ -14,7 +14,9 @@ import pandas as pd
 
 from ntlab.analysis.sweep import (
     DEFAULT_LAMS,
+    forkmerge_jobs,
     forkmerge_rows,
+    grid_jobs,
     grid_search_choice,
     lambda_grid_table,
     se_columns,
@@ -53,6 +55,26 @@ def check_method(name: str) -> str:
     if name not in method_names():
         raise unknown_name("method", name, method_names())
     return name
+
+
+def method_jobs(
+    base: TrainConfig,
+    method: str,
+    seed: int,
+    fm: ForkMergeOptions,
+    lams: Sequence[float] = DEFAULT_LAMS,
+) -> list:
+    """The trainings `method_row` reads (`ntlab.core.executor.Job`), its STL run first."""
+    from ntlab.core.executor import Job
+
+    cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
+    jobs = [Job(stl_config(cfg), label=f"stl seed {seed}")]
+    if method == "grid-search":
+        return jobs + grid_jobs(cfg, lams, [seed])
+    if method == "forkmerge":
+        return jobs + forkmerge_jobs(cfg, [seed], fm)
+    run_cfg = TrainConfig(**{**asdict(cfg), "method": method, "lam": base.lam})
+    return jobs + [Job(run_cfg, label=f"{method} seed {seed}")]
 
 
 def method_row(

@@ -7,7 +7,8 @@ interpolated training distribution is from the target, and TG(λ) = P(θ_T(λ)) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -15,13 +16,14 @@ from ntlab.analysis.sweep import (
     DEFAULT_LAMS,
     OnRun,
     fixed_config,
+    grid_jobs,
     lam_stats,
     lam_summary,
     lambda_grid_table,
 )
 from ntlab.core.runner import TrainConfig
 
-__all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config"]
+__all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config", "grid_jobs"]
 
 
 def csd_table(
@@ -31,10 +33,11 @@ def csd_table(
     on_run: OnRun | None = None,
     done: Mapping[tuple[float, int], dict] | None = None,
     on_row: Callable[[dict], None] | None = None,
+    skip: Collection[Path] = (),
 ) -> pd.DataFrame:
     """One row per (λ, seed): csd, tg, its test-set SE (tg_se, tg_se_kind), val_acc, test_acc,
-    source (run | cache); `done` and `on_row` as in `lambda_grid_table` (a resumed run)."""
-    table = lambda_grid_table(base, lams, seeds, on_run, done, on_row)
+    source (run | cache); `done`, `on_row` and `skip` as in `lambda_grid_table`."""
+    table = lambda_grid_table(base, lams, seeds, on_run, done, on_row, skip)
     columns = ["lam", "seed", "csd", "tg", "tg_se", "tg_se_kind", "val_acc", "test_acc", "source"]
     return table.reindex(columns=columns)
 

@@ -82,6 +82,20 @@ def cell_config(base: TrainConfig, cell: Cell) -> TrainConfig:
     )
 
 
+def cell_jobs(base: TrainConfig, cell: Cell, fm: ForkMergeOptions | None) -> list:
+    """The trainings one cell reads (`ntlab.core.executor.Job`): its own and its STL run."""
+    from ntlab.core.executor import Job
+
+    cfg = cell_config(base, cell)
+    name = f"{cell.target} ← {cell.aux} seed {cell.seed}"
+    if cell.method == "ew":
+        own = Job(cfg, label=f"ew {name}")
+    else:
+        branches = tuple(joint_branches(cfg.target, cfg.aux))
+        own = Job(cfg, branches, fm, label=f"forkmerge {name}")
+    return [own, Job(stl_config(cfg), label=f"stl {cell.target} seed {cell.seed}")]
+
+
 def run_cell(
     base: TrainConfig,
     cell: Cell,

@@ -8,8 +8,9 @@ reports its *test* TG.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,10 +18,11 @@ from ntlab.config import SWEEP_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import (
     ForkMergeOptions,
     cached_forkmerge,
+    forkmerge_cache_dir,
     joint_branches,
     per_task_branches,
 )
-from ntlab.core.runner import TrainConfig, cached_results, cached_run, stl_config
+from ntlab.core.runner import TrainConfig, cached_results, cached_run, run_cache_dir, stl_config
 from ntlab.metrics import (
     entry_fields,
     images_measured,
@@ -45,19 +47,26 @@ def lambda_grid_table(
     on_run: OnRun | None = None,
     done: Mapping[tuple[float, int], dict] | None = None,
     on_row: Callable[[dict], None] | None = None,
+    skip: Collection[Path] = (),
 ) -> pd.DataFrame:
     """One row per (λ, seed): val/test accuracy, TG (test and val) against λ = 0 of the same
     seed, the target's test CSD, and whether the training ran or came from the cache.
 
     `done` holds rows of (λ, seed) already finished (a resumed run): they are kept, not
     trained again. `on_row` sees every new row as soon as it exists, λ = 0 included (the
-    reference of its seed, so a resumed run needs no STL training to compute TG)."""
+    reference of its seed, so a resumed run needs no STL training to compute TG). Trainings
+    whose cache folder is in `skip` (they failed in a worker) are left out, and so is every
+    λ of a seed whose λ = 0 failed."""
     done = done or {}
     rows = []
     for seed in seeds:
         stl = None
         for lam in sorted(set(lams) | {0.0}):  # λ = 0 first: the reference
             cfg = fixed_config(base, lam, seed)
+            if skip and (lam, seed) not in done and run_cache_dir(cfg) in skip:
+                if lam == 0:
+                    break  # no reference for this seed
+                continue
             if (lam, seed) in done:
                 row = dict(done[(lam, seed)])
                 results = cached_results(cfg) if lam == 0 else None  # its per-image results
@@ -85,6 +94,43 @@ def lambda_grid_table(
             if lam in lams:
                 rows.append(row)
     return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
+
+
+def grid_jobs(base: TrainConfig, lams: Sequence[float], seeds: Sequence[int]) -> list:
+    """The trainings of `lambda_grid_table` (`ntlab.core.executor.Job`), λ = 0 included."""
+    from ntlab.core.executor import Job
+
+    return [
+        Job(
+            fixed_config(base, lam, seed),
+            label=f"{'stl' if lam == 0 else f'λ={lam:g}'} seed {seed}",
+        )
+        for seed in seeds
+        for lam in sorted(set(lams) | {0.0})
+    ]
+
+
+def forkmerge_jobs(
+    base: TrainConfig, seeds: Sequence[int], opts: ForkMergeOptions, branches: str = "per-task"
+) -> list:
+    """The trainings of `forkmerge_rows`: ForkMerge and the STL run of each seed."""
+    from ntlab.core.executor import Job
+
+    jobs = []
+    for seed in seeds:
+        cfg = _forkmerge_config(base, seed)
+        specs = tuple(_branch_builder(branches)(cfg.target, cfg.aux))
+        jobs.append(Job(cfg, specs, opts, label=f"forkmerge seed {seed}"))
+        jobs.append(Job(stl_config(cfg), label=f"stl seed {seed}"))
+    return jobs
+
+
+def _forkmerge_config(base: TrainConfig, seed: int) -> TrainConfig:
+    return TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
+
+
+def _branch_builder(branches: str):
+    return per_task_branches if branches == "per-task" else joint_branches
 
 
 def se_columns(results: dict, stl: dict) -> dict:
@@ -156,21 +202,26 @@ def forkmerge_rows(
     branches: str = "per-task",
     done: Mapping[int, dict] | None = None,
     on_row: Callable[[dict], None] | None = None,
+    skip: Collection[Path] = (),
 ) -> pd.DataFrame:
     """ForkMerge per seed with the sweep's budget, and its TG against the STL run of the same
     seed. Branches: `per-task` (Eq. 12, the paper's form for several auxiliary tasks: the
     target alone plus one branch per auxiliary task) or `joint` (Algorithm 1: the target
-    alone and the target + the mixed auxiliary tasks). `done` and `on_row` as in
+    alone and the target + the mixed auxiliary tasks). `done`, `on_row` and `skip` as in
     `lambda_grid_table`, by seed."""
-    build = per_task_branches if branches == "per-task" else joint_branches
+    build = _branch_builder(branches)
     done = done or {}
     rows = []
     for seed in seeds:
         if seed in done:
             rows.append(dict(done[seed]))
             continue
-        cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
+        cfg = _forkmerge_config(base, seed)
         specs = build(cfg.target, cfg.aux)
+        if skip and {forkmerge_cache_dir(cfg, specs, opts), run_cache_dir(stl_config(cfg))} & set(
+            skip
+        ):
+            continue
         results, source = cached_forkmerge(
             cfg, specs, opts, on_run("forkmerge", cfg) if on_run else None
         )

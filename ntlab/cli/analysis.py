@@ -12,6 +12,7 @@ from ntlab.checks import check_steps
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     CheckpointRows,
+    Parallel,
     StepProgress,
     check_resumable,
     complete,
@@ -25,6 +26,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
     resume_note,
+    run_parallel,
     run_record,
 )
 from ntlab.config import GCS_LAMS, SWEEP_LAMS, TSNE_LAMS, GcsOptions, lams_text
@@ -209,7 +211,9 @@ def _csd_options(
 ) -> None: ...
 
 
-@opt.command(_csd_options, opt.training_options, opt.run_options, exclude=("seed",))
+@opt.command(
+    _csd_options, opt.training_options, opt.parallel_options, opt.run_options, exclude=("seed",)
+)
 def csd_command(ctx: typer.Context, values: dict) -> None:
     """Confidence score discrepancy vs transfer gain over λ (paper Fig. 3b).
 
@@ -231,6 +235,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             raise NtlabError("--lams needs at least one λ > 0 to compare with λ = 0")
         lams = sorted(set(lams) | {0.0})
         validate(csd_analysis.fixed_config(cfg, max(lams), seeds[0]))
+        settings = opt.parallel_settings(opts)
         record = run_record(opts, cfg, bench, lams=lams, seeds=seeds)
         if opts["resume"]:
             check_resumable(opts["out"], CSD_ROWS, record, "csd")
@@ -243,17 +248,32 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             resume_note(len(done), len(lams) * len(seeds), opts["quiet"], "trainings")
         with StepProgress(opts["quiet"]) as progress:
             total = len(lams) * len(seeds)
-            overall = progress.overall(f"csd → {cfg.target}", total, "trainings", len(done))
+            ran, overall = Parallel(), None
+            if settings.parallel:  # train everything at once into the cache, then read it
+                jobs = [
+                    j for j in csd_analysis.grid_jobs(cfg, lams, seeds)
+                    if (j.cfg.lam if j.cfg.method == "fixed" else 0.0, j.cfg.seed) not in done
+                ]  # fmt: skip
+                ran = run_parallel(jobs, settings, progress)
+            else:
+                overall = progress.overall(f"csd → {cfg.target}", total, "trainings", len(done))
 
             def on_run(name: str, c: TrainConfig):
+                if settings.parallel:
+                    return None  # every training is in the cache now
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", c.steps)
 
             def on_row(row: dict) -> None:
+                if ran.trained:  # the executor trained it for this command
+                    own = csd_analysis.grid_jobs(cfg, [row["lam"]], [row["seed"]])
+                    own = [j for j in own if (j.cfg.method == "fixed") == (row["lam"] > 0)]
+                    row["source"] = ran.source(own, row["source"])
                 rows.add(row)
                 if overall:
                     overall.advance()
 
-            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, on_row)
+            table = csd_analysis.csd_table(cfg, lams, seeds, on_run, done, on_row, skip=ran.broken)
+        ran.raise_failed("trainings")
         run.write_table("csd.csv", table)
         summary = csd_analysis.csd_summary(table)
         results = {

@@ -49,7 +49,7 @@ def guarded(run: RunDir | None = None) -> Iterator[None]:
     except NtlabError as exc:
         message = describe_origins(str(exc))
         _fail(run, message)
-        die(message)
+        die(message, code=getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         _fail(run, "interrupted")
         die("interrupted", code=130)
@@ -667,6 +667,117 @@ class _Remaining(TimeRemainingColumn):
         seconds = int(mean * (left - 1) + max(mean - current, 0.0))
         h, rest = divmod(seconds, 3600)
         return Text(f"{h}:{rest // 60:02d}:{rest % 60:02d}", style="progress.remaining")
+
+
+class ParallelDisplay:
+    """Progress of trainings run at once (`ntlab.core.executor`): an overall bar of trainings
+    done/total with the number running and an ETA from the finished ones' durations, one bar
+    per training under way, one line for each that came from the cache or failed. Called
+    from the executor's threads: rich's Progress locks itself."""
+
+    def __init__(self, progress: StepProgress, total: int, jobs: int) -> None:
+        self.owner, self.jobs = progress, max(1, jobs)
+        self.progress = progress.progress
+        self.quiet = progress.quiet
+        self.bars: dict[Any, Any] = {}
+        self.durations: list[float] = []
+        self.running = self.done = 0
+        self.total = total
+        self.task = None
+        if not self.quiet:
+            self.task = self.progress.add_task(
+                "trainings", total=total, completed=0, unit="done · 0 running", eta=None
+            )
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(text, highlight=False, markup=False)
+
+    def _update(self) -> None:
+        if self.task is None:
+            return
+        eta = None
+        if self.durations and self.done < self.total:
+            mean = sum(self.durations) / len(self.durations)
+            eta = (mean / self.jobs, self.total - self.done, _now())
+        self.progress.update(
+            self.task, completed=self.done, unit=f"done · {self.running} running", eta=eta
+        )
+
+    def cached(self, job: Any) -> None:
+        self._print(f"{job.label}: from cache")
+        self.done += 1
+        self._update()
+
+    def started(self, job: Any, pid: int | None = None) -> None:
+        self.running += 1
+        if not self.quiet:
+            self.bars[job.label] = self.progress.add_task(
+                job.label, total=job.total(), completed=0, unit="steps"
+            )
+        self._update()
+
+    def step(self, job: Any, done: int) -> None:
+        bar = self.bars.get(job.label)
+        if bar is not None:
+            self.progress.update(bar, completed=done)
+
+    def finished(self, outcome: Any) -> None:
+        bar = self.bars.pop(outcome.job.label, None)
+        if bar is not None:
+            self.progress.remove_task(bar)
+        self.running -= 1
+        self.done += 1
+        if outcome.ok:
+            self.durations.append(outcome.seconds)
+            if outcome.source == "cache":  # another process trained it meanwhile
+                self._print(f"{outcome.job.label}: from cache")
+        else:
+            self._print(f"{outcome.job.label}: failed: {outcome.error}")
+        self._update()
+
+
+class Parallel:
+    """What the executor did for a command: the trainings that failed (`failed`, their
+    cache folders in `broken`) and those it trained (`trained`); empty when it did not run."""
+
+    def __init__(self, outcomes: list[Any] | None = None) -> None:
+        outcomes = outcomes or []
+        self.failed = [o for o in outcomes if not o.ok]
+        self.broken = {o.job.folder() for o in self.failed}
+        self.trained = {o.job.folder() for o in outcomes if o.ok and o.source == "run"}
+
+    def blocked(self, jobs: list[Any]) -> bool:
+        """Whether a training that `jobs` need failed (the part is left for --resume)."""
+        return bool(self.broken) and any(j.folder() in self.broken for j in jobs)
+
+    def source(self, jobs: list[Any], source: str) -> str:
+        """A row's `source`: "run" where the executor trained one of its own (non-STL) jobs
+        for this command, which the command then read from the cache."""
+        own = [j for j in jobs if j.is_forkmerge or j.cfg.method != "stl"] or jobs
+        return "run" if any(j.folder() in self.trained for j in own) else source
+
+    def raise_failed(self, what: str) -> None:
+        """Exit 1 naming the trainings that failed, if any."""
+        from ntlab.core.executor import failures_message
+        from ntlab.errors import TrainingsFailed
+
+        if self.failed:
+            retry = f"the other {what} are done; rerun with --resume to retry"
+            raise TrainingsFailed(failures_message(self.failed, retry))
+
+
+def run_parallel(jobs: list[Any], settings: Any, progress: StepProgress) -> Parallel:
+    """Train `jobs` (`ntlab.core.executor.Job`) into the cache with `settings`, showing their
+    progress (a failed training is named on the terminal as it fails)."""
+    from ntlab.core.executor import plan, run_jobs
+
+    planned = plan(jobs)
+    display = ParallelDisplay(progress, len(planned), settings.jobs)
+    outcomes = run_jobs(planned, settings, display)
+    if display.task is not None:
+        progress.progress.remove_task(display.task)
+    return Parallel(outcomes)
 
 
 def run_record(opts: dict[str, Any], cfg: Any, bench: Any, **extra: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from ntlab import catalog
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     CheckpointRows,
+    Parallel,
     StepProgress,
     check_resumable,
     complete,
@@ -24,6 +25,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
     resume_note,
+    run_parallel,
     run_record,
 )
 from ntlab.config import SWEEP_LAMS, ForkMergeOptions, lams_text
@@ -55,7 +57,13 @@ def _compare_options(
 ) -> None: ...
 
 
-@opt.command(_compare_options, opt.training_options, opt.run_options, exclude=("seed",))
+@opt.command(
+    _compare_options,
+    opt.training_options,
+    opt.parallel_options,
+    opt.run_options,
+    exclude=("seed",),
+)
 def compare_command(ctx: typer.Context, values: dict) -> None:
     """Run every method on one target with the same model, data, budget and seeds.
 
@@ -81,6 +89,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
         seeds = parse_seeds(opts["seeds"])
         lams = check_lams(parse_numbers(opts["lams"], "--lams"))
         fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
+        settings = opt.parallel_settings(opts)
         if "forkmerge" in methods:
             validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
         bench.fingerprint()
@@ -104,9 +113,17 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
             resume_note(len(done), len(cells), opts["quiet"], "runs")
         rows, new_rows = [], []
         with StepProgress(opts["quiet"]) as progress:
-            overall = progress.overall(f"compare → {cfg.target}", len(cells), "runs")
+            ran, overall = Parallel(), None
+            todo = [cell for cell in cells if cell not in done]
+            if settings.parallel:  # train everything at once into the cache, then read it
+                jobs = [j for m, s in todo for j in cmp.method_jobs(cfg, m, s, fm, lams)]
+                ran = run_parallel(jobs, settings, progress)
+            else:
+                overall = progress.overall(f"compare → {cfg.target}", len(cells), "runs")
 
             def on_run(label, run_cfg):
+                if settings.parallel:
+                    return None  # every training is in the cache now
                 fm = label == "forkmerge"
                 total = run_cfg.steps * (len(run_cfg.aux) + 1 if fm else 1)
                 return progress.callback(f"{label} seed {run_cfg.seed}", total, count=fm)
@@ -114,12 +131,20 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
             for method, seed in cells:
                 if (method, seed) in done:
                     rows.append(done[(method, seed)])
+                elif settings.parallel and ran.blocked(
+                    jobs := cmp.method_jobs(cfg, method, seed, fm, lams)
+                ):
+                    continue  # a training it needs failed: left for --resume
                 else:
-                    new_rows.append(cmp.method_row(cfg, method, seed, fm, lams, on_run))
+                    row = cmp.method_row(cfg, method, seed, fm, lams, on_run)
+                    if settings.parallel:
+                        row["source"] = ran.source(jobs, row["source"])
+                    new_rows.append(row)
                     rows.append(new_rows[-1])
                     checkpoint.add(new_rows[-1])
                 if overall:
                     overall.advance()
+        ran.raise_failed("runs")
         table = pd.DataFrame(rows)
         run.write_table("compare.csv", cmp.tidy(table))
         summary = cmp.compare_summary(table)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
+    Parallel,
     StepProgress,
     check_resumable,
     complete,
@@ -25,6 +26,7 @@ from ntlab.cli.common import (
     results_table,
     resume_note,
     resumed_rows,
+    run_parallel,
     run_record,
 )
 from ntlab.config import SWEEP_LAMS, ForkMergeOptions, TrainConfig, lams_text
@@ -83,7 +85,9 @@ def _sweep_options(
 ) -> None: ...
 
 
-@opt.command(_sweep_options, opt.training_options, opt.run_options, exclude=("seed",))
+@opt.command(
+    _sweep_options, opt.training_options, opt.parallel_options, opt.run_options, exclude=("seed",)
+)
 def sweep_command(ctx: typer.Context, values: dict) -> None:
     """Sweep the task weight: fixed-λ joint training for every λ and seed (Eq. 1).
 
@@ -110,6 +114,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         if opts["forkmerge_branches"] not in BRANCH_MODES:
             raise unknown_name("--forkmerge-branches", opts["forkmerge_branches"], BRANCH_MODES)
         fm = _forkmerge_options(cfg, opts) if opts["with_forkmerge"] else None
+        settings = opt.parallel_settings(opts)
         bench.fingerprint()
         record = run_record(
             opts,
@@ -141,12 +146,25 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         finished += [{"method": "forkmerge", **r} for r in done_fm.values()]
 
         with StepProgress(opts["quiet"]) as progress:
-            overall = progress.overall(
-                f"sweep → {cfg.target}", parts, "trainings", len(done_fixed) + len(done_fm)
-            )
+            ran, overall = Parallel(), None
+            if settings.parallel:  # train everything at once into the cache, then read it
+                jobs = [
+                    j for j in sw.grid_jobs(cfg, lams, seeds)
+                    if (j.cfg.lam if j.cfg.method == "fixed" else 0.0, j.cfg.seed) not in done_fixed
+                ]  # fmt: skip
+                if fm:
+                    missing = [s for s in seeds if s not in done_fm]
+                    jobs += sw.forkmerge_jobs(cfg, missing, fm, opts["forkmerge_branches"])
+                ran = run_parallel(jobs, settings, progress)
+            else:
+                overall = progress.overall(
+                    f"sweep → {cfg.target}", parts, "trainings", len(done_fixed) + len(done_fm)
+                )
 
             def keep(method: str):
                 def on_row(row: dict) -> None:
+                    if ran.trained:  # the executor trained it for this command
+                        row["source"] = ran.source(_row_jobs(method, row), row["source"])
                     finished.append({"method": method, **row})
                     frame = pd.DataFrame(finished).reindex(columns=["method", *SWEEP_FIXED])
                     atomic_write_text(run.path / SWEEP_ROWS, frame.to_csv(index=False))
@@ -155,20 +173,38 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
 
                 return on_row
 
+            def _row_jobs(method: str, row: dict) -> list:
+                if method == "fixed":
+                    return [j for j in sw.grid_jobs(cfg, [row["lam"]], [row["seed"]])
+                            if (j.cfg.method == "fixed") == (row["lam"] > 0)]  # fmt: skip
+                return sw.forkmerge_jobs(cfg, [row["seed"]], fm, opts["forkmerge_branches"])
+
             def on_run(name: str, c: TrainConfig):
+                if settings.parallel:
+                    return None  # every training is in the cache now
                 n = len(c.aux) + 1 if opts["forkmerge_branches"] == "per-task" else 2
                 fm = name == "forkmerge"
                 total = c.steps * (n if fm else 1)
                 return progress.callback(f"{name} seed {c.seed} → {c.target}", total, count=fm)
 
-            table = sw.lambda_grid_table(cfg, lams, seeds, on_run, done_fixed, keep("fixed"))
+            table = sw.lambda_grid_table(
+                cfg, lams, seeds, on_run, done_fixed, keep("fixed"), skip=ran.broken
+            )
             fm_rows = (
                 sw.forkmerge_rows(
-                    cfg, seeds, fm, on_run, opts["forkmerge_branches"], done_fm, keep("forkmerge")
-                )
+                    cfg,
+                    seeds,
+                    fm,
+                    on_run,
+                    opts["forkmerge_branches"],
+                    done_fm,
+                    keep("forkmerge"),
+                    ran.broken,
+                )  # fmt: skip
                 if fm
                 else None
             )
+        ran.raise_failed("trainings")
         out = table.assign(method="fixed")
         if fm_rows is not None:
             out = pd.concat([out, fm_rows.assign(method="forkmerge", lam=float("nan"))])
@@ -274,7 +310,13 @@ def _pairwise_options(
 ) -> None: ...
 
 
-@opt.command(_pairwise_options, opt.training_options, opt.run_options, exclude=("seed",))
+@opt.command(
+    _pairwise_options,
+    opt.training_options,
+    opt.parallel_options,
+    opt.run_options,
+    exclude=("seed",),
+)
 def pairwise_command(ctx: typer.Context, values: dict) -> None:
     """Transfer gain of every ordered (target, auxiliary) pair of domains (Figs. 5, 6a–b).
 
@@ -301,6 +343,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         )
         methods = pw.check_methods([m.strip() for m in opts["method"].split(",") if m.strip()])
         seeds = parse_seeds(opts["seeds"])
+        settings = opt.parallel_settings(opts)
         cfg = _base({**opts, "target": domains[0], "aux": domains[1]}, tasks, method="ew")
         fm = _forkmerge_options(cfg, opts) if "forkmerge" in methods else None
         bench.fingerprint()
@@ -336,21 +379,33 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         new_rows = []
         started = time.time()
         with StepProgress(opts["quiet"]) as progress:
-            overall = progress.overall("pairwise", len(cells), "cells", len(finished))
-            for cell in cells:
-                if cell.key() not in finished:
+            todo = [cell for cell in cells if cell.key() not in finished]
+            ran, overall = Parallel(), None
+            if settings.parallel:  # train every cell at once into the cache, then read it
+                jobs = [job for cell in todo for job in pw.cell_jobs(cfg, cell, fm)]
+                ran = run_parallel(jobs, settings, progress)
+            else:
+                overall = progress.overall("pairwise", len(cells), "cells", len(finished))
+            for cell in todo:
+                jobs = pw.cell_jobs(cfg, cell, fm) if settings.parallel else []
+                if ran.blocked(jobs):
+                    continue  # a training it needs failed: left for --resume
 
-                    def on_step(name: str, cell: pw.Cell = cell):
-                        fm_run = name == "forkmerge"
-                        total = cfg.steps * (2 if fm_run else 1)
-                        label = f"{name} {cell.target} ← {cell.aux} seed {cell.seed}"
-                        return progress.callback(label, total, count=fm_run)
+                def on_step(name: str, cell: pw.Cell = cell):
+                    if settings.parallel:
+                        return None  # every training is in the cache now
+                    fm_run = name == "forkmerge"
+                    total = cfg.steps * (2 if fm_run else 1)
+                    label = f"{name} {cell.target} ← {cell.aux} seed {cell.seed}"
+                    return progress.callback(label, total, count=fm_run)
 
-                    new_rows.append(pw.run_cell(cfg, cell, fm, on_step))
-                    rows.append(new_rows[-1])
-                    _write_csv(run.path / CELLS, pd.DataFrame(rows))
-                    if overall:
-                        overall.advance()
+                row = pw.run_cell(cfg, cell, fm, on_step)
+                new_rows.append({**row, "source": ran.source(jobs, row["source"])})
+                rows.append(new_rows[-1])
+                _write_csv(run.path / CELLS, pd.DataFrame(rows))
+                if overall:
+                    overall.advance()
+        ran.raise_failed("cells")
         order = {key: i for i, key in enumerate(c.key() for c in cells)}
         rows.sort(key=lambda r: order[(r["target"], r["aux"], r["method"], int(r["seed"]))])
         table = pd.DataFrame(rows)

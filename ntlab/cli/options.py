@@ -248,6 +248,12 @@ def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> Tr
     values = {k: v for k, v in opts.items() if k in names}
     values.update(data_options(opts, opts["benchmark"]))
     values.update(overrides)
+    jobs = opts.get("jobs")
+    jobs = jobs if isinstance(jobs, int) and jobs >= 1 else 1
+    if values.get("threads") is None and (jobs > 1 or opts.get("executor") == "ray"):
+        from ntlab.core.executor import default_threads  # each training its share of the cores
+
+        values["threads"] = default_threads(jobs)
     if values.get("weights") is not None:
         values["weights"] = str(values["weights"])
     cfg = TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
@@ -282,6 +288,64 @@ def training_options(
     """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
 
 
+Jobs = Annotated[
+    int,
+    typer.Option(
+        help="Trainings at once on this machine, each in a worker process of its own; with "
+        "more than 1, --threads defaults to cores // jobs. Numbers do not depend on it at "
+        "the same --threads."
+    ),
+]
+Executor = Annotated[
+    str,
+    typer.Option(
+        help="local: worker processes on this machine (--jobs); ray: one Ray task per "
+        "training, on a local Ray or the cluster at --ray-address (pip install 'ntlab[ray]')."
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="The Ray cluster for --executor ray: `auto` (the one `ray start` runs here) or "
+        "HOST:PORT [default: start a local Ray with this machine's cores]."
+    ),
+]
+GpusPerJob = Annotated[
+    float,
+    typer.Option(
+        help="Where GPUs are used: the share of a GPU each training gets (0.5 packs two "
+        "trainings per GPU); worker processes take the GPUs in turn."
+    ),
+]
+
+
+def parallel_options(
+    jobs: Jobs = 1,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    gpus_per_job: GpusPerJob = 1.0,
+) -> None:
+    """How a command of many trainings runs them: worker processes or Ray tasks."""
+
+
+def parallel_settings(opts: dict[str, Any]):
+    """The executor settings of resolved options (checked)."""
+    from ntlab.core.executor import Settings, check_settings
+
+    def given(name: str, default: Any) -> Any:
+        value = opts.get(name)
+        return default if value is None else value
+
+    return check_settings(
+        Settings(
+            executor=given("executor", "local"),
+            jobs=given("jobs", 1),
+            gpus_per_job=given("gpus_per_job", 1.0),
+            ray_address=opts.get("ray_address"),
+        )
+    )
+
+
 FigureFormat = Annotated[
     str,
     typer.Option(
@@ -304,12 +368,13 @@ def run_options(
 # Help panels, by option name (a command's own options stay in its first panel, "Options",
 # unless listed here); the image-list options have their own panel, so a digits user can
 # skip it.
-DATA, IMAGES, MODEL, OPTIM, FORKMERGE, OUTPUT = (
+DATA, IMAGES, MODEL, OPTIM, FORKMERGE, PARALLEL, OUTPUT = (
     "Data",
     "Image lists (benchmarks imagelist, domainnet)",
     "Model",
     "Optimisation",
     "ForkMerge",
+    "Parallel trainings",
     "Seeds and output",
 )
 PANELS = {
@@ -336,6 +401,7 @@ PANELS = {
     **dict.fromkeys(
         ("merge_every", "merge_heads", "with_forkmerge", "forkmerge_branches"), FORKMERGE
     ),
+    **dict.fromkeys(("jobs", "executor", "ray_address", "gpus_per_job"), PARALLEL),
     **dict.fromkeys(
         ("seed", "seeds", "preset", "config", "out", "overwrite", "resume", "quiet", "format"),
         OUTPUT,
@@ -359,6 +425,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aux_kind": catalog.AUX_KINDS,
     "preset": tuple(PRESETS),
     "format": catalog.FORMATS,
+    "executor": catalog.EXECUTORS,
 }
 
 
@@ -395,7 +462,7 @@ def _dressed(p: inspect.Parameter, own: bool) -> inspect.Parameter:
     return p.replace(annotation=Annotated[base, info])
 
 
-PANEL_ORDER = (None, DATA, MODEL, OPTIM, FORKMERGE, IMAGES, OUTPUT)
+PANEL_ORDER = (None, DATA, MODEL, OPTIM, FORKMERGE, PARALLEL, IMAGES, OUTPUT)
 
 
 def _panel_rank(p: inspect.Parameter) -> int:

@@ -173,7 +173,7 @@ def test_pairwise_forkmerge_at_exactly_stl_is_neutral_not_strong_negative(
 
 
 def test_sweep_with_one_seed_judges_by_the_test_set_se(tiny_digits, tmp_path, monkeypatch):
-    def exactly_stl(base, lams, seeds, on_run=None, done=None, on_row=None):
+    def exactly_stl(base, lams, seeds, on_run=None, done=None, on_row=None, skip=()):
         return pd.DataFrame(
             [
                 {"lam": lam, "seed": s, "val_acc": 90.0, "test_acc": 90.0, "tg": 0.0,
