@@ -20,6 +20,7 @@ from ntlab.cli.common import (
     print_paths,
     resolve_options,
     results_table,
+    run_parallel,
     tg_cells,
 )
 from ntlab.config import ForkMergeOptions
@@ -53,7 +54,7 @@ def _train_options(
 ) -> None: ...
 
 
-@opt.command(_train_options, opt.training_options, opt.run_options)
+@opt.command(_train_options, opt.training_options, opt.parallel_options, opt.run_options)
 def train_command(ctx: typer.Context, values: dict) -> None:
     """Train the target with a weighting method and report its transfer gain over STL.
 
@@ -149,8 +150,9 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
 
 
 def _train_procedure(opts: dict, bench) -> None:
-    """`--method grid-search|forkmerge`: several trainings (cached), reported as one."""
-    from ntlab.analysis.compare import method_row
+    """`--method grid-search|forkmerge`: several trainings (cached), reported as one; with
+    --jobs or --executor ray they are trained at once, then read from the cache."""
+    from ntlab.analysis.compare import method_jobs, method_row
     from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, validate_forkmerge
     from ntlab.core.runner import validate
     from ntlab.metrics import gain_effect
@@ -161,6 +163,7 @@ def _train_procedure(opts: dict, bench) -> None:
     fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
     if method == "forkmerge":
         validate_forkmerge(cfg, per_task_branches(cfg.target, cfg.aux), fm)
+    settings = opt.parallel_settings(opts)
     bench.fingerprint()
     run = RunDir(
         opts["out"] or default_out("train", method, cfg.target), overwrite=opts["overwrite"]
@@ -175,8 +178,13 @@ def _train_procedure(opts: dict, bench) -> None:
             },
         )  # noqa: E501
         with StepProgress(opts["quiet"]) as progress:
+            if settings.parallel:  # every training at once into the cache, then read it
+                jobs = method_jobs(cfg, method, cfg.seed, fm)
+                run_parallel(jobs, settings, progress).raise_failed("trainings")
 
             def on_run(label, run_cfg):
+                if settings.parallel:
+                    return None
                 fm = label == "forkmerge"
                 total = run_cfg.steps * (len(run_cfg.aux) + 1 if fm else 1)
                 return progress.callback(f"{label} → {run_cfg.target}", total, count=fm)

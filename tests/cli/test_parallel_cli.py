@@ -101,6 +101,12 @@ def test_sweep_and_compare_with_jobs_read_only_what_the_workers_trained(
         for name, args in (("sweep", sweep), ("compare", compare), ("csd", csd)):
             result = invoke(*args, "--jobs", 2, "--out", tmp_path / f"{name}-2")
             assert result.exit_code == 0, (name, result.output)
+    train = ["train", "--method", "grid-search", "--target", "optdigits", "--aux", "mnist",
+             *BUDGET]  # fmt: skip  (the λ grid of compare's grid-search: all in the cache)
+    with monkeypatch.context() as patch:
+        no_training_here(patch)
+        result = invoke(*train, "--jobs", 2, "--out", tmp_path / "train-2")
+    assert result.exit_code == 0, result.output
     for name in ("sweep", "compare", "csd"):
         a = numbers(tmp_path / f"{name}-1" / f"{name}.csv")
         b = numbers(tmp_path / f"{name}-2" / f"{name}.csv")
@@ -168,8 +174,8 @@ def workers(pid: int) -> list[int]:
 def test_a_killed_worker_fails_one_training_and_resume_completes_the_table(
     ntlab_home, tiny_digits, tmp_path
 ):
-    args = ["pairwise", "--domains", "optdigits,mnist,syn", "--method", "ew", "--steps", "400",
-            "--batch-size", "16", "--eval-every", "200", "--threads", "1"]  # fmt: skip
+    args = ["pairwise", "--domains", "optdigits,mnist", "--method", "ew", "--steps", "300",
+            "--batch-size", "16", "--eval-every", "100", "--threads", "1"]  # fmt: skip
     out = tmp_path / "killed"
     home = home_with_data(ntlab_home, tmp_path / "home")
     process = ntlab_process([*args, "--jobs", "2", "--out", str(out)], home)
