@@ -379,7 +379,7 @@ def inspect_lock(path: Path, now: float | None = None) -> LockState | None:
             data.get("pidns"),
             str(data.get("what", "")),
         )
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         owner = None
     age = now - st.st_mtime
     if age > STALE_AFTER_S:
@@ -407,10 +407,16 @@ class Claim:
     `on_wait(line)` gets one line when the key is found claimed by a live owner (and one
     when a stale lock is taken over); default: stderr."""
 
-    def __init__(self, entry: Entry, on_wait: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        on_wait: Callable[[str], None] | None = None,
+        until_stored: bool = True,
+    ) -> None:
         self.entry = entry
         self.path = entry.lock_path
         self.on_wait = on_wait or _stderr_line
+        self.until_stored = until_stored  # False: wait for the lock even if an entry is there
         self.owned = False
         self._ino: int | None = None
         self._stop = threading.Event()
@@ -431,7 +437,7 @@ class Claim:
         said: Owner | None = None
         delay = POLL_S[0]
         while True:
-            if self.entry.exists():
+            if self.until_stored and self.entry.exists():
                 return False
             if self._create():
                 return True
@@ -577,8 +583,10 @@ class Entry:
         state = inspect_lock(self.lock_path)
         return state.owner if state is not None and state.stale is None else None
 
-    def claim(self, on_wait: Callable[[str], None] | None = None) -> Claim:
-        return Claim(self, on_wait)
+    def claim(
+        self, on_wait: Callable[[str], None] | None = None, until_stored: bool = True
+    ) -> Claim:
+        return Claim(self, on_wait, until_stored)
 
     def store(
         self,
@@ -639,10 +647,13 @@ def get_or_train(
         found = read()
         if found is not None:
             return found
-        with entry.claim(getattr(on_step, "note", None)) as claim:
+        # an entry still there after a failed read is damaged and could not be set aside:
+        # train it anyway (its store is then a no-op) rather than wait for it to appear
+        readable = not entry.exists()
+        with entry.claim(getattr(on_step, "note", None), until_stored=readable) as claim:
             if not claim.owned:
                 continue  # another process stored it while we waited: read it
-            found = read()
+            found = read() if readable else None
             if found is not None:
                 return found
             trained = train()
@@ -877,10 +888,20 @@ def scan(root: Path | None = None, now: float | None = None) -> CacheScan:
     return out
 
 
+def _same_file(path: Path, seen: LockState) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_ino, st.st_mtime_ns) == (seen.ino, seen.mtime_ns)
+
+
 def remove(items: list[Item]) -> list[Item]:
     """Delete the folders (or lock files) of `items`; those already gone are skipped."""
     removed = []
     for item in items:
+        if item.lock is not None and not _same_file(item.path, item.lock):
+            continue  # taken over (or released) since the scan: no longer the stale lock
         try:
             if item.path.is_dir():
                 shutil.rmtree(item.path)

@@ -215,3 +215,15 @@ def test_a_sigkilled_owner_leaves_a_lock_that_the_next_process_takes_over(entry)
     assert get_or_train(entry, trained, on_step=notes).source == "run"
     assert notes.lines[0].startswith(f"stl → optdigits: took over the claim of pid {owner.pid}")
     assert not entry.lock_path.exists()
+
+
+def test_a_damaged_entry_that_cannot_be_set_aside_is_trained_not_waited_for(entry, capsys):
+    entry.store({"val_acc": 1.0}, torch.nn.Linear(2, 2), {})
+    (entry.path / "results.json").write_text("[")
+    (entry.root / cache.BROKEN).write_text("a file where broken/ should be")
+    thread, out = in_thread(lambda: get_or_train(entry, trained))
+    thread.join(30)
+    assert not thread.is_alive(), "it waited for an entry that is already there"
+    assert out["value"].source == "run" and out["value"].results == RESULTS
+    assert "could not move it aside" in capsys.readouterr().err
+    assert not entry.lock_path.exists()
