@@ -13,15 +13,16 @@ O_CREAT|O_EXCL (exactly one process succeeds), holding its owner as JSON: pid, h
 namespace, start time and what it trains. While it trains, a heartbeat thread touches the
 file every HEARTBEAT_S seconds; it stores the entry, then removes the lock — on an
 exception or Ctrl-C too. A second process wanting the same key (`get_or_train`) finds the
-lock, says so in one line and looks again every POLL_S seconds (sleeping in between): once
-the entry is there it reads it instead of training; once the lock is gone without an entry
-(the owner failed) it claims the key and trains itself. A lock is *stale* when its owner
+lock, says so in one line and looks again after 0.2 s, then less often, at most every
+second (POLL_S; it sleeps in between): once the entry is there it reads it instead of
+training; once the lock is gone without an entry (the owner failed) it claims the key and
+trains itself. Reading an entry takes no lock. A lock is *stale* when its owner
 is gone — same host and pid namespace and the pid no longer exists (a SIGKILLed owner) —
 or when it has not been touched for STALE_AFTER_S seconds (an owner on another host that
 died, or hangs); a waiter takes a stale lock over by renaming it away (then checking that
-it moved the very file it judged, putting it back otherwise) and creating its own. Reading
-an entry takes no lock. At worst — two waiters taking over one stale lock in the same
-instant — a key is trained twice; the first store wins and no entry is ever mixed.
+it moved the very file it judged, putting it back otherwise) and creating its own. At
+worst — two waiters taking over one stale lock in the same instant — a key is trained
+twice; the first store wins and no entry is ever mixed.
 
 This needs a file system, shared by every process using the cache, on which O_EXCL create
 and rename are atomic: a local disk, NFSv3 or later, or any POSIX shared file system.
