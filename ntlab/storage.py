@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,22 @@ def load_torch_file(path: Path, fix: str, map_location: str | torch.device | Non
     except Exception as exc:  # noqa: BLE001 - any failure to load means the file is unusable
         empty = Path(path).is_file() and Path(path).stat().st_size == 0
         raise DamagedFileError(path, "empty file" if empty else short_reason(exc), fix) from None
+
+
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON file that must hold an object; DamagedFileError naming it otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(path, "the file is missing", fix) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        empty = path.is_file() and path.stat().st_size == 0
+        reason = "empty file" if empty else f"not valid JSON: {exc}"
+        raise DamagedFileError(path, reason, fix) from None
+    if not isinstance(data, dict):
+        raise DamagedFileError(path, f"a JSON {type(data).__name__}, not an object", fix)
+    return data
 
 
 def save_torch_file(obj: Any, path: Path) -> None:

@@ -11,7 +11,7 @@ import typer
 from ntlab.cli.common import console, die, guarded, results_table
 
 if TYPE_CHECKING:
-    from ntlab import cache
+    from ntlab.core import cache
 
 app = typer.Typer(
     help="The run cache (NTLAB_HOME/cache): every training ntlab ran, reused by identical "
@@ -27,19 +27,30 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 
 
 def _size(items: list[cache.Item]) -> str:
-    from ntlab import cache
+    from ntlab.core import cache
 
     return cache.human_size(sum(i.size for i in items))
+
+
+def _lock_line(item: cache.Item) -> str:
+    """`stale lock: <path> (pid 1234, its process no longer runs)`."""
+    state = item.lock
+    if state is None:  # a lock a takeover moved aside and did not remove
+        return f"stale lock: {item.path} (left by a takeover)"
+    who = state.owner.describe() if state.owner else "owner unknown"
+    return f"stale lock: {item.path} ({who}, {state.stale})"
 
 
 @app.command("info")
 def info() -> None:
     """Where the cache is, its entries per kind (runs/, forkmerge/, …) and their size.
 
-    Also counts the entries set aside as damaged (broken/) and temporary folders left by
-    stores that did not finish; `ntlab cache clear` removes both.
+    Also counts the entries set aside as damaged (broken/), temporary folders left by
+    stores that did not finish, the trainings under way (keys claimed by a live process)
+    and stale locks (claims whose process is gone); `ntlab cache clear` removes the
+    damaged entries, the leftovers and the stale locks.
     """
-    from ntlab import cache
+    from ntlab.core import cache
 
     with guarded():
         found = cache.scan()
@@ -61,10 +72,25 @@ def info() -> None:
             table.add_row(
                 "being written now", str(len(found.in_progress)), _size(found.in_progress)
             )
+        if found.claims:
+            table.add_row("being trained now (claimed)", str(len(found.claims)), "")
+        if found.stale_locks:
+            table.add_row("stale locks", str(len(found.stale_locks)), _size(found.stale_locks))
         table.add_row("total", str(len(found.entries)), cache.human_size(found.size))
         console.print(table)
         for item in found.leftovers:
             console.print(f"leftover: {item.path}", soft_wrap=True, highlight=False)
+        for item in found.stale_locks:
+            console.print(_lock_line(item), soft_wrap=True, highlight=False)
+        for item in found.claims:
+            state = item.lock
+            who = state.owner.describe() if state and state.owner else "a process starting"
+            what = f" ({state.owner.what})" if state and state.owner and state.owner.what else ""
+            console.print(
+                f"being trained: {item.kind}/{item.key}{what} by {who}",
+                soft_wrap=True,
+                highlight=False,
+            )
 
 
 @app.command("verify")
@@ -83,7 +109,7 @@ def verify(
     Exit code 0 when every entry reads, 1 when any is damaged. A damaged entry does no
     harm: a command that needs it sets it aside and trains it again.
     """
-    from ntlab import cache
+    from ntlab.core import cache
 
     with guarded():
         found = cache.scan()
@@ -105,6 +131,8 @@ def verify(
             console.print(
                 f"leftover temporary folder: {item.path}", soft_wrap=True, highlight=False
             )
+        for item in found.stale_locks:
+            console.print(_lock_line(item), soft_wrap=True, highlight=False)
         entries = _count(len(found.entries), "entry", "entries")
         summary = f"{entries} read in {found.root}: {damaged} damaged"
         if found.broken:
@@ -135,17 +163,20 @@ def clear(
         bool,
         typer.Option(
             "--broken",
-            help="Remove only the damaged entries set aside and the leftover temporary folders.",
+            help="Remove only the damaged entries set aside, the leftover temporary folders "
+            "and stale locks.",
         ),
     ] = False,
 ) -> None:
     """Remove cache entries: all of them, or those older than --older-than DAYS.
 
-    The damaged entries set aside (broken/) and temporary folders left by stores that did
-    not finish are removed in every case; a store still being written is left alone. No
-    confirmation is asked: a removed training is run again when a command needs it.
+    The damaged entries set aside (broken/), temporary folders left by stores that did
+    not finish and stale locks (claims whose process is gone) are removed in every case; a
+    key being trained now (claimed by a live process) is left alone — its lock, its store
+    and its entry. No confirmation is asked: a removed training is run again when a command
+    needs it.
     """
-    from ntlab import cache
+    from ntlab.core import cache
 
     with guarded():
         if older_than is not None and not (math.isfinite(older_than) and older_than >= 0):
@@ -156,15 +187,22 @@ def clear(
         now = time.time()
         items = cache.to_clear(found, older_than, now)
         if broken:
-            items = found.broken + found.leftovers
+            items = found.broken + found.leftovers + found.stale_locks
         removed = cache.remove(items)
         groups: dict[str, list[cache.Item]] = {}
         for item in removed:
-            key = "leftover" if item in found.leftovers else item.kind
+            if item in found.leftovers:
+                key = "leftover"
+            elif item in found.stale_locks:
+                key = "lock"
+            else:
+                key = item.kind
             groups.setdefault(key, []).append(item)
         for key, group in groups.items():
             if key == "leftover":
                 what = _count(len(group), "leftover temporary folder")
+            elif key == "lock":
+                what = _count(len(group), "stale lock")
             elif key == cache.BROKEN:
                 what = _count(len(group), "damaged entry", "damaged entries")
                 what += f" set aside in {cache.BROKEN}/"
@@ -181,5 +219,17 @@ def clear(
             console.print(
                 f"left {_count(len(found.in_progress), 'temporary folder')} of stores "
                 "still being written",
+                highlight=False,
+            )
+        busy = [e for e in found.entries if found.claimed(e)]
+        if busy and not broken:
+            console.print(
+                f"skipped {_count(len(busy), 'entry', 'entries')} claimed by a live process",
+                highlight=False,
+            )
+        if found.claims:
+            console.print(
+                f"left {_count(len(found.claims), 'training')} under way (claimed by a live "
+                "process: `ntlab cache info` names them)",
                 highlight=False,
             )

@@ -607,6 +607,11 @@ class TrainingBar:
         self.task = None
         self.calls = 0
 
+    def note(self, line: str) -> None:
+        """A line about this training before it steps (the run cache's: waiting for another
+        process that trains the same key), printed above the bars."""
+        self.owner.progress.console.print(line, highlight=False, soft_wrap=True)
+
     def __call__(self, step: int) -> None:
         self.calls += 1
         if self.count:

@@ -29,12 +29,11 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ntlab.cache import entry_results
 from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F401  (re-exported)
 from ntlab.checks import MAX_STEPS, check_number
 from ntlab.config import ForkMergeOptions  # noqa: F401  (re-exported)
@@ -44,12 +43,9 @@ from ntlab.core.runner import (
     TrainConfig,
     benchmark_of,
     build_model,
-    cache_key,
     data_notes,
-    digest,
     metric_rows,
     resolve_device,
-    store_cached,
 )
 from ntlab.core.search import (
     SEARCHES,
@@ -69,7 +65,6 @@ from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NonFiniteError, NtlabError, unknown_name
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
-from ntlab.paths import runs_cache_dir
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
 
 MAX_CANDIDATES = 10_000  # merges a search scores per round (each is a validation pass)
@@ -418,32 +413,15 @@ def _save(
 
 
 # --- ForkMerge runs shared through the cache (pairwise and sweep run many) -----------------
+# cached_forkmerge and forkmerge_cache_dir live in ntlab.core.cache (which builds on this
+# module); they stay importable from here.
+
+CACHE_NAMES = frozenset({"cached_forkmerge", "forkmerge_cache_dir", "forkmerge_entry"})
 
 
-def forkmerge_cache_dir(
-    cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeOptions
-) -> Path:
-    """Identical training config, branches and ForkMerge options ⇔ the same folder."""
-    payload = {
-        "train": cache_key(cfg),
-        "branches": [b.describe() for b in branches],
-        "forkmerge": asdict(opts),
-    }
-    return runs_cache_dir() / "forkmerge" / digest(payload)
+def __getattr__(name: str):
+    if name in CACHE_NAMES:
+        from ntlab.core import cache
 
-
-def cached_forkmerge(
-    cfg: TrainConfig,
-    branches: list[BranchSpec],
-    opts: ForkMergeOptions,
-    on_step: Callable[[int], None] | None = None,
-) -> tuple[dict, str]:
-    """(results, "cache" | "run"): an identical ForkMerge run is reused, otherwise run and kept."""
-    folder = forkmerge_cache_dir(cfg, branches, opts)
-    hit = entry_results(folder)
-    if hit is not None:
-        return hit, "cache"
-    outcome = run_forkmerge(cfg, branches, opts, on_step=on_step)
-    config = {"train": asdict(cfg), "branches": [b.describe() for b in branches], **asdict(opts)}
-    store_cached(folder, outcome.results, outcome.model, config)
-    return outcome.results, "run"
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

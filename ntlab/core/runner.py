@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
-import io
-import json
-import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ntlab.cache import code_digest, entry_model, entry_results, read_json_object
 from ntlab.catalog import SELECTIONS  # noqa: F401  (re-exported)
 from ntlab.checks import (
     MAX_IMAGE_SIZE,
@@ -44,12 +35,7 @@ from ntlab.errors import NtlabError, unknown_name
 from ntlab.methods import get_method
 from ntlab.metrics import gain_fields, pack_correct, tg_noise, transfer_gain
 from ntlab.models import BACKBONES, MultiTaskModel
-from ntlab.paths import runs_cache_dir
-from ntlab.runs import atomic_write_text, write_failed, write_json
-from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file
-
-METRICS_FILE = "metrics.csv"
-NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
+from ntlab.storage import DamagedFileError, load_torch_file, read_json_object, save_torch_file
 
 
 def benchmark_of(cfg: TrainConfig):
@@ -304,7 +290,27 @@ def build_rule(
     return method.rule(ctx)
 
 
-# --- trainings shared through a cache (above all the STL baselines) ---------------------
+# --- trainings shared through the run cache (above all the STL baselines) --------------
+# The cache itself — keys, entries, claims, cached_run, stl_baseline, trained_model — lives
+# in ntlab.core.cache; its names stay importable from here (looked up on first use, since
+# ntlab.core.cache builds on this module).
+
+CACHE_NAMES = frozenset(
+    {
+        "METRICS_FILE", "METRIC_COLUMNS", "NOT_IN_KEY", "STL_METRICS_FILE", "cache_key",
+        "cached_results", "cached_run", "digest", "metrics_csv", "run_cache_dir",
+        "stl_baseline", "stl_curve_csv", "store_cached", "store_run", "trained_model",
+        "validation_curve",
+    }
+)  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in CACHE_NAMES:
+        from ntlab.core import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stl_config(cfg: TrainConfig) -> TrainConfig:
@@ -312,131 +318,6 @@ def stl_config(cfg: TrainConfig) -> TrainConfig:
     (one term: its BatchNorm batches and loss reduction are the defaults' training)."""
     single = {"bn_batches": "pooled", "loss_reduction": "sum"}
     return TrainConfig(**{**asdict(cfg), "method": "stl", "aux": [], "lam": 1.0, **single})
-
-
-def cache_key(cfg: TrainConfig) -> str:
-    """Identical keys ⇔ identical trainings (same data, code, config, device type, torch);
-    options a method ignores (λ outside `fixed`, the auxiliary tasks of `stl`) are left out.
-
-    The code is identified by a digest of the sources that train and measure
-    (`ntlab.cache.code_digest`), so a change to any of them retires every cached training.
-    """
-    method = get_method(cfg.method)
-    # with --select best-val the validation checks pick the model, so their spacing counts
-    ignored = NOT_IN_KEY - {"eval_every"} if cfg.select == "best-val" else NOT_IN_KEY
-    payload = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ignored},
-        "aux": cfg.aux if method.uses_aux else [],
-        "lam": cfg.lam if method.uses_lam else None,
-        "device": resolve_device(cfg.device).type,
-        "threads": resolved_threads(cfg),
-        "data": benchmark_of(cfg).fingerprint(),
-        "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
-        "code": code_digest(),
-        "torch": torch.__version__,
-    }
-    return digest(payload)
-
-
-def _file_md5(path: str) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
-
-
-def run_cache_dir(cfg: TrainConfig) -> Path:
-    return runs_cache_dir() / "runs" / cache_key(cfg)
-
-
-def cached_results(cfg: TrainConfig) -> dict | None:
-    """The cached results of `cfg`, or None (a damaged entry is set aside, with a warning)."""
-    return entry_results(run_cache_dir(cfg))
-
-
-def store_run(cfg: TrainConfig, outcome: TrainOutcome) -> None:
-    """Keep a run's results, weights and curves for every later command that needs the same
-    training."""
-    config = {**asdict(cfg), "threads": resolved_threads(cfg)}
-    store_cached(run_cache_dir(cfg), outcome.results, outcome.state.model, config, outcome.metrics)
-
-
-METRIC_COLUMNS = ("step", "task", "split", "metric", "value")
-
-
-def metrics_csv(rows: list[dict]) -> str:
-    """Tidy metric rows (step, task, split, metric, value) as CSV text."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def validation_curve(cfg: TrainConfig) -> list[dict]:
-    """The target's validation accuracy against the step of the cached training `cfg`, as
-    tidy metric rows (empty where the entry has no curve, e.g. none is cached)."""
-    path = run_cache_dir(cfg) / METRICS_FILE
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
-    curve = []
-    for row in rows:
-        if (row.get("task"), row.get("split"), row.get("metric")) != (cfg.target, "val", "acc"):
-            continue
-        try:
-            curve.append({**row, "step": int(row["step"]), "value": float(row["value"])})
-        except (KeyError, TypeError, ValueError):
-            return []  # a damaged file: no curve rather than a wrong one
-    return sorted(curve, key=lambda r: r["step"])
-
-
-STL_METRICS_FILE = "stl_metrics.csv"  # a run's copy of its STL baseline's validation curve
-
-
-def stl_curve_csv(cfg: TrainConfig) -> str | None:
-    """The validation curve of the STL baseline of `cfg` (cached), as the CSV a run keeps
-    beside its own metrics.csv; None where the cache entry has no curve."""
-    curve = validation_curve(stl_config(cfg))
-    return metrics_csv(curve) if curve else None
-
-
-def store_cached(
-    final: Path,
-    results: dict,
-    model: torch.nn.Module,
-    config: dict,
-    metrics: list[dict] | None = None,
-) -> None:
-    """Write a cache entry (model.pt, config.json, results.json and, when given, the tidy
-    metrics.csv of the training) atomically: a folder is filled under a temporary name, then
-    renamed; the first writer wins. A write that fails (full disk) removes the temporary
-    folder and raises NtlabError naming the file.
-
-    config.json records the code digest and torch version the entry was trained with."""
-    if final.exists():
-        return
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
-    try:
-        try:
-            tmp.mkdir(parents=True)
-        except OSError as exc:
-            raise write_failed(tmp, exc) from None
-        save_torch_file(model.state_dict(), tmp / "model.pt")
-        identity = {"code": code_digest(), "torch": torch.__version__}
-        write_json(tmp / "config.json", {**config, **identity})
-        write_json(tmp / "results.json", results)
-        if metrics:
-            atomic_write_text(tmp / METRICS_FILE, metrics_csv(metrics))
-        with contextlib.suppress(OSError):  # another process stored the same run meanwhile
-            tmp.rename(final)
-    except NtlabError as exc:  # name the entry, not its temporary folder
-        raise NtlabError(str(exc).replace(str(tmp), str(final))) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def load_weights(model: MultiTaskModel, state: dict, tasks: list[str]) -> None:
@@ -462,51 +343,6 @@ def load_weights(model: MultiTaskModel, state: dict, tasks: list[str]) -> None:
 def trained_tasks(cfg: TrainConfig) -> list[str]:
     """The tasks a training of `cfg` loads, target first (its model's heads, in order)."""
     return list(dict.fromkeys(t for term in active_terms(cfg.terms()) for t in term.tasks))
-
-
-def trained_model(
-    cfg: TrainConfig,
-    tasks: list[str] | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> tuple[MultiTaskModel, dict[str, TaskData], dict, str]:
-    """(model, data, results, "cache" | "run") of the training `cfg`, trained once and kept.
-
-    The model gets a head for each of `tasks` (default: the tasks `cfg` trains); heads the
-    training did not have keep their seeded initialisation.
-    """
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    own = trained_tasks(cfg)
-    tasks = list(dict.fromkeys(own + list(tasks or [])))
-    hit = entry_model(run_cache_dir(cfg), map_location=device)
-    if hit is not None:
-        (results, state), source = hit, "cache"
-    else:
-        outcome = run_training(cfg, on_step=on_step)
-        store_run(cfg, outcome)
-        results, source = outcome.results, "run"
-        state = outcome.state.model.state_dict()
-    data = benchmark_of(cfg).load(tasks, device)
-    model = build_model(cfg, data, device)
-    load_weights(model, state, own)
-    return model, data, results, source
-
-
-def cached_run(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> tuple[dict, str]:
-    """(results, "cache" | "run"): an identical training is reused, otherwise trained and kept."""
-    hit = cached_results(cfg)
-    if hit is not None:
-        return hit, "cache"
-    outcome = run_training(cfg, on_step=on_step)
-    store_run(cfg, outcome)
-    return outcome.results, "run"
-
-
-def stl_baseline(
-    cfg: TrainConfig, on_step: Callable[[int], None] | None = None
-) -> tuple[dict, str]:
-    """(STL results, "cache" | "run") for the budget and seed of `cfg`."""
-    return cached_run(stl_config(cfg), on_step)
 
 
 def tg_fields(results: dict, stl: dict) -> dict:

@@ -300,3 +300,76 @@ def test_damaged_files_through_the_real_cli(home, tmp_path, setup, code, fragmen
         assert fragment in err[0]
     assert "Traceback" not in proc.stderr
     check(home, tmp_path, tmp_path / "out")
+
+
+# --- claims: trainings under way and stale locks ---------------------------------------------
+
+
+def lock(home, kind, key, pid=None):
+    """A claim on `key` as a training process writes it: by this (live) process, or by
+    `pid`."""
+    from ntlab.core.cache import Owner
+
+    owner = Owner.me("stl → syn")
+    if pid is not None:
+        owner = Owner(pid, owner.host, owner.started, owner.pidns, owner.what)
+    path = home / "cache" / kind / f".{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(owner.__dict__))
+    return path
+
+
+def gone_pid():
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)  # fmt: skip
+
+
+def test_info_and_verify_name_trainings_under_way_and_stale_locks(home):
+    entry(home, "runs", "done")
+    live = lock(home, "runs", "busy")
+    pid = gone_pid()
+    stale = lock(home, "forkmerge", "dead", pid=pid)
+    result = runner.invoke(app, ["cache", "info"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.count("│") == 4
+    }
+    assert rows["being trained now (claimed)"] == "1" and rows["stale locks"] == "1"
+    assert rows["total"] == "1"  # locks are not entries
+    out = lines(result.stdout)
+    assert f"stale lock: {stale} (pid {pid}, its process no longer runs)" in out
+    assert f"being trained: runs/busy (stl → syn) by pid {os.getpid()}" in out
+    checked = runner.invoke(app, ["cache", "verify"], env={"COLUMNS": "300"})
+    assert checked.exit_code == 0 and f"stale lock: {stale}" in checked.stdout
+    assert live.exists() and stale.exists()  # looking changes nothing
+
+
+def test_clear_removes_stale_locks_and_leaves_a_training_under_way_alone(home):
+    busy = entry(home, "runs", "busy", days_old=10)  # stored, its lock not yet released
+    busy_lock = lock(home, "runs", "busy")
+    storing = temp_folder(home, "storing", minutes_old=60)  # an old store of a live claim
+    storing_lock = lock(home, "runs", "storing")
+    stale = lock(home, "runs", "dead", pid=gone_pid())
+    other = entry(home, "runs", "other", days_old=10)
+    result = invoke("cache", "clear")
+    assert result.exit_code == 0, result.output
+    assert not other.exists() and not stale.exists()
+    assert busy.exists() and busy_lock.exists() and storing.exists() and storing_lock.exists()
+    out = result.stdout
+    assert "removed 1 entry from runs/" in out and "removed 1 stale lock" in out
+    assert "skipped 1 entry claimed by a live process" in out
+    assert "left 2 trainings under way" in out
+    assert "left 1 temporary folder of stores still being written" in out
+    busy_lock.unlink()
+    storing_lock.unlink()
+    assert invoke("cache", "clear").exit_code == 0 and not busy.exists() and not storing.exists()
+
+
+def test_clear_broken_removes_stale_locks_too(home):
+    stale = lock(home, "runs", "dead", pid=gone_pid())
+    live = lock(home, "runs", "busy")
+    result = invoke("cache", "clear", "--broken")
+    assert result.exit_code == 0 and "removed 1 stale lock" in result.stdout
+    assert not stale.exists() and live.exists()

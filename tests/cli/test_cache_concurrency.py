@@ -1,0 +1,104 @@
+"""Two real `python -m ntlab` processes started together on one empty NTLAB_HOME: every
+training they share is trained by one of them, the other waits and reads it, both report
+the same numbers, and the cache ends with one valid entry per key and nothing else."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ntlab import cache
+from tests.cache_home import private_home
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["--target", "optdigits", "--aux", "mnist", "--eval-every", "10", "--batch-size", "16",
+         "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture
+def home(tiny_digits, tmp_path, monkeypatch):
+    return private_home(monkeypatch, tmp_path)
+
+
+def together(home: Path, cwd: Path, *commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Start every command at once, then wait for all of them."""
+    env = {**os.environ, "NTLAB_HOME": str(home), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ntlab", *map(str, args)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for args in commands
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)  # a guard against hangs on a loaded machine
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    for result in done:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+    return done
+
+
+def cache_entries(home: Path) -> dict[str, list[str]]:
+    """The keys stored per kind; asserts each entry reads and that no lock, temporary
+    folder or damaged entry is left."""
+    kinds = {}
+    for kind_dir in sorted((home / "cache").iterdir()):
+        names = sorted(p.name for p in kind_dir.iterdir())
+        assert kind_dir.name != cache.BROKEN, names
+        assert not [n for n in names if n.startswith(".")], names  # locks, temporary folders
+        for name in names:
+            assert cache.check_entry(kind_dir / name) is None
+        kinds[kind_dir.name] = names
+    return kinds
+
+
+def test_two_trains_at_once_train_their_shared_stl_baseline_once(home, tmp_path):
+    # 120 steps: the STL trainings of both processes overlap even if one starts a second late
+    train = ["train", "--method", "ew", *SHORT, "--steps", "120"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    runs = together(home, tmp_path, [*train, "--out", a], [*train, "--out", b])
+    first, second = (json.loads((p / "results.json").read_text()) for p in (a, b))
+    sources = sorted(r["stl"].pop("source") for r in (first, second))
+    assert sources == ["cache", "run"]  # one process trained the STL baseline, one read it
+    for r in (first, second):
+        r.pop("duration_s")
+    assert first == second  # the same numbers, per-image results included
+    said = sum(r.stdout.count("stl → optdigits: from cache") for r in runs)
+    assert said == 1
+    # `train` always trains its own method (both stored it: the first store won)
+    assert len(cache_entries(home)["runs"]) == 2
+
+
+def sweep_rows(folder: Path) -> list[dict]:
+    with (folder / "sweep.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_sweeps_at_once_train_each_of_their_cells_once(home, tmp_path):
+    """λ = 0 (STL), λ = 1 and ForkMerge: three trainings both sweeps need."""
+    sweep = ["sweep", *SHORT, "--steps", "20", "--lams", "0,1", "--seeds", "0", "--with-forkmerge",
+             "--forkmerge-branches", "joint", "--merge-every", "10"]  # fmt: skip
+    runs = together(
+        home, tmp_path, [*sweep, "--out", tmp_path / "a"], [*sweep, "--out", tmp_path / "b"]
+    )
+    first, second = sweep_rows(tmp_path / "a"), sweep_rows(tmp_path / "b")
+    assert [(r["method"], r["lam"]) for r in first] == [
+        ("fixed", "0.0"), ("fixed", "1.0"), ("forkmerge", ""),
+    ]  # fmt: skip
+    for one, other in zip(first, second, strict=True):
+        assert sorted([one.pop("source"), other.pop("source")]) == ["cache", "run"]
+        assert one == other
+    kinds = cache_entries(home)
+    assert (len(kinds["runs"]), len(kinds["forkmerge"])) == (2, 1)  # STL and λ = 1; ForkMerge
+    assert not any("took over" in r.stdout + r.stderr for r in runs)  # no owner died
