@@ -350,15 +350,20 @@ def run_forkmerge(
 
         # A branch's own score is the score of Λ = e_b (load_into is exact there): one
         # memoised scorer serves both, so the search never evaluates a corner twice.
-        score = RecordingScore(score)
-        corners = [tuple(float(i == j) for j in range(len(alive))) for i in range(len(alive))]
-        own = {b: score(corner) for b, corner in zip(alive, corners)}
-        result = _search(score, [own[b] for b in alive], opts)
-        weights = tuple(result.weights)
-        if world is not None:  # every rank continues from rank 0's Λ* (devices may differ)
-            weights = world.broadcast_object(weights)
+        # Under torchrun rank 0 searches alone and tells Λ*: the other ranks would only
+        # compete for its CPU cores, and all continue from the same θ* whatever their device.
+        if root:
+            score = RecordingScore(score)
+            corners = [tuple(float(i == j) for j in range(len(alive))) for i in range(len(alive))]
+            own = {b: score(corner) for b, corner in zip(alive, corners)}
+            result = _search(score, [own[b] for b in alive], opts)
+            weights = tuple(result.weights)
+        if world is not None:
+            weights = world.broadcast_object(weights if root else None)
         chosen = dict(zip(alive, weights))
-        for b in kept:
+        # rank 0 merges every branch (its copies go into the checkpoint); the others only
+        # their own (their copies of the rest are overwritten at the next exchange)
+        for b in kept if root else [b for b in kept if world.owns(b)]:
             space.load_into(states[b].model, weights)
             if opts.optimizer_state == "reset" or b in diverged:
                 states[b].optimizer.state.clear()
@@ -369,37 +374,38 @@ def run_forkmerge(
                     forward=states[b].model.features,
                 )
         out.timings["search"] += time.perf_counter() - started
-        for b in kept:
-            out.merges.append(
-                {
-                    "round": round_index,
-                    "step": step,
-                    "branch": b,
-                    "task_weights": branches[b].describe(),
-                    "val_acc": own.get(b),
-                    "lambda": chosen.get(b, 0.0),
-                    "excluded": diverged.get(b, ""),
-                }
-            )
-        out.excluded += [
-            {"round": round_index, "step": step, "branch": b, "reason": why}
-            for b, why in diverged.items()
-        ]
-        for c, (cand, s) in enumerate(result.candidates):
-            full = [0.0] * len(branches)
-            for i, b in enumerate(alive):
-                full[b] = cand[i]
-            out.search.append(
-                {
-                    "round": round_index,
-                    "step": step,
-                    "candidate": c,
-                    "weights": _weights_text(full),
-                    "val_acc": s,
-                    "chosen": tuple(cand) == weights,
-                }
-            )
-        out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
+        if root:  # the run's records (rank 0 writes them)
+            for b in kept:
+                out.merges.append(
+                    {
+                        "round": round_index,
+                        "step": step,
+                        "branch": b,
+                        "task_weights": branches[b].describe(),
+                        "val_acc": own.get(b),
+                        "lambda": chosen.get(b, 0.0),
+                        "excluded": diverged.get(b, ""),
+                    }
+                )
+            out.excluded += [
+                {"round": round_index, "step": step, "branch": b, "reason": why}
+                for b, why in diverged.items()
+            ]
+            for c, (cand, s) in enumerate(result.candidates):
+                full = [0.0] * len(branches)
+                for i, b in enumerate(alive):
+                    full[b] = cand[i]
+                out.search.append(
+                    {
+                        "round": round_index,
+                        "step": step,
+                        "candidate": c,
+                        "weights": _weights_text(full),
+                        "val_acc": s,
+                        "chosen": tuple(cand) == weights,
+                    }
+                )
+            out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
         if opts.prune is not None and round_index == 0 and opts.prune < len(kept):
             pruned = [chosen.get(b, 0.0) for b in kept]
             kept = [kept[i] for i in prune_branches(pruned, opts.prune, protected=0)]
