@@ -21,7 +21,7 @@ import datetime
 import os
 import re
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,8 +243,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = re.sub(r"^\[[^\]]*\] ", "", text[0]) if text else type(exc).__name__
     return line.split(". ")[0][:160]
-
-
-def owned(world: World | None, branches: Sequence[int]) -> list[int]:
-    """The branches this process trains: all of them without a world."""
-    return list(branches) if world is None else [b for b in branches if world.owns(b)]
