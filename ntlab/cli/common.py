@@ -47,9 +47,12 @@ def guarded(run: RunDir | None = None) -> Iterator[None]:
     try:
         yield
     except NtlabError as exc:
+        code = getattr(exc, "exit_code", 2)  # 2: bad input; failed trainings, a lost rank: 1
+        if getattr(exc, "quiet", False):  # another process (torchrun's rank 0) says it
+            raise typer.Exit(code) from None
         message = describe_origins(str(exc))
         _fail(run, message)
-        die(message, code=getattr(exc, "exit_code", 2))
+        die(message, code)
     except KeyboardInterrupt:
         _fail(run, "interrupted")
         die("interrupted", code=130)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ntlab.checks import check_number
 from ntlab.cli import options as opt
 from ntlab.cli.common import (
     StepProgress,
@@ -94,6 +95,14 @@ def _forkmerge_options(
     ] = "keep",
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
     resume: opt.Resume = False,
+    dist_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Under torchrun: seconds a rank waits at a merge for the others before it "
+            "stops with an error (it must exceed the longest wait: a rank with fewer branches "
+            "waits for the others' Δt steps)."
+        ),
+    ] = 600.0,
     baselines: Annotated[
         bool, typer.Option(help="Also report STL and EW of the same budget and seed (cached).")
     ] = True,
@@ -110,21 +119,13 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     STL baseline's validation curve), lambda.png, model.pt (the merged model) and
     results.json; a checkpoint after every merge lets --resume
     continue a killed run.
-    """
-    import pandas as pd
 
+    Under torchrun (`torchrun --nproc-per-node N -m ntlab forkmerge train …`) branch b
+    trains on rank b mod N and the branches are exchanged at each merge; rank 0 alone
+    writes the run directory.
+    """
     from ntlab.core.forkmerge import ForkMergeOptions, run_forkmerge, validate_forkmerge
-    from ntlab.core.runner import (
-        MODEL_FILE,
-        STL_METRICS_FILE,
-        cached_run,
-        save_model,
-        stl_config,
-        stl_curve_csv,
-        tg_fields,
-        validate,
-        with_transfer_gain,
-    )
+    from ntlab.core.runner import validate
 
     with guarded():
         opts = resolve_options(ctx, values)
@@ -144,6 +145,7 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             merge_heads=opts["merge_heads"],
         )
         validate_forkmerge(cfg, specs, fm)
+        check_number("--dist-timeout", opts["dist_timeout"], low=1)
         bench.fingerprint()
         record = {
             "train": asdict(cfg),
@@ -153,21 +155,79 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             "data": bench.fingerprint(),
         }
         path = opts["out"] or default_out("forkmerge", cfg.target)
-        if opts["resume"]:
-            check_resumable(opts["out"], CHECKPOINT, record, "forkmerge train")
-        run = RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
+        world = _world(cfg.device, opts["dist_timeout"])
+
+        def claim() -> RunDir:
+            if opts["resume"]:
+                check_resumable(opts["out"], CHECKPOINT, record, "forkmerge train")
+            return RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
+
+        try:
+            run = claim() if world is None else world.root_decides(claim, share=False)
+        except BaseException:
+            if world is not None:
+                world.close()
+            raise
+    if world is not None and not world.is_root:  # the others train their branches, quietly
+        with guarded():
+            try:
+                run_forkmerge(
+                    cfg, specs, fm, checkpoint=path / CHECKPOINT, resume=opts["resume"], world=world
+                )
+            finally:
+                world.close()
+        return
+    try:
+        _train_and_report(opts, cfg, specs, fm, record, run, world)
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _world(device: str, timeout: float):
+    """The torchrun process group (ntlab.core.distributed), or None outside torchrun."""
+    from ntlab.core.distributed import World, torchrun_env
+
+    return World.from_env(device, timeout) if torchrun_env() else None
+
+
+def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, world) -> None:
+    import pandas as pd
+
+    from ntlab.core.forkmerge import run_forkmerge
+    from ntlab.core.runner import (
+        MODEL_FILE,
+        STL_METRICS_FILE,
+        cached_run,
+        save_model,
+        stl_config,
+        stl_curve_csv,
+        tg_fields,
+        with_transfer_gain,
+    )
+
     with guarded(run):
         run.start("forkmerge train", record)
         checkpoint = run.path / CHECKPOINT
         if not opts["resume"]:
             checkpoint.unlink(missing_ok=True)
         with StepProgress(opts["quiet"]) as progress:
-            total = cfg.steps * len(specs)
+            mine = len(specs) if world is None else sum(world.owns(b) for b in range(len(specs)))
             on_step = progress.callback(
-                f"forkmerge → {cfg.target} ({len(specs)} branches)", total, count=True
+                f"forkmerge → {cfg.target} ({len(specs)} branches"
+                + ("" if world is None else f", {mine} on this rank of {world.size}")
+                + ")",
+                cfg.steps * mine,
+                count=True,
             )
             outcome = run_forkmerge(
-                cfg, specs, fm, on_step=on_step, checkpoint=checkpoint, resume=opts["resume"]
+                cfg,
+                specs,
+                fm,
+                on_step=on_step,
+                checkpoint=checkpoint,
+                resume=opts["resume"],
+                world=world,
             )
             results = outcome.results
             if opts["baselines"]:

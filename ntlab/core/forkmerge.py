@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -66,6 +68,9 @@ from ntlab.errors import NonFiniteError, NtlabError, unknown_name
 from ntlab.methods import AUX_TERM
 from ntlab.metrics import accuracy
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
+
+if TYPE_CHECKING:
+    from ntlab.core.distributed import World
 
 MAX_CANDIDATES = 10_000  # merges a search scores per round (each is a validation pass)
 MIN_GRID_STEP = 0.001
@@ -168,6 +173,7 @@ class ForkMergeOutcome:
     metrics: list[dict] = field(default_factory=list)
     results: dict = field(default_factory=dict)
     excluded: list[dict] = field(default_factory=list)  # branches left out of a merge
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: train, exchange, search
 
 
 def _weights_text(weights) -> str:
@@ -175,13 +181,14 @@ def _weights_text(weights) -> str:
 
 
 def fork_branches(
-    cfg: TrainConfig, branches: list[BranchSpec], bench=None
+    cfg: TrainConfig, branches: list[BranchSpec], bench=None, device: torch.device | None = None
 ) -> tuple[dict[str, TaskData], list[TrainState]]:
     """One seeded start θ_0 (with every branch's batch sources), forked once per branch.
 
     The target-alone branch sees exactly the model and the batches of the STL run of `cfg`.
+    `device` overrides cfg.device (a torchrun rank's own device).
     """
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     terms = [t for b in branches for t in active_terms(list(b.terms))]
     tasks = list(dict.fromkeys(task for t in terms for task in t.tasks))
     data = (bench or benchmark_of(cfg)).load(tasks, device)
@@ -198,11 +205,20 @@ def run_forkmerge(
     on_step: Callable[[int], None] | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    world: World | None = None,
 ) -> ForkMergeOutcome:
-    """Train the target with ForkMerge; checkpoint after every merge, resume from the last."""
+    """Train the target with ForkMerge; checkpoint after every merge, resume from the last.
+
+    With a `world` (torchrun, `ntlab.core.distributed`) this process trains only the
+    branches it owns (b mod N); at each merge the branches are exchanged, so every rank
+    merges the same states, and rank 0 alone reads and writes `checkpoint` (every rank
+    passes the same path; rank 0 broadcasts what it read). Rank 0's outcome is the run's;
+    the other ranks' outcome has no results.
+    """
     validate_forkmerge(cfg, branches, opts)
     bench = benchmark_of(cfg)
-    data, states = fork_branches(cfg, branches, bench)
+    device = world.device if world is not None else resolve_device(cfg.device)
+    data, states = fork_branches(cfg, branches, bench, device)
     probe = copy.deepcopy(states[0].model)
     target = data[cfg.target]
     x_val, y_val = target.x("val"), target.y("val")
@@ -215,30 +231,39 @@ def run_forkmerge(
         return accuracy(*predict(model, cfg.target, x_val, y_val))
 
     out = ForkMergeOutcome(model=states[0].model)
+    out.timings = {"train": 0.0, "exchange": 0.0, "search": 0.0}
     kept = list(range(len(branches)))
     round_index = 0
-    if resume and checkpoint is not None and checkpoint.is_file():
-        fix = "run again without --resume (or with --overwrite) to start over"
-        saved = load_torch_file(checkpoint, fix, map_location=resolve_device(cfg.device))
-        try:
+    root = world is None or world.is_root
+    if resume and checkpoint is not None:
+        if world is None:
+            saved = _restore(checkpoint, states, out, device) if checkpoint.is_file() else None
+        else:
+            saved = world.root_decides(
+                lambda: (
+                    _restore(checkpoint, states, out, torch.device("cpu"))
+                    if checkpoint.is_file()
+                    else None
+                )
+            )
+            if saved is not None and not world.is_root:
+                _restore_from(saved, states, out)
+        if saved is not None:
             kept, round_index = saved["kept"], saved["round"]
-            for b in kept:
-                states[b].load_state_dict(saved["states"][b])
-            out.merges, out.search = saved["merges"], saved["search"]
-            out.metrics = saved["metrics"]
-            out.excluded = saved.get("excluded", [])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = f"not a checkpoint of this run: {short_reason(exc)}"
-            raise DamagedFileError(checkpoint, reason, fix) from None
     step = states[kept[0]].step
     merged_keys = _merged_keys(states[0].model, cfg.target, opts.merge_heads)
     while step < cfg.steps:
         dt = min(opts.merge_every, cfg.steps - step)
         diverged: dict[int, str] = {}
-        for b in kept:
+        rows: dict[int, list[dict]] = {b: [] for b in kept}
+        fatal: NonFiniteError | None = None
+        started = time.perf_counter()
+        if world is not None:
+            world.phase = f"the training of round {round_index + 1}"
+        for b in kept if world is None else [b for b in kept if world.owns(b)]:
 
-            def log(s: int, losses: dict[str, float], b: int = b) -> None:
-                out.metrics.extend(
+            def log(s: int, losses: dict[str, float], b: int = b, rows: dict = rows) -> None:
+                rows[b].extend(
                     {
                         "step": s,
                         "task": f"branch{b}/{name}",
@@ -262,18 +287,55 @@ def run_forkmerge(
                 )
             except NonFiniteError as exc:
                 if b == 0:
-                    raise
+                    if world is None:
+                        raise
+                    fatal = exc  # told to the other ranks first, then raised
+                    break
                 diverged[b] = str(exc)
                 states[b].step = step + dt  # the round's steps count for every branch
                 states[b].apply_schedule()
             if b not in diverged and not finite_state(states[b].model.state_dict()):
                 if b == 0:
-                    raise NonFiniteError(
+                    fatal = NonFiniteError(
                         f"the target-alone branch has non-finite parameters after step "
                         f"{step + dt}; lower --lr"
                     )
+                    if world is None:
+                        raise fatal
+                    break
                 diverged[b] = f"non-finite parameters after step {step + dt}"
+        out.timings["train"] += time.perf_counter() - started
         step += dt
+        if world is not None:
+            started = time.perf_counter()
+            world.phase = f"the merge of round {round_index + 1}"
+            reports = world.all_gather_object(
+                {
+                    "diverged": diverged,
+                    "rows": {b: r for b, r in rows.items() if world.owns(b)},
+                    "fatal": fatal is not None,
+                }
+            )
+            if fatal is not None:
+                raise fatal
+            if any(r["fatal"] for r in reports):
+                from ntlab.core.distributed import PeerFailed
+
+                raise PeerFailed("the target-alone branch diverged (rank 0 says how)")
+            rows, diverged = {}, {}
+            for r in reports:
+                rows.update(r["rows"])
+                diverged.update(r["diverged"])
+            diverged = {b: diverged[b] for b in kept if b in diverged}
+            for b in kept:
+                world.broadcast_state(states[b].model.state_dict(), src=world.owner(b))
+                if not world.owns(b):  # this rank's copy of another's branch: at the same step
+                    states[b].step = step
+                    states[b].apply_schedule()
+            out.timings["exchange"] += time.perf_counter() - started
+        for b in kept:
+            out.metrics.extend(rows[b])
+        started = time.perf_counter()
         alive = [b for b in kept if b not in diverged]
         space = MergeSpace([states[b].model.state_dict() for b in alive], keys=merged_keys)
 
@@ -283,13 +345,21 @@ def run_forkmerge(
 
         # A branch's own score is the score of Λ = e_b (load_into is exact there): one
         # memoised scorer serves both, so the search never evaluates a corner twice.
-        score = RecordingScore(score)
-        corners = [tuple(float(i == j) for j in range(len(alive))) for i in range(len(alive))]
-        own = {b: score(corner) for b, corner in zip(alive, corners)}
-        result = _search(score, [own[b] for b in alive], opts)
-        chosen = dict(zip(alive, result.weights))
-        for b in kept:
-            space.load_into(states[b].model, result.weights)
+        # Under torchrun rank 0 searches alone and tells Λ*: the other ranks would only
+        # compete for its CPU cores, and all continue from the same θ* whatever their device.
+        if root:
+            score = RecordingScore(score)
+            corners = [tuple(float(i == j) for j in range(len(alive))) for i in range(len(alive))]
+            own = {b: score(corner) for b, corner in zip(alive, corners)}
+            result = _search(score, [own[b] for b in alive], opts)
+            weights = tuple(result.weights)
+        if world is not None:
+            weights = world.broadcast_object(weights if root else None)
+        chosen = dict(zip(alive, weights))
+        # rank 0 merges every branch (its copies go into the checkpoint); the others only
+        # their own (their copies of the rest are overwritten at the next exchange)
+        for b in kept if root else [b for b in kept if world.owns(b)]:
+            space.load_into(states[b].model, weights)
             if opts.optimizer_state == "reset" or b in diverged:
                 states[b].optimizer.state.clear()
             if opts.bn_recalibrate:
@@ -298,46 +368,55 @@ def run_forkmerge(
                     _target_batches(target, cfg, opts, round_index),
                     forward=states[b].model.features,
                 )
-        for b in kept:
-            out.merges.append(
-                {
-                    "round": round_index,
-                    "step": step,
-                    "branch": b,
-                    "task_weights": branches[b].describe(),
-                    "val_acc": own.get(b),
-                    "lambda": chosen.get(b, 0.0),
-                    "excluded": diverged.get(b, ""),
-                }
-            )
-        out.excluded += [
-            {"round": round_index, "step": step, "branch": b, "reason": why}
-            for b, why in diverged.items()
-        ]
-        for c, (weights, s) in enumerate(result.candidates):
-            full = [0.0] * len(branches)
-            for i, b in enumerate(alive):
-                full[b] = weights[i]
-            out.search.append(
-                {
-                    "round": round_index,
-                    "step": step,
-                    "candidate": c,
-                    "weights": _weights_text(full),
-                    "val_acc": s,
-                    "chosen": tuple(weights) == tuple(result.weights),
-                }
-            )
-        out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
+        out.timings["search"] += time.perf_counter() - started
+        if root:  # the run's records (rank 0 writes them)
+            for b in kept:
+                out.merges.append(
+                    {
+                        "round": round_index,
+                        "step": step,
+                        "branch": b,
+                        "task_weights": branches[b].describe(),
+                        "val_acc": own.get(b),
+                        "lambda": chosen.get(b, 0.0),
+                        "excluded": diverged.get(b, ""),
+                    }
+                )
+            out.excluded += [
+                {"round": round_index, "step": step, "branch": b, "reason": why}
+                for b, why in diverged.items()
+            ]
+            for c, (cand, s) in enumerate(result.candidates):
+                full = [0.0] * len(branches)
+                for i, b in enumerate(alive):
+                    full[b] = cand[i]
+                out.search.append(
+                    {
+                        "round": round_index,
+                        "step": step,
+                        "candidate": c,
+                        "weights": _weights_text(full),
+                        "val_acc": s,
+                        "chosen": tuple(cand) == weights,
+                    }
+                )
+            out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
         if opts.prune is not None and round_index == 0 and opts.prune < len(kept):
-            weights = [chosen.get(b, 0.0) for b in kept]
-            kept = [kept[i] for i in prune_branches(weights, opts.prune, protected=0)]
+            pruned = [chosen.get(b, 0.0) for b in kept]
+            kept = [kept[i] for i in prune_branches(pruned, opts.prune, protected=0)]
         round_index += 1
         if checkpoint is not None:
-            _save(checkpoint, states, kept, round_index, out)
+            if world is None:
+                _save(checkpoint, _checkpoint_states(states, kept), kept, round_index, out)
+            else:
+                started = time.perf_counter()
+                _save_shared(world, checkpoint, states, kept, round_index, out)
+                out.timings["exchange"] += time.perf_counter() - started
     final = states[kept[0]].model
     out.model = final
     out.branch_states = [states[b] for b in kept]
+    if not root:
+        return out
     per_split, kept = target_results(final, target)
     for split, values in per_split.items():
         out.metrics += metric_rows(step, cfg.target, split, values)
@@ -357,6 +436,61 @@ def run_forkmerge(
         **data_notes(bench),
     }
     return out
+
+
+def _restore(
+    checkpoint: Path, states: list[TrainState], out: ForkMergeOutcome, device: torch.device
+) -> dict:
+    """Load the checkpoint into the branches and the outcome; the checkpoint as read."""
+    fix = "run again without --resume (or with --overwrite) to start over"
+    saved = load_torch_file(checkpoint, fix, map_location=device)
+    try:
+        _restore_from(saved, states, out)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = f"not a checkpoint of this run: {short_reason(exc)}"
+        raise DamagedFileError(checkpoint, reason, fix) from None
+    return saved
+
+
+def _restore_from(saved: dict, states: list[TrainState], out: ForkMergeOutcome) -> None:
+    for b in saved["kept"]:
+        states[b].load_state_dict(saved["states"][b])
+    out.merges, out.search = list(saved["merges"]), list(saved["search"])
+    out.metrics = list(saved["metrics"])
+    out.excluded = list(saved.get("excluded", []))
+
+
+def _checkpoint_states(states: list[TrainState], kept: list[int]) -> dict[int, dict]:
+    return {b: states[b].state_dict() for b in kept}
+
+
+def _save_shared(
+    world: World,
+    path: Path,
+    states: list[TrainState],
+    kept: list[int],
+    round_index: int,
+    out: ForkMergeOutcome,
+) -> None:
+    """Rank 0 writes the checkpoint of every branch: the merged models it holds, and each
+    branch's optimiser moments and batch positions from the rank that trains it. The
+    barrier after it means no rank goes on before the checkpoint is complete on disk."""
+    from ntlab.core.distributed import to_cpu
+
+    mine = {
+        b: to_cpu({"optimizer": s.optimizer.state_dict(), "sources": s.state_dict()["sources"]})
+        for b in kept
+        if world.owns(b) and not world.is_root
+        for s in [states[b]]
+    }
+    gathered = world.gather_to_root(mine)
+    if world.is_root:
+        full = _checkpoint_states(states, kept)
+        for part in gathered:
+            for b, extra in part.items():
+                full[b] = {**full[b], **extra}
+        _save(path, full, kept, round_index, out)
+    world.barrier()
 
 
 def _merged_keys(model: torch.nn.Module, target: str, merge_heads: str) -> list[str] | None:
@@ -396,13 +530,13 @@ def _lambda_per_round(merges: list[dict], branches: int) -> list[list[float]]:
 
 
 def _save(
-    path: Path, states: list[TrainState], kept: list[int], round_index: int, out: ForkMergeOutcome
+    path: Path, states: dict[int, dict], kept: list[int], round_index: int, out: ForkMergeOutcome
 ) -> None:
     save_torch_file(
         {
             "round": round_index,
             "kept": kept,
-            "states": {b: states[b].state_dict() for b in kept},
+            "states": states,
             "merges": out.merges,
             "search": out.search,
             "metrics": out.metrics,
