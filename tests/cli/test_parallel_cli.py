@@ -101,8 +101,16 @@ def test_sweep_and_compare_with_jobs_read_only_what_the_workers_trained(
         for name, args in (("sweep", sweep), ("compare", compare), ("csd", csd)):
             result = invoke(*args, "--jobs", 2, "--out", tmp_path / f"{name}-2")
             assert result.exit_code == 0, (name, result.output)
-    train = ["train", "--method", "grid-search", "--target", "optdigits", "--aux", "mnist",
-             *BUDGET]  # fmt: skip  (the λ grid of compare's grid-search: all in the cache)
+    train = [
+        "train",
+        "--method",
+        "grid-search",
+        "--target",
+        "optdigits",
+        "--aux",
+        "mnist",
+        *BUDGET,
+    ]  # fmt: skip  (the λ grid of compare's grid-search: all in the cache)
     with monkeypatch.context() as patch:
         no_training_here(patch)
         result = invoke(*train, "--jobs", 2, "--out", tmp_path / "train-2")
