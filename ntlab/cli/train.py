@@ -62,19 +62,20 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     stl_metrics.csv (the STL run's target validation accuracy against the step, same
     columns), model.pt (the final model) and results.json (target accuracy; for methods other than
     stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
-    seed, reused from the cache).
+    seed). Both trainings go through the run cache: an identical training is read, not
+    trained again, and two processes that want it at once train it once.
     """
-    import pandas as pd
 
     from ntlab.analysis.compare import PROCEDURES, check_method
     from ntlab.core.runner import (
+        METRICS_FILE,
         MODEL_FILE,
         STL_METRICS_FILE,
-        run_training,
+        run_cache_dir,
         save_model,
         stl_baseline,
         stl_curve_csv,
-        store_run,
+        trained_model,
         validate,
         with_transfer_gain,
     )
@@ -96,11 +97,10 @@ def train_command(ctx: typer.Context, values: dict) -> None:
             "train", {"train": asdict(cfg), "preset": opts["preset"], "data": bench.fingerprint()}
         )
         with StepProgress(opts["quiet"]) as progress:
-            outcome = run_training(
+            model, _, results, own_source = trained_model(
                 cfg, on_step=progress.callback(f"{cfg.method} → {cfg.target}", cfg.steps)
             )
-            results = outcome.results
-            store_run(cfg, outcome)
+            results = {**results, "source": own_source}
             if cfg.method != "stl" and opts["baseline"]:
                 stl, source = stl_baseline(
                     cfg, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
@@ -109,10 +109,22 @@ def train_command(ctx: typer.Context, values: dict) -> None:
                 stl_curve = stl_curve_csv(cfg)
                 if stl_curve:
                     atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
-        run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
-        save_model(run.path / MODEL_FILE, outcome.state.model, cfg)
+        run.write_table("metrics.csv", _cached_metrics(run_cache_dir(cfg) / METRICS_FILE))
+        save_model(run.path / MODEL_FILE, model, cfg)
         complete(run, results, opts["format"])
         print_summary(results, run.path, opts["quiet"])
+
+
+def _cached_metrics(path: Path):
+    """The training's tidy metrics as its cache entry keeps them (none for an entry stored
+    without them: the run then has the header alone)."""
+    import pandas as pd
+
+    columns = ["step", "task", "split", "metric", "value"]
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return pd.DataFrame(columns=columns)
 
 
 def print_summary(results: dict, path: Path, quiet: bool) -> None:
@@ -126,8 +138,9 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
         ["model", "val acc", "test acc", "TG (test)", "transfer"],
         left=("model", "transfer"),
     )
+    cached = " (cache)" if results.get("source") == "cache" else ""
     table.add_row(
-        results["method"],
+        results["method"] + cached,
         f"{results['val_acc']:.2f}",
         f"{results['test_acc']:.2f}",
         *tg_cells(results),

@@ -109,24 +109,27 @@ def test_train_ew_reports_transfer_gain_against_a_cached_stl(tiny_digits, tmp_pa
     assert f"ew vs STL on optdigits: {tg.replace('−', '-')} points" in result.stdout
 
 
-def test_same_command_twice_gives_identical_metrics(tiny_digits, tmp_path):
+def test_same_command_twice_gives_identical_metrics(tiny_digits, tmp_path, monkeypatch):
+    """Trained twice from scratch (each on an empty cache), the same command gives the same
+    numbers; a third time, on the first cache, it reads them instead of training."""
+    from tests.cache_home import private_home
+
+    args = ("train", "--method", "fixed", "--lam", "0.5", "--target", "mnistm",
+            "--aux", "mnist,syn", *FAST)  # fmt: skip
     for name in ("x", "y"):
-        args = (
-            "train",
-            "--method",
-            "fixed",
-            "--lam",
-            "0.5",
-            "--target",
-            "mnistm",
-            "--aux",
-            "mnist,syn",
-        )
-        assert invoke(*args, *FAST, "--out", tmp_path / name).exit_code == 0
-    a, b = read(tmp_path / "x" / "results.json"), read(tmp_path / "y" / "results.json")
-    assert (a["stl"].pop("source"), b["stl"].pop("source")) == ("run", "cache")
-    a.pop("duration_s"), b.pop("duration_s")
-    assert a == b
+        (tmp_path / f"home-{name}").mkdir()
+        private_home(monkeypatch, tmp_path / f"home-{name}")
+        assert invoke(*args, "--out", tmp_path / name).exit_code == 0
+    assert invoke(*args, "--out", tmp_path / "z").exit_code == 0
+    a, b, c = (read(tmp_path / name / "results.json") for name in ("x", "y", "z"))
+    assert [r.pop("source") for r in (a, b, c)] == ["run", "run", "cache"]
+    assert [r["stl"].pop("source") for r in (a, b, c)] == ["run", "run", "cache"]
+    for r in (a, b, c):
+        r.pop("duration_s")
+    assert a == b == c
+    assert (tmp_path / "y" / "metrics.csv").read_text() == (
+        tmp_path / "z" / "metrics.csv"
+    ).read_text()
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tiny_digits, tmp_path):

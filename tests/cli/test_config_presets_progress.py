@@ -127,6 +127,7 @@ threads = 1
 bn_batches = "per-term"
 select = "best-val"
 loss_reduction = "mean"
+dist_timeout = 300
 preset = "quick"
 out = "{out}"
 overwrite = true

@@ -49,14 +49,14 @@ def fresh(ntlab_home, tiny_digits, tmp_path, monkeypatch):
 
 def no_training_here(monkeypatch):
     """After the executor, the command only reads the cache: training in this process fails."""
+    import ntlab.core.cache as cache
     import ntlab.core.forkmerge as fm
-    import ntlab.core.runner as rn
 
     def refuse(*args, **kwargs):
         raise AssertionError("the command trained in its own process instead of a worker")
 
-    monkeypatch.setattr(rn, "run_training", refuse)
-    monkeypatch.setattr(fm, "run_forkmerge", refuse)
+    monkeypatch.setattr(cache, "run_training", refuse)  # what cached_run and trained_model call
+    monkeypatch.setattr(fm, "run_forkmerge", refuse)  # what cached_forkmerge calls
 
 
 def numbers(path: Path) -> pd.DataFrame:
