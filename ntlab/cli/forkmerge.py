@@ -21,6 +21,7 @@ from ntlab.cli.common import (
     print_paths,
     resolve_options,
     results_table,
+    run_parallel,
     tg_cells,
 )
 from ntlab.config import ForkMergeOptions
@@ -110,7 +111,7 @@ def _forkmerge_options(
 
 
 @app.command("train")
-@opt.command(_forkmerge_options, opt.training_options, opt.run_options)
+@opt.command(_forkmerge_options, opt.training_options, opt.parallel_options, opt.run_options)
 def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     """Train the target with ForkMerge and compare it with STL and EW.
 
@@ -184,6 +185,27 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             world.close()
 
 
+def _baselines_meanwhile(cfg, settings, progress):
+    """Start the STL and EW baselines in worker processes (`--jobs`, `--executor ray`) while
+    ForkMerge trains here; the future gives (what ran, the STL job, the EW job). A baseline
+    that fails there is named and then trained here by its `cached_run`."""
+    import concurrent.futures
+
+    from ntlab.core.executor import Job
+    from ntlab.core.runner import stl_config
+
+    stl_job = Job(stl_config(cfg), label=f"stl → {cfg.target}")
+    ew_job = Job(cfg, label=f"ew → {cfg.target}")
+
+    def run():
+        return run_parallel([stl_job, ew_job], settings, progress), stl_job, ew_job
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ntlab-baselines")
+    future = pool.submit(run)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _world(device: str, timeout: float):
     """The torchrun process group (ntlab.core.distributed), or None outside torchrun."""
     from ntlab.core.distributed import World, torchrun_env
@@ -212,6 +234,10 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
         if not opts["resume"]:
             checkpoint.unlink(missing_ok=True)
         with StepProgress(opts["quiet"]) as progress:
+            settings = opt.parallel_settings(opts)
+            meanwhile = None
+            if opts["baselines"] and settings.parallel:  # STL and EW in workers meanwhile
+                meanwhile = _baselines_meanwhile(cfg, settings, progress)
             mine = len(specs) if world is None else sum(world.owns(b) for b in range(len(specs)))
             on_step = progress.callback(
                 f"forkmerge → {cfg.target} ({len(specs)} branches"
@@ -231,14 +257,19 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
             )
             results = outcome.results
             if opts["baselines"]:
-                stl, source = cached_run(
-                    stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
-                )
+                ran, stl_job, ew_job = meanwhile.result() if meanwhile else (None, None, None)
+
+                def bar(name: str):  # none where a worker trained it: it is in the cache now
+                    return None if ran else progress.callback(f"{name} → {cfg.target}", cfg.steps)
+
+                stl, source = cached_run(stl_config(cfg), bar("stl"))
+                source = ran.source([stl_job], source) if ran else source
                 results = with_transfer_gain(results, stl, source)
                 stl_curve = stl_curve_csv(cfg)
                 if stl_curve:
                     atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
-                ew, ew_source = cached_run(cfg, progress.callback(f"ew → {cfg.target}", cfg.steps))
+                ew, ew_source = cached_run(cfg, bar("ew"))
+                ew_source = ran.source([ew_job], ew_source) if ran else ew_source
                 fields = tg_fields(ew, stl)
                 results["ew"] = {
                     "val_acc": ew["val_acc"],

@@ -106,3 +106,23 @@ def test_two_sweeps_at_once_train_each_of_their_cells_once(home, tmp_path):
     kinds = cache_entries(home)
     assert (len(kinds["runs"]), len(kinds["forkmerge"])) == (2, 1)  # STL and λ = 1; ForkMerge
     assert not any("took over" in r.stdout + r.stderr for r in runs)  # no owner died
+
+
+def test_two_pairwise_runs_at_once_train_their_shared_cells_once(home, tmp_path):
+    """Two pairwise runs over the same two domains: 2 EW cells and 2 STL baselines, each
+    trained by one process and read by the other."""
+    pairwise = ["pairwise", "--domains", "optdigits,mnist", "--method", "ew", "--steps", "60",
+                "--eval-every", "30", "--batch-size", "16", "--threads", "1"]  # fmt: skip
+    runs = together(
+        home, tmp_path, [*pairwise, "--out", tmp_path / "a"], [*pairwise, "--out", tmp_path / "b"]
+    )
+    tables = []
+    for name in ("a", "b"):
+        with (tmp_path / name / "pairwise.csv").open(newline="") as f:
+            tables.append(list(csv.DictReader(f)))
+    for one, other in zip(*tables, strict=True):
+        one.pop("source"), other.pop("source")
+        assert one == other
+    said = sum(r.stdout.count(": from cache") for r in runs)
+    assert said >= 4  # every one of the 4 trainings was read by one of the two processes
+    assert len(cache_entries(home)["runs"]) == 4  # 2 EW cells, 2 STL runs: one entry each

@@ -128,13 +128,16 @@ bn_batches = "per-term"
 select = "best-val"
 loss_reduction = "mean"
 dist_timeout = 300
+jobs = 1
+executor = "local"
+gpus_per_job = 1.0
 preset = "quick"
 out = "{out}"
 overwrite = true
 quiet = false
 format = "svg"
 """
-LEFT_OUT = {"config", "root", "image_size", "workers", "weights"}
+LEFT_OUT = {"config", "root", "image_size", "workers", "weights", "ray_address"}
 
 
 def test_a_full_forkmerge_toml_runs_alone_and_its_recorded_command_reruns_it(tiny_digits, tmp_path):

@@ -231,3 +231,25 @@ def test_the_cli_works_without_ray(fresh, tmp_path):
     refused = run(*args, "--executor", "ray", "--out", str(tmp_path / "ray"))
     assert refused.returncode == 2
     assert "pip install 'ntlab[ray]'" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_forkmerge_train_with_jobs_trains_its_baselines_in_workers(fresh, tmp_path, monkeypatch):
+    import ntlab.core.cache as cache
+
+    args = ["forkmerge", "train", "--target", "optdigits", "--aux", "mnist",
+            "--merge-every", "10", *BUDGET]  # fmt: skip
+    fresh("one")
+    assert invoke(*args, "--out", tmp_path / "one").exit_code == 0
+    fresh("two")
+
+    def refuse(*a, **k):
+        raise AssertionError("a baseline was trained in the command's own process")
+
+    monkeypatch.setattr(cache, "run_training", refuse)  # ForkMerge itself trains here
+    result = invoke(*args, "--jobs", 2, "--out", tmp_path / "two")
+    assert result.exit_code == 0, result.output
+    one, two = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
+    for r in (one, two):
+        r.pop("duration_s")
+    assert one == two  # the sources too: both baselines were trained for this command
+    assert two["stl"]["source"] == two["ew"]["source"] == "run"
