@@ -1,0 +1,214 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ntlab.data import scenes
+from ntlab.data.mnist import load_mnist
+from ntlab.data.scenes import BACKGROUND, ScenesConfig, build_scenes, prepare_scenes
+
+TINY_SCENES = ScenesConfig(seed=0, size=16, train=12, val=4, test=6)
+
+
+@pytest.fixture(scope="module")
+def mnist(fake_mnist, tmp_path_factory):
+    x, y, _, _ = load_mnist(fake_mnist[0], tmp_path_factory.mktemp("dl"), verify=False)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def built(mnist):
+    return build_scenes(*mnist, n=24, size=32, seed=0)
+
+
+def _owners(out):
+    """For each pixel, the slot (0..2, or 3: the background) whose plane gives its depth,
+    found from the depth map alone (the depth bands do not meet)."""
+    n, _, s, _ = out["depth"].shape
+    r = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    x, y = r[None, :], r[:, None]
+    a, b, c = (out["planes"][..., i, None, None] for i in range(3))
+    z = a + b * x + c * y  # [n, 4, s, s]: every plane's depth at every pixel
+    gap = (z - out["depth"]).abs()
+    return gap.argmin(1), gap.min(1).values, z, x, y
+
+
+def test_shapes_and_dtypes(built):
+    n, s = 24, 32
+    want = {
+        "image": (torch.uint8, (n, 3, s, s)),
+        "segment": (torch.int64, (n, s, s)),
+        "depth": (torch.float32, (n, 1, s, s)),
+        "normal": (torch.float32, (n, 3, s, s)),
+        "labels": (torch.int64, (n, 3)),
+        "boxes": (torch.float32, (n, 3, 3)),
+        "planes": (torch.float32, (n, 4, 3)),
+    }
+    assert {k: (v.dtype, tuple(v.shape)) for k, v in built.items()} == want
+
+
+def test_the_same_seed_gives_identical_tensors_and_another_seed_others(mnist, built):
+    again = build_scenes(*mnist, n=24, size=32, seed=0)
+    assert all(torch.equal(built[k], again[k]) for k in built)
+    other = build_scenes(*mnist, n=24, size=32, seed=1)
+    assert not torch.equal(built["image"], other["image"])
+    assert not torch.equal(built["segment"], other["segment"])
+
+
+def test_each_image_holds_one_to_three_digits_of_the_given_labels(mnist, built):
+    labels = built["labels"]
+    drawn = (labels >= 0).sum(1)
+    assert drawn.min() >= 1 and drawn.max() <= 3
+    assert set(labels[labels >= 0].tolist()) <= set(np.unique(mnist[1]).tolist())
+    assert len(set(drawn.tolist())) == 3  # 24 images: every count occurs
+
+
+def test_segment_classes_match_the_digits_drawn_where_they_were_drawn(built):
+    seg = built["segment"]
+    assert seg.min() >= 0 and seg.max() <= BACKGROUND
+    owner, gap, _, x, y = _owners(built)
+    assert gap.max() < 1e-4  # every pixel's depth is one of the scene's planes
+    assert torch.equal(owner == 3, seg == BACKGROUND)
+    slot_class = torch.cat([built["labels"], torch.full((len(seg), 1), BACKGROUND)], 1)
+    assert torch.equal(slot_class.gather(1, owner.flatten(1)).view_as(seg), seg)
+    # a digit's pixels lie inside the box it was drawn in
+    left, top, side = (built["boxes"][..., i] for i in range(3))
+    for k in range(3):
+        inside = (
+            (x >= left[:, k, None, None])
+            & (x <= (left + side)[:, k, None, None])
+            & (y >= top[:, k, None, None])
+            & (y <= (top + side)[:, k, None, None])
+        )
+        assert not ((owner == k) & ~inside).any()
+    # the front-most digit of every image is visible, with its own class
+    front = (built["labels"] >= 0).int().argmax(1)
+    seen = (owner == front[:, None, None]).flatten(1).any(1)
+    assert seen.all()
+
+
+def test_the_front_most_digit_owns_the_pixels_where_digits_overlap():
+    # solid "digits" cover their whole box, so who covers a pixel is known by hand
+    solid = torch.full((10, 28, 28), 255, dtype=torch.uint8)
+    out = build_scenes(solid, torch.arange(10), n=48, size=32, seed=3)
+    s, labels = 32, out["labels"]
+    r = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    x, y = r[None, None, :], r[None, :, None]
+    left, top, side = (out["boxes"][..., i, None, None] for i in range(3))
+
+    def inside(margin):  # [n, 3, s, s]: pixel centres inside each drawn box ± margin
+        return (
+            (x > left + margin)
+            & (x < left + side - margin)
+            & (y > top + margin)
+            & (y < top + side - margin)
+            & (labels >= 0)[..., None, None]
+        )
+
+    surely_in, maybe_in = inside(1 / s), inside(-1 / s)
+    checked = 0
+    for k in range(3):
+        # inside box k and surely outside every box in front of it: the class of slot k
+        mine = surely_in[:, k] & ~maybe_in[:, :k].any(1)
+        want = labels[:, k, None, None].expand_as(mine)
+        assert torch.equal(out["segment"][mine], want[mine])
+        checked += int((mine & maybe_in[:, k + 1 :].any(1)).sum())  # overlaps a digit behind
+    assert checked > 0
+    outside = ~maybe_in.any(1)
+    assert (out["segment"][outside] == BACKGROUND).all()
+
+
+def test_depth_is_positive_and_every_digit_is_in_front_of_the_background(built):
+    depth = built["depth"][:, 0]
+    assert depth.min() > 0
+    owner, _, z, _, _ = _owners(built)
+    on_digit = owner < 3
+    assert on_digit.any()
+    assert (depth[on_digit] < z[:, 3][on_digit]).all()
+    # and in front of every digit drawn behind it
+    for k in range(2):
+        behind = built["labels"][:, k + 1 :] >= 0
+        for j in range(k + 1, 3):
+            mask = (owner == k) & behind[:, j - k - 1, None, None]
+            assert (depth[mask] < z[:, j][mask]).all()
+
+
+def test_normals_are_unit_and_the_planes_analytic_normals(built):
+    normal = built["normal"]
+    assert torch.allclose(normal.norm(dim=1), torch.ones(1), atol=1e-5)
+    owner, _, _, _, _ = _owners(built)
+    i, r, c = (t[0] for t in torch.nonzero(owner == 0, as_tuple=True))
+    _, b, cc = built["planes"][i, 0].tolist()
+    want = torch.tensor([b, cc, -1.0]) / (b * b + cc * cc + 1) ** 0.5  # facing the camera
+    assert torch.allclose(normal[i, :, r, c], want, atol=1e-6)
+    _, b, cc = built["planes"][i, 3].tolist()
+    bg = torch.nonzero(owner[i] == 3)[0]
+    want = torch.tensor([b, cc, -1.0]) / (b * b + cc * cc + 1) ** 0.5
+    assert torch.allclose(normal[i, :, bg[0], bg[1]], want, atol=1e-6)
+    assert (normal[:, 2] < 0).all()
+
+
+def test_build_refuses_images_that_are_not_mnist_shaped():
+    with pytest.raises(scenes.NtlabError, match="28, 28"):
+        build_scenes(torch.zeros(3, 16, 16, dtype=torch.uint8), torch.zeros(3), n=2)
+
+
+def test_prepare_writes_the_splits_and_a_manifest_and_reuses_them(
+    fake_mnist, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    root = prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    assert root == tmp_path / "datasets" / "scenes"
+    assert sorted(p.name for p in root.iterdir()) == [
+        "manifest.json",
+        "test.pt",
+        "train.pt",
+        "val.pt",
+    ]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["config"] == {"seed": 0, "size": 16, "train": 12, "val": 4, "test": 6}
+    assert {s: e["images"] for s, e in manifest["splits"].items()} == {
+        "train": 12,
+        "val": 4,
+        "test": 6,
+    }
+    train = scenes.load_scenes_split(root / "train.pt")
+    assert train["image"].shape == (12, 3, 16, 16) and train["segment"].dtype == torch.int64
+    assert train["depth"].dtype == torch.float32 and train["depth"].min() > 0
+    stamp = (root / "train.pt").stat().st_mtime_ns
+    assert prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False) == root
+    assert (root / "train.pt").stat().st_mtime_ns == stamp  # the same config is not rebuilt
+    prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False, force=True)
+    again = json.loads((root / "manifest.json").read_text())
+    assert again["fingerprint"] == manifest["fingerprint"]  # the content is deterministic
+    other = ScenesConfig(**{**TINY_SCENES.__dict__, "seed": 1})
+    prepare_scenes(other, mnist_dir=fake_mnist[0], verify_mnist=False)
+    assert json.loads((root / "manifest.json").read_text())["fingerprint"] != again["fingerprint"]
+
+
+def test_a_build_failing_midway_leaves_no_partial_files(fake_mnist, monkeypatch, tmp_path):
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:  # the train split is written, the val split fails
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    datasets = tmp_path / "datasets"
+    assert list(datasets.iterdir()) == []  # neither a scenes folder nor a temporary one
+
+    monkeypatch.setattr(torch, "save", real_save)
+    root = prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    calls.clear()
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False, force=True)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before  # the old build stands
+    assert [p.name for p in datasets.iterdir()] == ["scenes"]
