@@ -41,6 +41,7 @@ def test_shapes_and_dtypes(built):
         "segment": (torch.int64, (n, s, s)),
         "depth": (torch.float32, (n, 1, s, s)),
         "normal": (torch.float32, (n, 3, s, s)),
+        "owner": (torch.uint8, (n, s, s)),
         "labels": (torch.int64, (n, 3)),
         "boxes": (torch.float32, (n, 3, 3)),
         "planes": (torch.float32, (n, 4, 3)),
@@ -69,6 +70,7 @@ def test_segment_classes_match_the_digits_drawn_where_they_were_drawn(built):
     assert seg.min() >= 0 and seg.max() <= BACKGROUND
     owner, gap, _, x, y = _owners(built)
     assert gap.max() < 1e-4  # every pixel's depth is one of the scene's planes
+    assert torch.equal(owner, built["owner"].long())
     assert torch.equal(owner == 3, seg == BACKGROUND)
     slot_class = torch.cat([built["labels"], torch.full((len(seg), 1), BACKGROUND)], 1)
     assert torch.equal(slot_class.gather(1, owner.flatten(1)).view_as(seg), seg)
@@ -174,8 +176,10 @@ def test_prepare_writes_the_splits_and_a_manifest_and_reuses_them(
         "test": 6,
     }
     train = scenes.load_scenes_split(root / "train.pt")
-    assert train["image"].shape == (12, 3, 16, 16) and train["segment"].dtype == torch.int64
-    assert train["depth"].dtype == torch.float32 and train["depth"].min() > 0
+    pools = scenes._mnist_pools(TINY_SCENES, load_mnist(fake_mnist[0], tmp_path, verify=False))
+    want = build_scenes(*pools["train"], n=12, size=16, seed=0, stream="scenes-train")
+    assert list(train) == list(want)
+    assert all(torch.equal(train[k], want[k]) for k in want)  # the targets exactly as built
     stamp = (root / "train.pt").stat().st_mtime_ns
     assert prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False) == root
     assert (root / "train.pt").stat().st_mtime_ns == stamp  # the same config is not rebuilt
@@ -212,3 +216,38 @@ def test_a_build_failing_midway_leaves_no_partial_files(fake_mnist, monkeypatch,
         prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False, force=True)
     assert {p.name: p.read_bytes() for p in root.iterdir()} == before  # the old build stands
     assert [p.name for p in datasets.iterdir()] == ["scenes"]
+
+
+def test_a_damaged_split_file_is_named(fake_mnist, monkeypatch, tmp_path):
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    root = prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    (root / "val.pt").write_bytes((root / "val.pt").read_bytes()[:100])
+    with pytest.raises(scenes.NtlabError, match="val.pt is damaged"):
+        scenes.load_scenes_split(root / "val.pt")
+    stamp = (root / "train.pt").stat().st_mtime_ns
+    prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)  # rebuilt
+    assert (root / "train.pt").stat().st_mtime_ns != stamp
+    assert len(scenes.load_scenes_split(root / "val.pt")["image"]) == 4
+
+
+def test_the_targets_feed_the_dense_metrics_and_losses(built):
+    from ntlab import dense_metrics as dm
+
+    seg = dm.SegmentationMeter(scenes.CLASSES)
+    seg.update(built["segment"], built["segment"])
+    assert seg.compute() == {"miou": 1.0, "pixel_acc": 1.0}
+    assert dm.depth_errors(built["depth"], built["depth"]) == {"abs_err": 0.0, "rel_err": 0.0}
+    angles = dm.normal_angles(built["normal"], built["normal"])
+    assert len(angles) == built["segment"].numel() and angles.max() < 1e-3
+    flat = torch.zeros_like(built["normal"])
+    flat[:, 2] = -1  # every surface facing the camera: off by each plane's tilt
+    assert dm.normal_summary(dm.normal_angles(flat, built["normal"]))["mean_angle"] > 1
+    logits = torch.nn.functional.one_hot(built["segment"], scenes.CLASSES).permute(0, 3, 1, 2)
+    assert float(dm.segmentation_loss(logits.float() * 20, built["segment"])) < 1e-6
+
+
+def test_a_config_out_of_range_is_refused():
+    with pytest.raises(scenes.NtlabError, match="16 to 64"):
+        ScenesConfig(size=8).validate()
+    with pytest.raises(scenes.NtlabError, match="val split"):
+        ScenesConfig(val=0).validate()
