@@ -8,7 +8,7 @@ sample photos), and three per-pixel targets of the same scene:
   or 10 (`BACKGROUND`). A digit covers a pixel where its anti-aliased alpha is ≥ 0.5; there
   are no ignored pixels (ntlab.dense_metrics still supports −1 for NYUv2's).
 - `depth` [N, 1, S, S] float32: the distance along the viewing axis, in canvas widths,
-  positive everywhere (about 1.3 to 9): the digits in three disjoint depth bands, the
+  positive everywhere (about 1.2 to 8.9): the digits in three disjoint depth bands, the
   background behind them all. Apparent size falls with depth and the colours are shaded by
   the surface's angle to a fixed light, so depth and normals are visible in the image.
 - `normal` [N, 3, S, S] float32: the unit normal of that depth surface, exact from the
@@ -57,9 +57,8 @@ SLOTS = 3  # at most three digits per image
 BACKGROUND = 10
 CLASSES = 11  # digits 0..9 and the background
 SPLIT_NAMES = ("train", "val", "test")
-LIGHT = F.normalize(
-    torch.tensor([-0.4, -0.5, -0.77]), dim=0
-)  # towards a light up-left of the camera
+# the direction towards a light up-left of the camera, for the shading
+LIGHT = F.normalize(torch.tensor([-0.4, -0.5, -0.77]), dim=0)
 SUPERSAMPLE = 2  # digits are drawn at twice the resolution and averaged down
 CHUNK = 256  # images rendered at once (memory stays below ~100 MB)
 PHOTO_SCALES = (2.0, 3.0, 4.0)  # photo pixels per canvas pixel of a 32×32 canvas
