@@ -22,6 +22,11 @@ Engines, never a scheduler of our own:
 Every job's training is deduplicated by cache entry before anything starts, and STL
 trainings are submitted first (the cells' baselines), so no two workers train the same
 entry in one command; across processes the cache's own rules apply.
+
+From Python, a script that calls `run_jobs` with local workers must guard its entry point
+with `if __name__ == "__main__":` — multiprocessing's rule for every start method but fork:
+each worker imports the script's main module, and an unguarded call would start workers
+again from there (`python -m ntlab` is guarded; a notebook has no main file to import).
 """
 
 from __future__ import annotations
