@@ -16,6 +16,7 @@ from ntlab.analysis.sweep import (
     DEFAULT_LAMS,
     OnRun,
     fixed_config,
+    grid_job,
     grid_jobs,
     lam_stats,
     lam_summary,
@@ -23,7 +24,7 @@ from ntlab.analysis.sweep import (
 )
 from ntlab.core.runner import TrainConfig
 
-__all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config", "grid_jobs"]
+__all__ = ["DEFAULT_LAMS", "csd_summary", "csd_table", "fixed_config", "grid_job", "grid_jobs"]
 
 
 def csd_table(

@@ -190,20 +190,6 @@ def _flat(grads: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([grads[n].reshape(-1) for n in names])
 
 
-def one_step_scores(
-    model: MultiTaskModel,
-    head: int,
-    stacked: dict[str, torch.Tensor],
-    x: Images,
-    y: torch.Tensor,
-    chunk: int = 2048,
-) -> tuple[list[float], list[float]]:
-    """Accuracy (points) and mean loss on (x, y) of the models whose parameters are stacked
-    along dim 0 of `stacked` (names as in `model`; the others are the model's own)."""
-    correct, losses = one_step_outcomes(model, head, stacked, x, y, chunk)
-    return (correct.double().mean(1) * 100).tolist(), losses.double().mean(1).tolist()
-
-
 @torch.no_grad()
 def one_step_outcomes(
     model: MultiTaskModel,

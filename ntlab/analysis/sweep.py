@@ -96,17 +96,26 @@ def lambda_grid_table(
     return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
 
 
-def grid_jobs(base: TrainConfig, lams: Sequence[float], seeds: Sequence[int]) -> list:
-    """The trainings of `lambda_grid_table` (`ntlab.core.executor.Job`), λ = 0 included."""
+def grid_job(base: TrainConfig, lam: float, seed: int):
+    """The training of one (λ, seed) of `lambda_grid_table` (`ntlab.core.executor.Job`)."""
     from ntlab.core.executor import Job
 
+    label = f"{'stl' if lam == 0 else f'λ={lam:g}'} seed {seed}"
+    return Job(fixed_config(base, lam, seed), label=label)
+
+
+def grid_jobs(
+    base: TrainConfig,
+    lams: Sequence[float],
+    seeds: Sequence[int],
+    done: Collection[tuple[float, int]] = (),
+) -> list:
+    """The trainings of `lambda_grid_table`, λ = 0 included, less the (λ, seed) in `done`."""
     return [
-        Job(
-            fixed_config(base, lam, seed),
-            label=f"{'stl' if lam == 0 else f'λ={lam:g}'} seed {seed}",
-        )
+        grid_job(base, lam, seed)
         for seed in seeds
         for lam in sorted(set(lams) | {0.0})
+        if (lam, seed) not in done
     ]
 
 

@@ -250,10 +250,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
             total = len(lams) * len(seeds)
             ran, overall = Parallel(), None
             if settings.parallel:  # train everything at once into the cache, then read it
-                jobs = [
-                    j for j in csd_analysis.grid_jobs(cfg, lams, seeds)
-                    if (j.cfg.lam if j.cfg.method == "fixed" else 0.0, j.cfg.seed) not in done
-                ]  # fmt: skip
+                jobs = csd_analysis.grid_jobs(cfg, lams, seeds, done=done)
                 ran = run_parallel(jobs, settings, progress)
             else:
                 overall = progress.overall(f"csd → {cfg.target}", total, "trainings", len(done))
@@ -265,8 +262,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
 
             def on_row(row: dict) -> None:
                 if ran.trained:  # the executor trained it for this command
-                    own = csd_analysis.grid_jobs(cfg, [row["lam"]], [row["seed"]])
-                    own = [j for j in own if (j.cfg.method == "fixed") == (row["lam"] > 0)]
+                    own = [csd_analysis.grid_job(cfg, row["lam"], row["seed"])]
                     row["source"] = ran.source(own, row["source"])
                 rows.add(row)
                 if overall:

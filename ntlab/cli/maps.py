@@ -148,10 +148,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
         with StepProgress(opts["quiet"]) as progress:
             ran, overall = Parallel(), None
             if settings.parallel:  # train everything at once into the cache, then read it
-                jobs = [
-                    j for j in sw.grid_jobs(cfg, lams, seeds)
-                    if (j.cfg.lam if j.cfg.method == "fixed" else 0.0, j.cfg.seed) not in done_fixed
-                ]  # fmt: skip
+                jobs = sw.grid_jobs(cfg, lams, seeds, done=done_fixed)
                 if fm:
                     missing = [s for s in seeds if s not in done_fm]
                     jobs += sw.forkmerge_jobs(cfg, missing, fm, opts["forkmerge_branches"])
@@ -175,8 +172,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
 
             def _row_jobs(method: str, row: dict) -> list:
                 if method == "fixed":
-                    return [j for j in sw.grid_jobs(cfg, [row["lam"]], [row["seed"]])
-                            if (j.cfg.method == "fixed") == (row["lam"] > 0)]  # fmt: skip
+                    return [sw.grid_job(cfg, row["lam"], row["seed"])]
                 return sw.forkmerge_jobs(cfg, [row["seed"]], fm, opts["forkmerge_branches"])
 
             def on_run(name: str, c: TrainConfig):

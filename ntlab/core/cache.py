@@ -278,21 +278,33 @@ def store_cached(
     folder and raises NtlabError naming the file.
 
     config.json records the code digest and torch version the entry was trained with."""
-    if final.exists():
-        return
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
-    try:
-        try:
-            tmp.mkdir(parents=True)
-        except OSError as exc:
-            raise write_failed(tmp, exc) from None
+
+    def fill(tmp: Path) -> None:
         save_torch_file(model.state_dict(), tmp / "model.pt")
         identity = {"code": code_digest(), "torch": torch.__version__}
         write_json(tmp / "config.json", {**config, **identity})
         write_json(tmp / "results.json", results)
         if metrics:
             atomic_write_text(tmp / METRICS_FILE, metrics_csv(metrics))
-        with contextlib.suppress(OSError):  # another process stored the same run meanwhile
+
+    store_folder(final, fill)
+
+
+def store_folder(final: Path, fill: Callable[[Path], None]) -> None:
+    """Make the entry folder `final` atomically: `fill` writes its files into a temporary
+    folder beside it, which is then renamed; the first writer wins (an entry already there
+    is kept). A write that fails removes the temporary folder and raises NtlabError naming
+    `final`."""
+    if final.exists():
+        return
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{time.time_ns()}"
+    try:
+        try:
+            tmp.mkdir(parents=True)
+            fill(tmp)
+        except OSError as exc:
+            raise write_failed(tmp, exc) from None
+        with contextlib.suppress(OSError):  # another process stored the same entry meanwhile
             tmp.rename(final)
     except NtlabError as exc:  # name the entry, not its temporary folder
         raise NtlabError(str(exc).replace(str(tmp), str(final))) from None

@@ -34,7 +34,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import shutil
 import signal
 import threading
 import time
@@ -455,20 +454,12 @@ def _ray_task(job: Job, home: str | None) -> dict:
 
 
 def store_files(folder: Path, files: dict[str, bytes]) -> None:
-    """Write a cache entry from its files, atomically (a temporary folder renamed), unless
+    """Write a cache entry from its files, as the cache stores any entry (atomically), unless
     the entry is there already (a shared file system: the worker stored it itself)."""
-    if folder.exists():
-        return
-    tmp = folder.parent / f".{folder.name}.{os.getpid()}.{time.time_ns()}"
-    try:
-        tmp.mkdir(parents=True)
+    from ntlab.core.cache import store_folder
+
+    def fill(tmp: Path) -> None:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        with contextlib.suppress(OSError):  # another process stored it meanwhile
-            tmp.rename(folder)
-    except OSError as exc:
-        from ntlab.runs import write_failed
 
-        raise write_failed(folder, exc) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    store_folder(folder, fill)

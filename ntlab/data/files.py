@@ -359,3 +359,20 @@ def take(x: Images, index: torch.Tensor, device: torch.device, seed: int = 0) ->
         x.check((index.cpu(), True, seed), out)
         return normalise(out.x.to(device))
     return to_float(x[index.to(x.device)])
+
+
+def given_root(
+    root: str | os.PathLike | None, env: str, name: str = "data root", hint: str = ""
+) -> Path:
+    """The folder of a benchmark on disk: `root` (`--root`), else the environment variable
+    `env`; NtlabError when neither names an existing folder (`hint`: where to get it)."""
+    if root is None or str(root) == "":
+        root = os.environ.get(env)
+    if not root:
+        where = f" ({hint})" if hint else ""
+        raise NtlabError(f"no {name} given; pass --root DIR or set {env}{where}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        where = f"; {hint}" if hint else ""
+        raise NtlabError(f"{name} {path} does not exist or is not a folder{where}")
+    return path

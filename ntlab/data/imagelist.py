@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ntlab.data.benchmark import BENCHMARKS, TaskData
-from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers
+from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers, given_root
 from ntlab.errors import NtlabError, unknown_name
 
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -50,13 +50,7 @@ class ImageList:
 
 def check_root(root: Path | str | None, env: str = "NTLAB_DOMAINNET") -> Path:
     """The benchmark's root folder: `--root`, else the environment variable `env`."""
-    if root is None or str(root) == "":
-        root = os.environ.get(env)
-    if not root:
-        raise NtlabError(f"no data root given; pass --root DIR or set {env}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise NtlabError(f"data root {root} does not exist or is not a folder")
+    root = given_root(root, env)
     if not (root / "image_list").is_dir():
         raise NtlabError(
             f"{root} has no image_list/ folder; expected image_list/<domain>_<split>.txt files"

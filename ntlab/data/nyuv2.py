@@ -95,6 +95,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ntlab.data.files import given_root
 from ntlab.errors import NtlabError, unknown_name
 
 ENV = "NTLAB_NYUV2"
@@ -120,13 +121,7 @@ _MORE = 3  # problems listed after the first
 
 def find_nyuv2(root: str | os.PathLike | None = None) -> Path:
     """The NYUv2 root: `root`, else `$NTLAB_NYUV2`; it must hold the layout's folders."""
-    if root is None or str(root) == "":
-        root = os.environ.get(ENV)
-    if not root:
-        raise NtlabError(f"no NYUv2 folder given; pass --root DIR or set {ENV} ({WHERE})")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise NtlabError(f"NYUv2 folder {path} does not exist or is not a folder; {WHERE}")
+    path = given_root(root, ENV, "NYUv2 folder", WHERE)
     missing = [f"{f}/{m}/" for f in FOLDERS for m in MODALITIES if not (path / f / m).is_dir()]
     if missing:
         raise NtlabError(f"{path} is not an NYUv2 folder: no {', '.join(missing)}; {WHERE}")

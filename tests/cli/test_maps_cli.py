@@ -227,8 +227,11 @@ def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
     }  # fmt: skip
     # the terminal says it with its noise: the target-alone corner is the STL run
     assert "+0.00 ± 0.00" in result.stdout and "within noise" in result.stdout
-    assert "(within noise, 1 seed, paired test-set SE)" in result.stdout or (
-        "(beyond noise, 1 seed, paired test-set SE)" in result.stdout
+    words = "within noise" if results["best"]["effect"] == "within_noise" else "beyond noise"
+    best = results["best"]
+    assert (
+        f"{best['tg']:+.2f} ± {best['tg_se']:.2f} points ({words}, 1 seed, paired test-set SE)"
+        in (result.stdout.replace("\n", " "))
     )
     assert_figure(out / "ternary.png")
     check_report(
