@@ -71,6 +71,8 @@ def test_aspp_head_on_the_dilated_resnet50_gives_the_input_size(resnet):
 def test_aspp_head_sends_gradients_to_its_input_and_parameters():
     torch.manual_seed(0)
     head = aspp_head(64, 3, (24, 24))
+    rates = [branch[0].dilation for branch in head.body[0].convs[1:4]]
+    assert rates == [(12, 12), (24, 24), (36, 36)]
     features = torch.rand(2, 64, 3, 3, requires_grad=True)
     head(features).square().mean().backward()
     assert features.grad is not None and features.grad.abs().sum() > 0
