@@ -37,7 +37,7 @@ ROWS = [
 
 
 def accuracy(results: dict, select: str) -> float:
-    return results["test_acc"] if select == "best-val" else results["last"]["test_acc"]
+    return results["test_score"] if select == "best-val" else results["last"]["test_score"]
 
 
 def main() -> None:

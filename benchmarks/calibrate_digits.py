@@ -53,7 +53,7 @@ def main() -> None:
             for lam, r in summary["per_lam"].items()
             if lam != "0"
         )
-        stl = summary["per_lam"]["0"]["test_acc_mean"]
+        stl = summary["per_lam"]["0"]["test_score_mean"]
         effects = summary["effect_per_lam"]
         helps = [lam for lam, e in effects.items() if e == "helps"]
         hurts = [lam for lam, e in effects.items() if e == "hurts"]

@@ -34,11 +34,11 @@ def main() -> None:
             cfg = TrainConfig(target=target, method="ew", aux=aux, seed=seed, **preset)
             stl, _ = cached_run(stl_config(cfg))
             ew, _ = cached_run(cfg)
-            cells = [f"{target:9} seed {seed}  EW {ew['test_acc'] - stl['test_acc']:+.2f}"]
+            cells = [f"{target:9} seed {seed}  EW {ew['test_score'] - stl['test_score']:+.2f}"]
             for margin in margins:
                 opts = ForkMergeOptions(merge_every=merge_every, merge_margin=margin)
                 res = run_forkmerge(cfg, joint_branches(target, aux), opts).results
-                tg[margin].append(res["test_acc"] - stl["test_acc"])
+                tg[margin].append(res["test_score"] - stl["test_score"])
                 lams = " ".join(f"{r[1]:.1f}" for r in res["lambda_per_round"])
                 cells.append(f"margin {margin:g}: {tg[margin][-1]:+.2f} (aux Λ {lams})")
             print("   ".join(cells), flush=True)

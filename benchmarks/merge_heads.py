@@ -48,7 +48,7 @@ def tg_row(kind: str, target: str, aux: str, seed: int, mode: str, cfg, branches
     stl, _ = cached_run(stl_config(cfg))
     return {
         "kind": kind, "target": target, "aux": aux, "seed": seed, "mode": mode,
-        "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+        "tg": transfer_gain(results["test_score"], stl["test_score"]),
     }  # fmt: skip
 
 

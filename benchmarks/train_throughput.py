@@ -1,6 +1,8 @@
 """Training throughput of the default model on this machine, and where a step's time goes.
 
-Reports, for STL and EW on the `digits` benchmark, the steps/s of the real training loop
+Reports, for STL and EW on the `digits` benchmark (target mnistm) and on the dense
+`scenes` benchmark (target segment, with depth and normal; `ntlab data prepare scenes`
+first), the steps/s of the real training loop
 (`ntlab.core.train.train`) and of a loop that only does forward + backward + optimiser
 step on batches drawn beforehand. The difference is the loop's overhead: batch sampling,
 indexing, schedule, logging. The time to draw the batches alone is reported too. All are
@@ -8,6 +10,7 @@ measured in one process after a warm-up, as short interleaved chunks (minimum ke
 wall-clock noise on a shared 2-core machine is larger than the effect being measured.
 
     python benchmarks/train_throughput.py [--steps 100] [--repeats 15] [--device cpu]
+        [--benchmarks digits,scenes]
 """
 
 from __future__ import annotations
@@ -23,12 +26,20 @@ from ntlab.core.state import TrainState
 from ntlab.core.train import active_terms, attach_sources, term_losses, train
 from ntlab.data import get_benchmark
 
+TARGETS = {"digits": "mnistm", "scenes": "segment"}
 
-def setup(method: str, device: torch.device, batch_size: int) -> tuple[TrainState, list]:
-    bench = get_benchmark("digits")
-    target = "mnistm"
+
+def setup(
+    method: str, device: torch.device, batch_size: int, benchmark: str = "digits"
+) -> tuple[TrainState, list]:
+    bench = get_benchmark(benchmark)
+    target = TARGETS[benchmark]
     aux = [t for t in bench.tasks() if t != target]
-    cfg = TrainConfig(target=target, method=method, aux=aux, batch_size=batch_size)
+    backbone = getattr(bench, "default_backbone", "cnn")
+    cfg = TrainConfig(
+        target=target, method=method, aux=aux, batch_size=batch_size, benchmark=benchmark,
+        backbone=backbone,
+    )  # fmt: skip
     terms = active_terms(cfg.terms())
     tasks = list(dict.fromkeys(t for term in terms for t in term.tasks))
     data = bench.load(tasks, device)
@@ -86,8 +97,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--benchmarks", default="digits,scenes", help="comma-separated")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    reports = {b: measure(b, device, args) for b in benchmarks}
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return
+    for name, report in reports.items():
+        print(f"{name}: device {report['device']}, {report['threads']} threads, ", end="")
+        print(f"chunks of {args.steps} steps, best of {args.repeats}")
+        header = ("method", "terms", "loop steps/s", "compute steps/s", "overhead", "batch draw")
+        print(f"{header[0]:8} " + " ".join(f"{h:>15}" for h in header[1:]))
+        for method, r in report["methods"].items():
+            cells = (r["terms"], r["loop_steps_per_s"], r["compute_only_steps_per_s"])
+            shares = (f"{r['overhead_share']:.1%}", f"{r['batch_draw_share']:.1%}")
+            print(f"{method:8} " + " ".join(f"{c:>15}" for c in (*cells, *shares)))
+        print(f"EW / STL wall time per step: {report['ew_over_stl_time']}×")
+
+
+def measure(benchmark: str, device: torch.device, args) -> dict:
     report = {
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -95,7 +125,7 @@ def main() -> None:
         "methods": {},
     }
     for method in ("stl", "ew"):
-        state, terms = setup(method, device, args.batch_size)
+        state, terms = setup(method, device, args.batch_size, benchmark)
         time_loop(state, terms, 50, device)  # warm-up: first steps in a process are slow
         time_compute(state, terms, 50, device)
         loops, computes, draws = [], [], []
@@ -115,18 +145,7 @@ def main() -> None:
     report["ew_over_stl_time"] = round(
         m["stl"]["loop_steps_per_s"] / m["ew"]["loop_steps_per_s"], 2
     )
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"device {report['device']}, {report['threads']} threads, ", end="")
-    print(f"chunks of {args.steps} steps, best of {args.repeats}")
-    header = ("method", "terms", "loop steps/s", "compute steps/s", "overhead", "batch draw")
-    print(f"{header[0]:8} " + " ".join(f"{h:>15}" for h in header[1:]))
-    for name, r in m.items():
-        cells = (r["terms"], r["loop_steps_per_s"], r["compute_only_steps_per_s"])
-        shares = (f"{r['overhead_share']:.1%}", f"{r['batch_draw_share']:.1%}")
-        print(f"{name:8} " + " ".join(f"{c:>15}" for c in (*cells, *shares)))
-    print(f"EW / STL wall time per step: {report['ew_over_stl_time']}×")
+    return report
 
 
 if __name__ == "__main__":

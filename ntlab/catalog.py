@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BENCHMARK_NAMES = ("digits", "imagelist", "domainnet")
-BACKBONE_NAMES = ("cnn", "resnet18", "resnet50", "resnet101", "vit_b_16")
+BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2")
+BACKBONE_NAMES = (
+    "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "fcn", "resnet50-dilated",
+)  # fmt: skip
 DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers")
 
 # Choices of options (each checked by the parser, and again by the core for --config values)
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")  # step: ×0.5 from half the budget on
 BN_BATCHES = ("pooled", "per-term")
 LOSS_REDUCTIONS = ("sum", "mean")
 SELECTIONS = ("last", "best-val")

@@ -1,6 +1,10 @@
-"""The options of a training, of ForkMerge and of `gcs`, as dataclasses that import
-nothing heavy: the command line declares its defaults from these fields (one source of
-defaults for the library and the CLI) without importing torch.
+"""Configuration, apart from the code that runs it: the options of a training, of
+ForkMerge and of `gcs` as dataclasses, their validation (`validate`, `resolve_aux`,
+`resolve_device`), and the presets (`ntlab.presets`, re-exported here).
+
+The module imports nothing heavy at import time: the command line declares its defaults
+from these fields (one source of defaults for the library and the CLI) without importing
+torch; the checks that need a registry import it when they run.
 
 `ntlab.core.runner.TrainConfig`, `ntlab.core.forkmerge.ForkMergeOptions` and
 `ntlab.analysis.gcs.GcsOptions` are these classes.
@@ -9,13 +13,31 @@ defaults for the library and the CLI) without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ntlab.catalog import AUX_KINDS
-from ntlab.checks import check_number, check_seed, check_steps
+from ntlab.catalog import (
+    AUX_KINDS,
+    BN_BATCHES,
+    LOSS_REDUCTIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SELECTIONS,
+)
+from ntlab.checks import (
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    MAX_WORKERS,
+    check_number,
+    check_seed,
+    check_steps,
+)
 from ntlab.errors import NtlabError, unknown_name
+from ntlab.presets import DEFAULT_PRESET, PRESETS, preset_value  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
+    import torch
+
     from ntlab.core.state import OptimConfig
     from ntlab.core.train import LossTerm
 
@@ -133,3 +155,93 @@ class GcsOptions:
         check_lams(self.lams)
         if 0.0 not in self.lams:
             raise NtlabError("--lams must contain 0: TG(λ) is measured against the λ = 0 step")
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (cuda if available), `cpu` or `cuda[:N]` as a torch.device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NtlabError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise NtlabError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | None) -> list[str]:
+    """`all`/None → every other task; a comma list is checked against the benchmark."""
+    if target not in benchmark_tasks:
+        raise unknown_name("target", target, benchmark_tasks)
+    if aux is None or aux == "all" or aux == ["all"]:
+        return [t for t in benchmark_tasks if t != target]
+    names = [a.strip() for a in aux.split(",")] if isinstance(aux, str) else list(aux)
+    names = [a for a in names if a]
+    if not names:
+        raise NtlabError("--aux is empty; give task names separated by commas, or `all`")
+    for name in names:
+        if name not in benchmark_tasks:
+            raise unknown_name("auxiliary task", name, benchmark_tasks)
+    if target in names:
+        raise NtlabError(f"--target {target} is also listed in --aux; remove it from --aux")
+    if len(set(names)) != len(names):
+        raise NtlabError("--aux lists a task twice")
+    return names
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible numbers and unknown names before any work is done."""
+    from ntlab.methods import get_method
+    from ntlab.models import BACKBONES
+
+    get_method(cfg.method)
+    BACKBONES.get(cfg.backbone)
+    check_steps("--steps", cfg.steps)
+    check_number("--batch-size", cfg.batch_size, low=1, integer=True)
+    check_number("--lr", cfg.lr, low=0, low_open=True)
+    check_number("--lam", cfg.lam, low=0, why="λ weighs the auxiliary loss")
+    check_number("--weight-decay", cfg.weight_decay, low=0)
+    check_number("--eval-every", cfg.eval_every, low=1, integer=True)
+    check_number("--backbone-lr-scale", cfg.backbone_lr_scale, low=0, low_open=True)
+    check_seed("--seed", cfg.seed)
+    if cfg.backbone == "cnn":
+        check_cnn_width(cfg.width)
+    if cfg.image_size is not None:
+        check_number("--image-size", cfg.image_size, low=1, high=MAX_IMAGE_SIZE, integer=True)
+    if cfg.workers is not None:
+        check_number("--workers", cfg.workers, low=0, high=MAX_WORKERS, integer=True)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
+    if cfg.schedule not in SCHEDULES:
+        raise unknown_name("schedule", cfg.schedule, SCHEDULES)
+    if get_method(cfg.method).uses_aux and not cfg.aux:
+        raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise NtlabError(f"--weights file {cfg.weights} does not exist")
+    resolve_device(cfg.device)
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise NtlabError(f"--threads must be a positive number of threads, got {cfg.threads}")
+    for option, value, choices in (
+        ("--bn-batches", cfg.bn_batches, BN_BATCHES),
+        ("--select", cfg.select, SELECTIONS),
+        ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
+    ):
+        if value not in choices:
+            raise unknown_name(option, value, choices)
+
+
+def check_cnn_width(width: int) -> None:
+    """The cnn backbone normalises `width` and 2·width channels with GroupNorm(min(8, c)),
+    which needs c to be a multiple of its groups: widths 1–4, or multiples of 8."""
+    check_number("--width", width, low=1, high=MAX_WIDTH, integer=True)
+    if width > 4 and width % 8:
+        raise NtlabError(
+            f"--width of the cnn backbone must be 1, 2, 3, 4 or a multiple of 8, got {width} "
+            "(its GroupNorm layers split width and 2×width channels into 8 groups)"
+        )

@@ -18,9 +18,24 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(1) == y).float().mean().item() * 100
 
 
-def transfer_gain(p_method: float, p_stl: float) -> float:
-    """Eq. 2: TG = P(θ_A) − P(θ_STL), in the units of P (here accuracy points)."""
-    return p_method - p_stl
+def transfer_gain(p_method: float, p_stl: float, higher_is_better: bool = True) -> float:
+    """Eq. 2: TG = P(θ_A) − P(θ_STL), in the units of P (accuracy points, mIoU points, …);
+    for a metric where lower is better (an error), TG = P(θ_STL) − P(θ_A), so that a
+    positive TG always means the auxiliary tasks helped."""
+    return p_method - p_stl if higher_is_better else p_stl - p_method
+
+
+def gain(method: Mapping[str, Any], stl: Mapping[str, Any], split: str = "test") -> float:
+    """TG of two results (their `val_score` / `test_score`, the target's primary metric)
+    in the direction the results record (`higher_is_better`, default true)."""
+    higher = higher_is_better(method) and higher_is_better(stl)
+    return transfer_gain(float(method[f"{split}_score"]), float(stl[f"{split}_score"]), higher)
+
+
+def higher_is_better(results: Mapping[str, Any]) -> bool:
+    """Whether a result's primary metric improves upwards (results before ntlab recorded
+    it were accuracies: yes)."""
+    return bool(results.get("higher_is_better", True))
 
 
 def gradient_cosine(g_a: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
@@ -49,7 +64,15 @@ def confidence_score_discrepancy(probs: torch.Tensor) -> float:
 # sqrt(pA(1 − pA)/n + pB(1 − pB)/n), which is used only where a run did not keep which test
 # images it got right (results written before this was recorded).
 
-SE_PAIRED, SE_BINOMIAL = "paired", "binomial"
+#
+# A primary metric other than accuracy (mIoU, a depth error, …) is not a mean of per-image
+# outcomes, so it has no such formula; each run also measures it on the FOLDS disjoint parts
+# of its test set (`ntlab.tasks.fold_ids`: seeded, the same for every model). The TG of two
+# models on fold g, d_g, is then a paired difference on the same images, and
+# SE(TG) = sd(d_1..d_G)/√G (the standard error of the mean of G fold differences; for a
+# metric that is nearly linear in its per-image parts, the full-set TG ≈ their mean).
+
+SE_PAIRED, SE_BINOMIAL, SE_FOLDS = "paired", "binomial", "folds"
 
 
 def pack_correct(correct: torch.Tensor) -> dict[str, Any]:
@@ -110,17 +133,31 @@ def binomial_se(p_a: float, p_b: float, n: int) -> float:
     return 100.0 * math.sqrt(max(a * (1 - a), 0.0) / n + max(b * (1 - b), 0.0) / n)
 
 
+def fold_se(folds_a: list[float], folds_b: list[float]) -> float:
+    """sd(d_g)/√G of the per-fold differences d_g = a_g − b_g (ddof 1; see above)."""
+    if len(folds_a) != len(folds_b) or len(folds_a) < 2:
+        raise ValueError("a fold SE needs the same folds, at least two, for both models")
+    diffs = [float(a) - float(b) for a, b in zip(folds_a, folds_b)]
+    return statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
 def tg_noise(method: Mapping[str, Any], stl: Mapping[str, Any]) -> dict[str, Any]:
-    """TG on test of `method` over `stl` (two results with `test_acc`) with its test-set
+    """TG on test of `method` over `stl` (two results with `test_score`) with its test-set
     standard error: `tg`, `tg_se`, `tg_se_kind` ("paired" where both kept `test_correct` on
-    the same images, else "binomial" where the test-set size is known, else no SE: None)."""
-    tg = transfer_gain(float(method["test_acc"]), float(stl["test_acc"]))
+    the same images, "folds" where both kept `test_folds`, else "binomial" where the
+    test-set size is known and the metric is an accuracy, else no SE: None)."""
+    tg = gain(method, stl)
     a, b = unpack_correct(method.get("test_correct")), unpack_correct(stl.get("test_correct"))
     if a is not None and b is not None and a.shape == b.shape and a.numel():
         return {"tg": tg, "tg_se": paired_tg_se(a, b)[1], "tg_se_kind": SE_PAIRED}
+    fa, fb = method.get("test_folds"), stl.get("test_folds")
+    if isinstance(fa, list) and isinstance(fb, list) and len(fa) == len(fb) >= 2:
+        return {"tg": tg, "tg_se": fold_se(fa, fb), "tg_se_kind": SE_FOLDS}
+    if method.get("metric", "acc") != "acc":
+        return {"tg": tg, "tg_se": None, "tg_se_kind": None}
     n = images_measured(method) or images_measured(stl)
     if n:
-        p_a, p_b = float(method["test_acc"]), float(stl["test_acc"])
+        p_a, p_b = float(method["test_score"]), float(stl["test_score"])
         return {"tg": tg, "tg_se": binomial_se(p_a, p_b, n), "tg_se_kind": SE_BINOMIAL}
     return {"tg": tg, "tg_se": None, "tg_se_kind": None}
 
@@ -266,10 +303,33 @@ def tg_text(fields: Mapping[str, Any], digits: int = 2) -> str:
     return text if noise is None else f"{text} ± {noise:.{digits}f}"
 
 
-def tg_sentence(subject: str, fields: Mapping[str, Any]) -> str:
+def tg_sentence(subject: str, fields: Mapping[str, Any], metric: str = "acc") -> str:
     """`ForkMerge vs STL on optdigits: +0.12 ± 0.35 points (within noise, 1 seed, paired
-    test-set SE)` — the subject then the TG, in words."""
-    return f"{subject}: {tg_text(fields)} points ({noise_words(fields)})"
+    test-set SE)` — the subject then the TG, in words (`metric`: the units it is in)."""
+    return f"{subject}: {tg_text(fields)} {metric_units(metric)} ({noise_words(fields)})"
+
+
+# How the metrics of ntlab's tasks are shown: name → label; the percentages' TGs are points.
+METRIC_LABELS = {
+    "acc": "acc", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
+    "rel_err": "rel err", "mean_angle": "mean angle", "median_angle": "median angle",
+    "within_11.25": "≤ 11.25°", "within_22.5": "≤ 22.5°", "within_30": "≤ 30°",
+}  # fmt: skip
+PERCENT_METRICS = frozenset(
+    {"acc", "miou", "pixel_acc", "within_11.25", "within_22.5", "within_30"}
+)
+
+
+def metric_label(metric: str | None) -> str:
+    return METRIC_LABELS.get(metric or "acc", metric or "acc")
+
+
+def metric_units(metric: str | None) -> str:
+    """`points` for percentages (accuracy, mIoU, …); else the metric's own units."""
+    metric = metric or "acc"
+    if metric in PERCENT_METRICS:
+        return "points"
+    return "degrees" if metric.endswith("_angle") else f"({metric_label(metric)})"
 
 
 def regime_of_effects(effects: Iterable[str]) -> str:
@@ -341,7 +401,7 @@ def rule_caption(seeds: int) -> str:
     """The criterion in one short line, for the tables a command prints."""
     if seeds < 2:
         return (
-            f"1 seed: helps/hurts if |TG| > {NOISE_STDS:g} × its paired test-set SE "
+            f"1 seed: helps/hurts if |TG| > {NOISE_STDS:g} × its test-set SE "
             "(± is that SE); otherwise within noise"
         )
     t = NOISE_STDS * math.sqrt(seeds)
@@ -432,3 +492,18 @@ def delta_m(
             changes.append(sign * (method[task][name] - b) / b)
         per_task.append(sum(changes) / len(changes))
     return 100.0 * sum(per_task) / len(per_task)
+
+
+def delta_m_of(method: Mapping[str, Any], stl: Mapping[str, Any]) -> float:
+    """Δm in percent of one run over its STL run on test: over the target's metrics that
+    Δm averages (`delta_m_over` of the results, each in its direction) where both runs
+    recorded them, else the relative change of the primary metric, 100 · TG / |P(STL)|."""
+    over = stl.get("delta_m_over") or method.get("delta_m_over")
+    a = (method.get("target_metrics") or {}).get("test")
+    b = (stl.get("target_metrics") or {}).get("test")
+    if over and a and b and all(m in a and m in b for m in over):
+        lower = [("target", m) for m, higher in over.items() if not higher]
+        pick = {m: float(a[m]) for m in over}
+        base = {m: float(b[m]) for m in over}
+        return delta_m({"target": pick}, {"target": base}, lower)
+    return 100.0 * gain(method, stl) / abs(float(stl["test_score"]))

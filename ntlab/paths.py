@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+_CACHE_OVERRIDE: list[Path] = []  # the Python API's private run caches, innermost last
 
 
 def ntlab_home() -> Path:
@@ -20,4 +24,14 @@ def downloads_dir() -> Path:
 
 
 def runs_cache_dir() -> Path:
-    return ntlab_home() / "cache"
+    return _CACHE_OVERRIDE[-1] if _CACHE_OVERRIDE else ntlab_home() / "cache"
+
+
+@contextlib.contextmanager
+def cache_override(folder: Path) -> Iterator[Path]:
+    """Within the block, trainings are cached in `folder` instead of NTLAB_HOME/cache."""
+    _CACHE_OVERRIDE.append(Path(folder))
+    try:
+        yield Path(folder)
+    finally:
+        _CACHE_OVERRIDE.pop()

@@ -51,6 +51,22 @@ PRESETS: dict[str, dict[str, object]] = {
         "merge_fraction": 0.25,  # Δt = 12.5K of 50K
         "batches": 200,
     },
+    # The paper's NYUv2 settings (App. C.2, as LibMTL trains it): Adam 1e-4, weight decay
+    # 1e-5, batch 8, 200 epochs of the 636 training images (80 batches an epoch: 16K steps),
+    # the rate halved at epoch 100, Δt = 10 epochs; the dilated ResNet-50 with ASPP heads.
+    "nyuv2-paper": {
+        "steps": 16_000,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "optimizer": "adam",
+        "weight_decay": 1e-5,
+        "schedule": "step",
+        "backbone_lr_scale": 1.0,
+        "eval_every": 800,
+        "merge_fraction": 0.05,  # Δt = 800 steps = 10 epochs of 16K
+        "batches": 200,
+        "backbone": "resnet50-dilated",
+    },
 }
 ALIASES = {"pretrain_steps": "steps"}  # an option that falls back to another preset key
 DEFAULT_PRESET = "default"

@@ -62,8 +62,8 @@ def test_lambda_grids_are_finite_and_non_negative(lams):
 def test_write_json_is_strict_and_names_the_key(tmp_path):
     path = tmp_path / "results.json"
     with pytest.raises(NtlabError) as exc:
-        write_json(path, {"tasks": {"mnist": {"val_acc": 1.0, "test_acc": math.nan}}})
-    assert "results.json: tasks.mnist.test_acc is nan" in str(exc.value)
+        write_json(path, {"tasks": {"mnist": {"val_score": 1.0, "test_score": math.nan}}})
+    assert "results.json: tasks.mnist.test_score is nan" in str(exc.value)
     assert not path.exists()
     with pytest.raises(NtlabError, match=r"per_lam\.1 is inf"):
         write_json(path, {"per_lam": [0.5, math.inf]})

@@ -33,7 +33,7 @@ from ntlab.metrics import (
 )
 
 
-def test_accuracy_matches_sklearn():
+def test_scoreuracy_matches_sklearn():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(200, 10, generator=g)
     y = torch.randint(10, (200,), generator=g)
@@ -214,15 +214,15 @@ def test_paired_se_hand_computed():
 
 def test_tg_noise_pairs_by_image_and_falls_back_to_binomial():
     a, b = _correct("1111110000"), _correct("1111001000")
-    method = {"test_acc": 60.0, "test_correct": pack_correct(a), "test_n": 10}
-    stl = {"test_acc": 50.0, "test_correct": pack_correct(b), "test_n": 10}
+    method = {"test_score": 60.0, "test_correct": pack_correct(a), "test_n": 10}
+    stl = {"test_score": 50.0, "test_correct": pack_correct(b), "test_n": 10}
     paired = tg_noise(method, stl)
     assert paired == {"tg": pytest.approx(10.0), "tg_se": pytest.approx(17.029386, abs=1e-5),
                       "tg_se_kind": "paired"}  # fmt: skip
-    old = tg_noise(method, {"test_acc": 50.0})  # an STL result written before the bits
+    old = tg_noise(method, {"test_score": 50.0})  # an STL result written before the bits
     assert old["tg_se_kind"] == "binomial"
     assert old["tg_se"] == pytest.approx(22.135944, abs=1e-5)
-    assert tg_noise({"test_acc": 60.0}, {"test_acc": 50.0})["tg_se"] is None
+    assert tg_noise({"test_score": 60.0}, {"test_score": 50.0})["tg_se"] is None
 
 
 def test_one_image_of_two_thousand_is_within_noise_and_identical_is_never_negative():

@@ -26,7 +26,13 @@ from ntlab.catalog import PROCEDURES, method_names  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import ForkMergeOptions
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError, unknown_name
-from ntlab.metrics import regime_basis, regime_rule, transfer_gain
+from ntlab.metrics import (
+    delta_m_of,
+    higher_is_better,
+    regime_basis,
+    regime_rule,
+    transfer_gain,
+)
 
 NOT_IN_ALL = ("fixed",)  # needs a λ: grid-search is its fair form
 OnRun = Callable[[str, TrainConfig], Callable[[int], None] | None]
@@ -93,28 +99,34 @@ def method_row(
         table = lambda_grid_table(cfg, lams, [seed], on_run)
         chosen = grid_search_choice(table).iloc[0]
         row = table[(table["lam"] == chosen["lam"]) & (table["seed"] == seed)].iloc[0]
-        val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
+        val_score, test_score, source = row["val_score"], row["test_score"], row["source"]
         extra["lam"] = float(chosen["lam"])
+        extra["delta_m"] = _plain(row.get("delta_m"))
+        extra["test_metrics"] = row.get("test_metrics")
         noise = {k: _plain(row[k]) for k in ("tg_se", "tg_se_kind", "test_n")}
     elif method == "forkmerge":
         row = forkmerge_rows(cfg, [seed], fm, on_run).iloc[0]
-        val_acc, test_acc, source = row["val_acc"], row["test_acc"], row["source"]
+        val_score, test_score, source = row["val_score"], row["test_score"], row["source"]
         noise = {k: _plain(row[k]) for k in ("tg_se", "tg_se_kind", "test_n")}
+        extra["delta_m"] = _plain(row.get("delta_m"))
+        extra["test_metrics"] = row.get("test_metrics")
     else:
         run_cfg = TrainConfig(**{**asdict(cfg), "method": method, "lam": base.lam})
         results, source = cached_run(run_cfg, on_run(method, run_cfg) if on_run else None)
-        val_acc, test_acc = results["val_acc"], results["test_acc"]
+        val_score, test_score = results["val_score"], results["test_score"]
         noise = se_columns(results, stl)
+        extra["delta_m"] = delta_m_of(results, stl)
+        extra["test_metrics"] = (results.get("target_metrics") or {}).get("test")
     return {
         "method": method,
         "seed": seed,
-        "val_acc": float(val_acc),
-        "test_acc": float(test_acc),
-        "stl_val_acc": float(stl["val_acc"]),
-        "stl_test_acc": float(stl["test_acc"]),
-        "tg": transfer_gain(float(test_acc), stl["test_acc"]),
+        "val_score": float(val_score),
+        "test_score": float(test_score),
+        "stl_val_score": float(stl["val_score"]),
+        "stl_test_score": float(stl["test_score"]),
+        "tg": transfer_gain(float(test_score), stl["test_score"], higher_is_better(stl)),
         **noise,
-        "tg_val": transfer_gain(float(val_acc), stl["val_acc"]),
+        "tg_val": transfer_gain(float(val_score), stl["val_score"], higher_is_better(stl)),
         "source": source,
         **extra,
     }
@@ -130,30 +142,51 @@ def _plain(value):
 
 
 def with_delta_m(rows: pd.DataFrame) -> pd.DataFrame:
-    """Δm (App. C.1) of each row: one target metric, so 100 · (acc − STL) / STL."""
-    return rows.assign(
-        delta_m=100 * (rows["test_acc"] - rows["stl_test_acc"]) / rows["stl_test_acc"]
-    )
+    """Δm (App. C.1) of each row: over the target's metrics where the row has it
+    (`ntlab.metrics.delta_m_of`), else the relative change of the primary metric in its
+    direction, 100 · TG / |P(STL)| (one metric, e.g. accuracy)."""
+    fallback = 100 * rows["tg"] / rows["stl_test_score"].abs()
+    if "delta_m" not in rows:
+        return rows.assign(delta_m=fallback)
+    return rows.assign(delta_m=rows["delta_m"].astype(float).fillna(fallback))
 
 
 def tidy(rows: pd.DataFrame) -> pd.DataFrame:
     """compare.csv: one row per (method, seed, metric)."""
-    metrics = ["val_acc", "test_acc", "tg", "tg_se", "tg_val", "delta_m"]
+    metrics = ["val_score", "test_score", "tg", "tg_se", "tg_val", "delta_m"]
     frame = with_delta_m(rows)
     metrics = [m for m in metrics if m in frame]
+    frame = frame.drop(columns=["test_metrics"], errors="ignore")
     return frame.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
 
 
+def _metric_stats(column: pd.Series) -> dict:
+    """Mean and seed std of each target metric over the rows that recorded them."""
+    found = [m for m in column if isinstance(m, dict)]
+    if not found:
+        return {}
+    out = {}
+    for name in found[0]:
+        values = pd.Series([float(m[name]) for m in found if name in m])
+        out[name] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        }
+    return out
+
+
 def compare_summary(rows: pd.DataFrame) -> dict:
-    """Per method: accuracy and TG mean ± seed std, Δm (App. C.1; one target metric, so the
-    relative change of accuracy against STL, in %), and whether its TG helps, hurts or is
-    within its seed noise (the regime rule of `ntlab.metrics`); methods ranked by mean TG."""
+    """Per method: the target's primary score and TG mean ± seed std, every target metric
+    (`metrics`), Δm (App. C.1: the mean relative change of the target's metrics against
+    STL in their directions, in %; for a classifier, that of its accuracy), and whether its
+    TG helps, hurts or is within its noise (the regime rule of `ntlab.metrics`); methods
+    ranked by mean Δm."""
     frame = with_delta_m(rows)
     grouped = frame.groupby("method", sort=False)
     stats = {}
     for method, group in grouped:
         entry = {"seeds": len(group)}
-        for column in ("test_acc", "val_acc", "tg", "delta_m"):
+        for column in ("test_score", "val_score", "tg", "delta_m"):
             values = group[column]
             entry[column] = {
                 "mean": float(values.mean()),
@@ -163,10 +196,12 @@ def compare_summary(rows: pd.DataFrame) -> dict:
         if "tg_se" in fields:  # one seed: TG's test-set SE
             entry["tg"].update(se=fields["tg_se"], se_kind=fields["tg_se_kind"])
         entry["effect"] = fields["effect"]
+        if "test_metrics" in group:
+            entry["metrics"] = _metric_stats(group["test_metrics"])
         if "lam" in group and group["lam"].notna().any():
             entry["lam_per_seed"] = [float(x) for x in group["lam"]]
         stats[method] = entry
-    ranking = sorted(stats, key=lambda m: stats[m]["tg"]["mean"], reverse=True)
+    ranking = sorted(stats, key=lambda m: stats[m]["delta_m"]["mean"], reverse=True)
     counts = [stats[m]["seeds"] for m in stats]
     out = {
         "methods": stats,

@@ -36,10 +36,20 @@ def csd_table(
     on_row: Callable[[dict], None] | None = None,
     skip: Collection[Path] = (),
 ) -> pd.DataFrame:
-    """One row per (λ, seed): csd, tg, its test-set SE (tg_se, tg_se_kind), val_acc, test_acc,
+    """One row per (λ, seed): csd, tg, its test-set SE (tg_se, tg_se_kind), val_score, test_score,
     source (run | cache); `done`, `on_row` and `skip` as in `lambda_grid_table`."""
     table = lambda_grid_table(base, lams, seeds, on_run, done, on_row, skip)
-    columns = ["lam", "seed", "csd", "tg", "tg_se", "tg_se_kind", "val_acc", "test_acc", "source"]
+    columns = [
+        "lam",
+        "seed",
+        "csd",
+        "tg",
+        "tg_se",
+        "tg_se_kind",
+        "val_score",
+        "test_score",
+        "source",
+    ]
     return table.reindex(columns=columns)
 
 

@@ -81,7 +81,7 @@ def gcs_table(
     opts: GcsOptions,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[float, dict[str, float]]]:
-    """(one row per (batch, λ): gcs, tg, tg_loss, val_acc, val_loss, aux_kind; per λ the
+    """(one row per (batch, λ): gcs, tg, tg_loss, val_score, val_loss, aux_kind; per λ the
     validation-image part of the standard error of its mean TG: {"tg": …, "tg_loss": …}).
 
     `tg` is the paper's TG in validation accuracy points; `tg_loss` the same comparison in
@@ -108,6 +108,8 @@ def gcs_table(
             seeded_generator(opts.seed, "gcs:aux"),
         )
     x_val, y_val = data[target].x("val"), data[target].y("val")
+    spec = data[target].spec
+    sign = 1.0 if spec.higher_is_better else -1.0  # TG > 0: the step helped
     lam_t = torch.tensor(lams, device=device)
     zero = lams.index(0.0)
     # per λ and validation image, the sum over batches of its difference from the λ = 0 step
@@ -129,20 +131,23 @@ def gcs_table(
             stacked = one_step_params(
                 {n: params[n].detach() for n in updated}, g_tgt, g_aux, lam_t, opts.eta
             )
-            correct, losses = one_step_outcomes(model, head, stacked, x_val, y_val)
-            diff_correct += (correct.double() - correct[zero].double()).cpu()
-            diff_loss += (losses[zero].double() - losses.double()).cpu()
-            acc = (correct.double().mean(1) * 100).tolist()
-            loss = losses.double().mean(1).tolist()
+            if spec.is_classification:
+                correct, losses = one_step_outcomes(model, head, stacked, x_val, y_val)
+                diff_correct += (correct.double() - correct[zero].double()).cpu()
+                diff_loss += (losses[zero].double() - losses.double()).cpu()
+                acc = (correct.double().mean(1) * 100).tolist()
+                loss = losses.double().mean(1).tolist()
+            else:  # the primary metric in its direction; no per-image parts
+                acc, loss = one_step_scores(model, head, spec, stacked, x_val, y_val)
             for i, lam in enumerate(lams):
                 rows.append(
                     {
                         "batch": b,
                         "lam": lam,
                         "gcs": cos,
-                        "tg": acc[i] - acc[zero],
+                        "tg": sign * (acc[i] - acc[zero]),
                         "tg_loss": loss[zero] - loss[i],
-                        "val_acc": acc[i],
+                        "val_score": acc[i],
                         "val_loss": loss[i],
                         "aux_kind": opts.aux_kind,
                     }
@@ -150,6 +155,8 @@ def gcs_table(
             if on_batch:
                 on_batch(b + 1)
     n = len(y_val)
+    if not spec.is_classification:  # the SE of a mean TG then comes from the batches alone
+        return pd.DataFrame(rows), {}
     image_se = {
         lam: {
             "tg": _image_se(diff_correct[i] * 100 / opts.batches, n),
@@ -209,17 +216,7 @@ def one_step_outcomes(
     model.eval()
     prefix = f"heads.{head}."
     n_models = len(next(iter(stacked.values())))
-    models = [
-        (
-            {
-                k.removeprefix("backbone."): v[i]
-                for k, v in stacked.items()
-                if k.startswith("backbone.")
-            },
-            {k.removeprefix(prefix): v[i] for k, v in stacked.items() if k.startswith(prefix)},
-        )
-        for i in range(n_models)
-    ]
+    models = [_split_params(stacked, prefix, i) for i in range(n_models)]
     correct: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
     losses: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
     for xs, ys in labelled_chunks(x, y, chunk):  # each chunk decoded once for every model
@@ -233,6 +230,40 @@ def one_step_outcomes(
         torch.stack([torch.cat(c) for c in correct]),
         torch.stack([torch.cat(v) for v in losses]),
     )
+
+
+def _split_params(stacked: dict[str, torch.Tensor], prefix: str, i: int) -> tuple[dict, dict]:
+    """Model i of a stack: (backbone parameters, head parameters) for functional_call."""
+    backbone = {
+        k.removeprefix("backbone."): v[i] for k, v in stacked.items() if k.startswith("backbone.")
+    }
+    return backbone, {
+        k.removeprefix(prefix): v[i] for k, v in stacked.items() if k.startswith(prefix)
+    }
+
+
+@torch.no_grad()
+def one_step_scores(
+    model: MultiTaskModel, head: int, spec, stacked: dict[str, torch.Tensor], x, y, chunk: int = 256
+) -> tuple[list[float], list[float]]:
+    """(each stacked model's primary metric, its mean loss) on (x, y): the one-step
+    models of a target that is not a classification."""
+    was_training = model.training
+    model.eval()
+    prefix = f"heads.{head}."
+    n_models = len(next(iter(stacked.values())))
+    meters = [spec.evaluator() for _ in range(n_models)]
+    totals = [0.0] * n_models
+    for xs, ys in labelled_chunks(x, y, chunk):
+        for i in range(n_models):
+            backbone, head_params = _split_params(stacked, prefix, i)
+            out = functional_call(
+                model.heads[head], head_params, (functional_call(model.backbone, backbone, (xs,)),)
+            )
+            meters[i].update(out, ys)
+            totals[i] += float(spec.loss(out, ys)) * len(ys)
+    model.train(was_training)
+    return [m.compute()[spec.primary] for m in meters], [t / len(y) for t in totals]
 
 
 def gcs_summary(table: pd.DataFrame, image_se: dict[float, dict[str, float]] | None = None) -> dict:

@@ -18,11 +18,11 @@ from ntlab.catalog import PAIR_METHODS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import ForkMergeOptions, cached_forkmerge, joint_branches
 from ntlab.core.runner import TrainConfig, cached_run, stl_config
 from ntlab.errors import NtlabError, did_you_mean, unknown_name
-from ntlab.metrics import regime_basis, regime_of_seeds, regime_rule, transfer_gain
+from ntlab.metrics import gain, regime_basis, regime_of_seeds, regime_rule
 
 COLUMNS = [
-    "target", "aux", "method", "seed", "acc", "stl_acc", "tg", "tg_se", "tg_se_kind", "test_n",
-    "val_acc", "stl_val_acc",
+    "target", "aux", "method", "seed", "score", "stl_score", "tg", "tg_se", "tg_se_kind", "test_n",
+    "val_score", "stl_val_score",
 ]  # fmt: skip
 
 
@@ -117,12 +117,12 @@ def run_cell(
         "aux": cell.aux,
         "method": cell.method,
         "seed": cell.seed,
-        "acc": results["test_acc"],
-        "stl_acc": stl["test_acc"],
-        "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+        "score": results["test_score"],
+        "stl_score": stl["test_score"],
+        "tg": gain(results, stl),
         **se_columns(results, stl),
-        "val_acc": results["val_acc"],
-        "stl_val_acc": stl["val_acc"],
+        "val_score": results["val_score"],
+        "stl_val_score": stl["val_score"],
         "source": source,
     }
 

@@ -16,18 +16,18 @@ import pandas as pd
 
 from ntlab.config import SWEEP_LAMS as DEFAULT_LAMS  # noqa: F401  (re-exported)
 from ntlab.core.forkmerge import (
+    BRANCH_BUILDERS,
     ForkMergeOptions,
     cached_forkmerge,
     forkmerge_cache_dir,
-    joint_branches,
-    per_task_branches,
 )
 from ntlab.core.runner import TrainConfig, cached_results, cached_run, run_cache_dir, stl_config
 from ntlab.metrics import (
+    delta_m_of,
     entry_fields,
+    gain,
     images_measured,
     tg_noise,
-    transfer_gain,
     transfer_regime,
 )
 
@@ -70,8 +70,8 @@ def lambda_grid_table(
             if (lam, seed) in done:
                 row = dict(done[(lam, seed)])
                 results = cached_results(cfg) if lam == 0 else None  # its per-image results
-                if results is None or results.get("test_acc") != row["test_acc"]:
-                    results = {"test_acc": row["test_acc"]}
+                if results is None or results.get("test_score") != row["test_score"]:
+                    results = {"test_score": row["test_score"]}
             else:
                 label = "stl" if lam == 0 else f"λ={lam:g}"
                 results, source = cached_run(cfg, on_run(label, cfg) if on_run else None)
@@ -80,17 +80,19 @@ def lambda_grid_table(
                 row = {
                     "lam": lam,
                     "seed": seed,
-                    "val_acc": target["val_acc"],
-                    "test_acc": target["test_acc"],
-                    "tg": transfer_gain(target["test_acc"], ref["test_acc"]),
+                    "val_score": target["val_score"],
+                    "test_score": target["test_score"],
+                    "tg": gain(target, ref),
                     **se_columns(results, ref),
-                    "tg_val": transfer_gain(target["val_acc"], ref["val_acc"]),
-                    "csd": target["test_csd"],
+                    "tg_val": gain(target, ref, "val"),
+                    "delta_m": delta_m_of(results, ref),
+                    "test_metrics": target.get("test"),
+                    "csd": target.get("test_csd"),
                     "source": source,
                 }
                 if on_row:
                     on_row(row)
-            stl = stl or {**results, "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+            stl = stl or {**results, "val_score": row["val_score"], "test_score": row["test_score"]}
             if lam in lams:
                 rows.append(row)
     return pd.DataFrame(rows).sort_values(["lam", "seed"], ignore_index=True)
@@ -139,7 +141,7 @@ def _forkmerge_config(base: TrainConfig, seed: int) -> TrainConfig:
 
 
 def _branch_builder(branches: str):
-    return per_task_branches if branches == "per-task" else joint_branches
+    return BRANCH_BUILDERS[branches]
 
 
 def se_columns(results: dict, stl: dict) -> dict:
@@ -197,9 +199,18 @@ def lam_summary(table: pd.DataFrame, stats: pd.DataFrame) -> dict:
 
 
 def grid_search_choice(table: pd.DataFrame) -> pd.DataFrame:
-    """Per seed, the λ with the best validation accuracy (ties: the smaller λ), and its test TG."""
-    ordered = table.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
-    columns = ["seed", "lam", "val_acc", "tg", *[c for c in ("tg_se", "tg_se_kind") if c in table]]
+    """Per seed, the λ with the best validation score (ties: the smaller λ), and its test TG.
+
+    The best is the largest validation TG (`tg_val`): the primary metric in its direction
+    against the same seed's λ = 0 run, so an error metric is chosen at its lowest."""
+    ordered = table.sort_values(["seed", "tg_val", "lam"], ascending=[True, False, True])
+    columns = [
+        "seed",
+        "lam",
+        "val_score",
+        "tg",
+        *[c for c in ("tg_se", "tg_se_kind") if c in table],
+    ]
     return ordered.groupby("seed", as_index=False).first()[columns]
 
 
@@ -238,11 +249,13 @@ def forkmerge_rows(
         rows.append(
             {
                 "seed": seed,
-                "val_acc": results["val_acc"],
-                "test_acc": results["test_acc"],
-                "tg": transfer_gain(results["test_acc"], stl["test_acc"]),
+                "val_score": results["val_score"],
+                "test_score": results["test_score"],
+                "tg": gain(results, stl),
                 **se_columns(results, stl),
-                "tg_val": transfer_gain(results["val_acc"], stl["val_acc"]),
+                "tg_val": gain(results, stl, "val"),
+                "delta_m": delta_m_of(results, stl),
+                "test_metrics": (results.get("target_metrics") or {}).get("test"),
                 "source": source,
             }
         )
@@ -270,7 +283,7 @@ def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) ->
     """Per-λ mean ± std of TG, the regime, the best λ on test (mean) and the grid-search
     baseline (λ chosen on validation per seed), and ForkMerge's TG when it was run; grid
     search and ForkMerge each with its effect by the regime's noise rule."""
-    stats = lam_stats(table, ["tg", "tg_val", "test_acc", "val_acc", "csd"])
+    stats = lam_stats(table, ["tg", "tg_val", "test_score", "val_score", "csd"])
     chosen = grid_search_choice(table)
     summary = {
         **lam_summary(table, stats),
@@ -283,7 +296,7 @@ def sweep_summary(table: pd.DataFrame, forkmerge: pd.DataFrame | None = None) ->
     if forkmerge is not None and len(forkmerge):
         summary["forkmerge"] = {
             "tg": tg_stat(forkmerge),
-            "test_acc": mean_std(forkmerge["test_acc"]),
+            "test_score": mean_std(forkmerge["test_score"]),
             "effect": entry(forkmerge)["effect"],
         }
     return summary

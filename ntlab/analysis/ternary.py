@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ntlab.checks import check_number
-from ntlab.core.evaluate import evaluate, evaluate_with_correct
+from ntlab.core.evaluate import direction, evaluate_paired, pairing_fields, score
 from ntlab.core.forkmerge import BranchSpec, fork_branches
 from ntlab.core.merge import MergeSpace
 from ntlab.core.runner import TrainConfig
@@ -49,10 +49,10 @@ def ternary_table(
     stl: Mapping[str, Any],
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """(one row per grid point: w0, w1, w2, val_acc, test_acc, tg, tg_se, tg_se_kind, effect,
+    """(one row per grid point: w0, w1, w2, val_score, test_score, tg, tg_se, tg_se_kind, effect,
     best; each branch's own val/test accuracy).
 
-    `stl` is the STL run's result (`test_acc`, and `test_correct` for the paired SE; without
+    `stl` is the STL run's result (`test_score`, and `test_correct` for the paired SE; without
     it the SE is the binomial one)."""
     if len(branches) != 3:
         raise NtlabError(f"a ternary map needs exactly three branches, got {len(branches)}")
@@ -65,24 +65,28 @@ def ternary_table(
     space = MergeSpace([s.model.state_dict() for s in states])
     probe = copy.deepcopy(states[0].model)
 
+    sign = 1.0 if target.spec.higher_is_better else -1.0  # the search maximises
+
     def val_score(weights) -> float:
         space.load_into(probe, weights)
-        return evaluate(probe, target, "val")["acc"]
+        return sign * score(probe, target, "val")
 
-    score = RecordingScore(val_score)
-    best = grid_search(score, 3, 1 / resolution)
+    recorded = RecordingScore(val_score)
+    best = grid_search(recorded, 3, 1 / resolution)
     rows = []
-    for weights, val_acc in score.candidates:
+    for weights, val_score in recorded.candidates:
         space.load_into(probe, weights)
-        values, right = evaluate_with_correct(probe, target, "test")
-        noise = tg_noise({"test_acc": values["acc"], "test_correct": right}, stl)
+        values, pairing = evaluate_paired(probe, target, "test")
+        test_score = values[target.spec.primary]
+        merged = {"test_score": test_score, **pairing_fields(pairing), **direction(target)}
+        noise = tg_noise(merged, stl)
         rows.append(
             {
                 "w0": weights[0],
                 "w1": weights[1],
                 "w2": weights[2],
-                "val_acc": val_acc,
-                "test_acc": values["acc"],
+                "val_score": sign * val_score,
+                "test_score": test_score,
                 **noise,
                 "effect": gain_effect([noise["tg"]], noise["tg_se"]),
                 "best": tuple(weights) == tuple(best.weights),
@@ -92,8 +96,8 @@ def ternary_table(
         {
             "branch": b,
             "task_weights": spec.describe(),
-            "val_acc": evaluate(state.model, target, "val")["acc"],
-            "test_acc": evaluate(state.model, target, "test")["acc"],
+            "val_score": score(state.model, target, "val"),
+            "test_score": score(state.model, target, "test"),
         }
         for b, (state, spec) in enumerate(zip(states, branches))
     ]
@@ -107,7 +111,7 @@ def ternary_summary(table: pd.DataFrame, own: list[dict]) -> dict:
     corners = {}
     for b in range(3):
         row = table[table[f"w{b}"] == 1.0].iloc[0]
-        corners[own[b]["task_weights"]] = {"test_acc": float(row["test_acc"]), **_gain(row)}
+        corners[own[b]["task_weights"]] = {"test_score": float(row["test_score"]), **_gain(row)}
     centre = (
         table.assign(
             d=(table["w0"] - 1 / 3).abs()
@@ -122,8 +126,8 @@ def ternary_summary(table: pd.DataFrame, own: list[dict]) -> dict:
         "points": int(len(table)),
         "best": {
             "weights": _weights(best),
-            "val_acc": float(best["val_acc"]),
-            "test_acc": float(best["test_acc"]),
+            "val_score": float(best["val_score"]),
+            "test_score": float(best["test_score"]),
             **_gain(best),
         },
         "corners": corners,

@@ -62,6 +62,18 @@ def _start(ctx: typer.Context, values: dict[str, Any]) -> tuple[dict, TrainConfi
     return opts, cfg, bench
 
 
+def _need_classification(cfg: TrainConfig, command: str, what: str) -> None:
+    """csd and tsne read what only a classification target has: exit 2 otherwise."""
+    from ntlab.core.runner import target_spec
+
+    spec = target_spec(cfg)
+    if not spec.is_classification:
+        raise NtlabError(
+            f"{command} needs a classification target: it reads {what}; {cfg.target} is a "
+            f"{spec.description or 'task of another kind'}; gcs, sweep and pairwise work on it"
+        )
+
+
 def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
     return RunDir(
         opts["out"] or default_out(command, cfg.target),
@@ -160,7 +172,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
             "aux": aux,
             "aux_kind": gopts.aux_kind,
             "eta": gopts.eta,
-            "pretrain": {"steps": cfg.steps, "val_acc": stl["val_acc"], "source": source},
+            "pretrain": {"steps": cfg.steps, "val_score": stl["val_score"], "source": source},
             **summary,
         }
         complete(run, results, opts["format"])
@@ -229,6 +241,7 @@ def csd_command(ctx: typer.Context, values: dict) -> None:
 
     with guarded():
         opts, cfg, bench = _start(ctx, values)
+        _need_classification(cfg, "csd", "the classifier's max-softmax confidence")
         lams = _lams(opts["lams"])
         seeds = parse_seeds(opts["seeds"])
         if not any(lam > 0 for lam in lams):
@@ -350,6 +363,7 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
 
     with guarded():
         opts, cfg, bench = _start(ctx, values)
+        _need_classification(cfg, "tsne", "one feature vector per image, coloured by its class")
         lams = _lams(opts["lams"])
         tsne_analysis.check_tsne_options(opts["max_points"], opts["perplexity"])
         num_classes = bench.load([cfg.target])[cfg.target].num_classes

@@ -802,6 +802,23 @@ def results_table(title: str, columns: list[str], left: tuple[str, ...] = ()) ->
     return table
 
 
+def metric_fields(cfg) -> dict:
+    """`metric` and `higher_is_better` of the target of `cfg` (ntlab.core.runner)."""
+    from ntlab.core.runner import metric_fields as fields
+
+    return fields(cfg)
+
+
+def score_headers(results: dict[str, Any], splits: tuple[str, ...] = ("val", "test")) -> list[str]:
+    """Column headers of the target's primary metric: `val acc`, `test mIoU`, `test abs err ↓`
+    (↓: lower is better)."""
+    from ntlab.metrics import metric_label
+
+    arrow = "" if results.get("higher_is_better", True) else " ↓"
+    label = metric_label(results.get("metric"))
+    return [f"{split} {label}{arrow}" for split in splits]
+
+
 def gain_view(r: dict[str, Any]) -> dict[str, Any]:
     """A run's one-seed TG (`transfer_gain`, `tg_se`, `tg_se_kind`, `effect` in its results)
     in the form of `ntlab.metrics.gain_fields`."""

@@ -19,6 +19,7 @@ from ntlab.cli.common import (
     console,
     default_out,
     guarded,
+    metric_fields,
     parse_numbers,
     parse_seeds,
     print_paths,
@@ -27,6 +28,7 @@ from ntlab.cli.common import (
     resume_note,
     run_parallel,
     run_record,
+    score_headers,
 )
 from ntlab.config import SWEEP_LAMS, ForkMergeOptions, lams_text
 from ntlab.runs import RunDir
@@ -71,7 +73,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
     grid-search trains the λ grid and keeps the λ best on validation; forkmerge uses one
     branch per auxiliary task (Eq. 12). Writes compare.csv (method, seed, metric, value),
     compare.png (TG per method, mean ± seed std), results.json (per method: accuracy, TG
-    and Δm mean ± std; the ranking) and prints the table sorted by TG.
+    and Δm mean ± std; the ranking) and prints the table sorted by Δm.
     """
     import pandas as pd
 
@@ -154,6 +156,7 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
             "aux": cfg.aux,
             "steps": cfg.steps,
             "seeds": seeds,
+            **metric_fields(cfg),
             **summary,
             "runs_trained": trained,
             "runs_from_cache": len(new_rows) - trained,
@@ -176,25 +179,47 @@ def _print(results: dict, path: Path, quiet: bool) -> None:
         noise = stat["std"] if several else stat.get("se")  # one seed: TG's test-set SE
         return text + ("" if noise is None else f" ± {noise:.2f}")
 
+    from ntlab.metrics import metric_label
+
+    primary = results.get("metric", "acc")
+    others = [m for m in results.get("delta_m_over", {}) if m != primary]
+    lower = {m for m, higher in results.get("delta_m_over", {}).items() if not higher}
     table = results_table(
         f"compare → {results['target']} ({results['steps']} steps, "
-        f"{len(results['seeds'])} seed{'s' if several else ''}), sorted by TG",
-        ["method", "test acc", "TG vs STL", "transfer", "Δm (%)"],
+        f"{len(results['seeds'])} seed{'s' if several else ''}), sorted by Δm",
+        [
+            "method",
+            *score_headers(results, ("test",)),
+            *[f"{metric_label(m)}{' ↓' if m in lower else ''}" for m in others],
+            "TG vs STL",
+            "transfer",
+            "Δm (%)",
+        ],
         left=("method",),
     )
     table.caption = rule_caption(len(results["seeds"]))
     for method in results["ranking"]:
         stat = results["methods"][method]
         transfer = "reference" if method == "stl" else effect_label(stat["effect"], stat["seeds"])
+        extra = stat.get("metrics", {})
         table.add_row(
-            method, pm(stat["test_acc"]), pm(stat["tg"], True), transfer, pm(stat["delta_m"], True)
+            method,
+            pm(stat["test_score"]),
+            *[pm(extra[m]) if m in extra else "" for m in others],
+            pm(stat["tg"], True),
+            transfer,
+            pm(stat["delta_m"], True),
         )
     console.print(table)
     if "forkmerge" in results["methods"]:
         fm = results["methods"]["forkmerge"]
         subject = f"ForkMerge vs STL on {results['target']}"
         console.print(
-            tg_sentence(subject, stat_view({**fm["tg"], "seeds": fm["seeds"]}, fm["effect"])),
+            tg_sentence(
+                subject,
+                stat_view({**fm["tg"], "seeds": fm["seeds"]}, fm["effect"]),
+                results.get("metric"),
+            ),
             highlight=False,
             soft_wrap=True,
         )

@@ -61,13 +61,20 @@ def prepare(
     force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the data folder."),
 ) -> None:
-    """Build a benchmark's data cache (idempotent: an identical build is reused)."""
+    """Build a benchmark's data cache (idempotent: an identical build is reused).
+
+    digits: five digit domains at --size pixels. scenes: dense tasks on 32×32 canvases of
+    MNIST digits (--seed and --mnist-dir apply; --train, --val, --test count canvases,
+    default 4000 / 500 / 1000)."""
     from ntlab.data import get_benchmark
     from ntlab.data.digits import prepare_digits
 
     with guarded():
         get_benchmark(benchmark)
         check_seed("--seed", seed)
+        if benchmark == "scenes":
+            _prepare_scenes(seed, train, val, test, mnist_dir, verify, force, quiet)
+            return
         if benchmark != "digits":
             raise NtlabError(f"{benchmark} has no builder; its data is read from where you keep it")
         cfg = DigitsConfig(
@@ -81,6 +88,28 @@ def prepare(
             console.print(str(root))
         else:
             console.print(f"{'built' if built else 'already prepared, identical'}: {root}")
+
+
+def _prepare_scenes(seed, train, val, test, mnist_dir, verify, force, quiet) -> None:
+    from ntlab.data.scenes import ScenesConfig, prepare_scenes, read_scenes_manifest
+
+    defaults = ScenesConfig()
+    cfg = ScenesConfig(
+        seed=seed,
+        train=defaults.train if train is None else train,
+        val=defaults.val if val == DigitsConfig.val else val,
+        test=defaults.test if test == DigitsConfig.test else test,
+    )
+    before = read_scenes_manifest()
+    if not quiet:
+        console.print(f"building [bold]scenes[/] (seed {seed}, {cfg.size}×{cfg.size})…")
+    root = prepare_scenes(cfg, mnist_dir, verify, force)
+    after = read_scenes_manifest(root)
+    same = before is not None and after is not None and before.get("built") == after.get("built")
+    if quiet:
+        console.print(str(root))
+    else:
+        console.print(f"{'already prepared, identical' if same else 'built'}: {root}")
 
 
 @app.command("list")

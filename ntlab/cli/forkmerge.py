@@ -22,6 +22,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
     run_parallel,
+    score_headers,
     tg_cells,
 )
 from ntlab.config import ForkMergeOptions
@@ -272,8 +273,8 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
                 ew_source = ran.source([ew_job], ew_source) if ran else ew_source
                 fields = tg_fields(ew, stl)
                 results["ew"] = {
-                    "val_acc": ew["val_acc"],
-                    "test_acc": ew["test_acc"],
+                    "val_score": ew["val_score"],
+                    "test_score": ew["test_score"],
                     "source": ew_source,
                     "transfer_gain": fields["tg"],
                     "tg_se": fields["tg_se"],
@@ -342,26 +343,29 @@ def _print_summary(
         return
     table = results_table(
         f"forkmerge → {results['target']} ({results['steps']} steps, {results['rounds']} merges)",
-        ["model", "val acc", "test acc", "TG (test)", "transfer"],
+        ["model", *score_headers(results), "TG (test)", "transfer"],
         left=("model", "transfer"),
     )
     if "stl" in results:
         stl, ew = results["stl"], results["ew"]
         table.add_row(
             f"stl ({stl['source']})",
-            f"{stl['val_acc']:.2f}",
-            f"{stl['test_acc']:.2f}",
+            f"{stl['val_score']:.2f}",
+            f"{stl['test_score']:.2f}",
             "0",
             "reference",
         )
         table.add_row(
             f"ew ({ew['source']})",
-            f"{ew['val_acc']:.2f}",
-            f"{ew['test_acc']:.2f}",
+            f"{ew['val_score']:.2f}",
+            f"{ew['test_score']:.2f}",
             *tg_cells(ew),
         )
     table.add_row(
-        "forkmerge", f"{results['val_acc']:.2f}", f"{results['test_acc']:.2f}", *tg_cells(results)
+        "forkmerge",
+        f"{results['val_score']:.2f}",
+        f"{results['test_score']:.2f}",
+        *tg_cells(results),
     )
     if "stl" in results:
         table.caption = rule_caption(1)
@@ -370,7 +374,7 @@ def _print_summary(
         target = results["target"]
         for name, r in (("ForkMerge", results), ("EW", results["ew"])):
             console.print(
-                tg_sentence(f"{name} vs STL on {target}", gain_view(r)),
+                tg_sentence(f"{name} vs STL on {target}", gain_view(r), results.get("metric")),
                 highlight=False,
                 soft_wrap=True,
             )

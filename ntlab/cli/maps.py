@@ -19,6 +19,7 @@ from ntlab.cli.common import (
     console,
     default_out,
     guarded,
+    metric_fields,
     parse_numbers,
     parse_seeds,
     print_paths,
@@ -28,6 +29,7 @@ from ntlab.cli.common import (
     resumed_rows,
     run_parallel,
     run_record,
+    score_headers,
 )
 from ntlab.config import SWEEP_LAMS, ForkMergeOptions, TrainConfig, lams_text
 from ntlab.errors import NtlabError, unknown_name
@@ -41,8 +43,8 @@ if TYPE_CHECKING:
 CELLS = Path("checkpoints") / "cells.csv"
 SWEEP_ROWS = Path("checkpoints") / "rows.csv"  # one row per finished training of a sweep
 NOISE = ["tg_se", "tg_se_kind", "test_n"]  # one seed's test-set SE of TG
-SWEEP_FIXED = ["lam", "seed", "val_acc", "test_acc", "tg", *NOISE, "tg_val", "csd", "source"]
-SWEEP_FM = ["seed", "val_acc", "test_acc", "tg", *NOISE, "tg_val", "source"]
+SWEEP_FIXED = ["lam", "seed", "val_score", "test_score", "tg", *NOISE, "tg_val", "csd", "source"]
+SWEEP_FM = ["seed", "val_score", "test_score", "tg", *NOISE, "tg_val", "source"]
 
 
 def _forkmerge_options(cfg: TrainConfig, opts: dict) -> ForkMergeOptions:
@@ -92,7 +94,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
     """Sweep the task weight: fixed-λ joint training for every λ and seed (Eq. 1).
 
     The auxiliary tasks are mixed into one loss of weight λ (λ = 0 is STL); every training
-    is cached. Writes sweep.csv (method, lam, seed, val_acc, test_acc, tg, …), sweep.png
+    is cached. Writes sweep.csv (method, lam, seed, val_score, test_score, tg, …), sweep.png
     and results.json with the regime (each λ helps or hurts only beyond its seed noise), the
     best λ, and the grid-search baseline: per seed the λ with the best validation accuracy,
     and its test TG.
@@ -206,7 +208,7 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
             out = pd.concat([out, fm_rows.assign(method="forkmerge", lam=float("nan"))])
         columns = ["method", *SWEEP_FIXED[:-3], "tg_val", "csd", "source"]
         run.write_table("sweep.csv", out.reindex(columns=columns))
-        summary = sw.sweep_summary(table, fm_rows)
+        summary = {**metric_fields(cfg), **sw.sweep_summary(table, fm_rows)}
         results = {
             "target": cfg.target,
             "aux": cfg.aux,
@@ -228,7 +230,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
     several = n > 1
     table = results_table(
         f"sweep: {cfg.target} ← {', '.join(cfg.aux)}: {regime_label(summary['regime'], n)}",
-        ["λ", "val acc", "test acc", "TG (test)", "transfer"],
+        ["λ", *score_headers(summary), "TG (test)", "transfer"],
     )
     table.caption = rule_caption(n)
 
@@ -240,8 +242,8 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
         effect = summary["effect_per_lam"].get(lam)
         table.add_row(
             lam,
-            pm(row["val_acc_mean"], row["val_acc_std"], ".2f"),
-            pm(row["test_acc_mean"], row["test_acc_std"], ".2f"),
+            pm(row["val_score_mean"], row["val_score_std"], ".2f"),
+            pm(row["test_score_mean"], row["test_score_std"], ".2f"),
             pm(row["tg_mean"], row["tg_std"], "+.2f", None if effect is None else row.get("tg_se")),
             effect_label(effect, n) if effect else "STL",
         )
@@ -259,7 +261,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
         table.add_row(
             "forkmerge",
             "",
-            pm(f["test_acc"]["mean"], f["test_acc"]["std"], ".2f"),
+            pm(f["test_score"]["mean"], f["test_score"]["std"], ".2f"),
             pm(f["tg"]["mean"], f["tg"]["std"], "+.2f", f["tg"].get("se")),
             effect_label(f["effect"], n),
         )
@@ -271,12 +273,14 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
     best |= {"se": row.get("tg_se"), "se_kind": row.get("tg_se_kind")}
     best_fields = stat_view(best, summary["effect_per_lam"][key])
     console.print(
-        tg_sentence(f"best λ={key}, {subject}", best_fields), highlight=False, soft_wrap=True
+        tg_sentence(f"best λ={key}, {subject}", best_fields, summary.get("metric")),
+        highlight=False,
+        soft_wrap=True,
     )
     if "forkmerge" in summary:
         fm_fields = stat_view(summary["forkmerge"]["tg"], summary["forkmerge"]["effect"])
         console.print(
-            tg_sentence(f"ForkMerge vs STL on {cfg.target}", fm_fields),
+            tg_sentence(f"ForkMerge vs STL on {cfg.target}", fm_fields, summary.get("metric")),
             highlight=False,
             soft_wrap=True,
         )
@@ -288,7 +292,13 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
 
 def _pairwise_options(
     domains: Annotated[
-        str, typer.Option(help="Domains, comma-separated, or `all` (every one of the benchmark).")
+        str,
+        typer.Option(
+            "--tasks",
+            "--domains",
+            help="The tasks (the domains of digits and image lists), comma-separated, or `all` "
+            "(every one of the benchmark).",
+        ),
     ] = "all",
     method: Annotated[
         str,
@@ -317,7 +327,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
     """Transfer gain of every ordered (target, auxiliary) pair of domains (Figs. 5, 6a–b).
 
     Each cell trains the pair (cached; the target's STL run is shared by its row). Writes
-    pairwise.csv (target, aux, method, seed, acc, stl_acc, tg, …), one heatmap per method
+    pairwise.csv (target, aux, method, seed, score, stl_score, tg, …), one heatmap per method
     (pairwise_ew.png, pairwise_forkmerge.png) and results.json (negative cells per method,
     each target's regime over its auxiliary domains). A killed run continues with --resume.
     """
@@ -406,7 +416,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         rows.sort(key=lambda r: order[(r["target"], r["aux"], r["method"], int(r["seed"]))])
         table = pd.DataFrame(rows)
         run.write_table("pairwise.csv", table)
-        summary = pw.pairwise_summary(table)
+        summary = {**metric_fields(cfg), **pw.pairwise_summary(table)}
         trained = sum(r["source"] == "run" for r in new_rows)  # by this invocation
         results = {
             "domains": domains,
@@ -464,7 +474,8 @@ def _print_pairwise(
             if v["effect"] == "within_noise":
                 within += 1
                 continue
-            beyond.append(tg_sentence(f"{m}: {aux} {v['effect']} {target}", stat_view(v)))
+            subject = f"{m}: {aux} {v['effect']} {target}"
+            beyond.append(tg_sentence(subject, stat_view(v), summary.get("metric")))
         for line in beyond:
             console.print(line, highlight=False, soft_wrap=True)
         console.print(f"{m}: {within} of {info['cells']} pairs within noise", highlight=False)
@@ -510,7 +521,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
 
     Trains the branches (default: the target alone, target + A, target + B) for --steps each,
     then evaluates Σ_b Λ_b θ_b at every grid point with ForkMerge's grid search. Writes
-    ternary.csv (w0, w1, w2, val_acc, test_acc, tg, best), ternary.png and results.json.
+    ternary.csv (w0, w1, w2, val_score, test_score, tg, best), ternary.png and results.json.
     """
     from ntlab.analysis import ternary as tn
     from ntlab.core.forkmerge import BranchSpec, parse_branch
@@ -566,12 +577,16 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
 
             table, own = tn.ternary_table(cfg, specs, resolution, stl, on_step)
         run.write_table("ternary.csv", table)
-        summary = tn.ternary_summary(table, own)
+        summary = {**metric_fields(cfg), **tn.ternary_summary(table, own)}
         results = {
             "target": cfg.target,
             "steps": cfg.steps,
             "resolution": resolution,
-            "stl": {"val_acc": stl["val_acc"], "test_acc": stl["test_acc"], "source": source},
+            "stl": {
+                "val_score": stl["val_score"],
+                "test_score": stl["test_score"],
+                "source": source,
+            },
             **summary,
         }
         complete(run, results, opts["format"])
@@ -581,17 +596,17 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         out = results_table(
             f"ternary: {cfg.target}, {len(table)} merges "
             f"({summary['within_noise_points']} within noise), TG on test",
-            ["point", "Λ", "val acc", "test acc", "TG ± SE", "verdict"],
+            ["point", "Λ", *score_headers(summary), "TG ± SE", "verdict"],
             left=("point", "Λ", "verdict"),
         )
         for b, o in enumerate(own):
             corner = summary["corners"][o["task_weights"]]
             out.add_row(f"branch {b}", "/".join("1" if i == b else "0" for i in range(3)),
-                        f"{o['val_acc']:.2f}", f"{o['test_acc']:.2f}", tg_text(corner),
+                        f"{o['val_score']:.2f}", f"{o['test_score']:.2f}", tg_text(corner),
                         effect_label(corner["effect"]))  # fmt: skip
         best = summary["best"]
         out.add_row("best on val", "/".join(f"{w:.1f}" for w in best["weights"]),
-                    f"{best['val_acc']:.2f}", f"{best['test_acc']:.2f}", tg_text(best),
+                    f"{best['val_score']:.2f}", f"{best['test_score']:.2f}", tg_text(best),
                     effect_label(best["effect"]))  # fmt: skip
         weights = "(" + ", ".join(f"{w:.1f}" for w in best["weights"]) + ")"
         console.print(
@@ -601,7 +616,11 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         )
         console.print(out)
         console.print(
-            tg_sentence(f"the merge chosen on validation {weights} vs STL on {cfg.target}", best),
+            tg_sentence(
+                f"the merge chosen on validation {weights} vs STL on {cfg.target}",
+                best,
+                summary.get("metric"),
+            ),
             highlight=False,
             soft_wrap=True,
         )

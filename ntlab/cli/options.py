@@ -61,10 +61,12 @@ Schedule = Annotated[
     typer.Option(help=f"Learning-rate schedule. {preset_help('schedule')}"),
 ]
 Backbone = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="Backbone (cnn: small, fast on CPU; the others: torchvision's, trained from "
-        "scratch unless --weights)."
+        help="Backbone (cnn: small, fast on CPU; fcn: its fully-convolutional form for dense "
+        "tasks; resnet50-dilated: the paper's NYUv2 backbone; the others: torchvision's; all "
+        "trained from scratch unless --weights) [default: the benchmark's: fcn for scenes and "
+        "nyuv2, cnn otherwise]."
     ),
 ]
 BackboneLrScale = Annotated[
@@ -256,6 +258,10 @@ def train_config(opts: dict[str, Any], tasks: list[str], **overrides: Any) -> Tr
         values["threads"] = default_threads(jobs)
     if values.get("weights") is not None:
         values["weights"] = str(values["weights"])
+    if values.get("backbone") is None:
+        from ntlab.data import BENCHMARKS
+
+        values["backbone"] = getattr(BENCHMARKS.get(opts["benchmark"]), "default_backbone", "cnn")
     cfg = TrainConfig(**values, aux=resolve_aux(tasks, opts["target"], opts["aux"]))
     return apply_threads(cfg) if cfg.threads is None or cfg.threads > 0 else cfg
 
@@ -268,7 +274,7 @@ def training_options(
     optimizer: Optimizer = None,
     weight_decay: WeightDecay = None,
     schedule: Schedule = None,
-    backbone: Backbone = "cnn",
+    backbone: Backbone = None,
     width: Width = 16,
     weights: Weights = None,
     backbone_lr_scale: BackboneLrScale = None,

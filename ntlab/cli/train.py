@@ -21,6 +21,7 @@ from ntlab.cli.common import (
     resolve_options,
     results_table,
     run_parallel,
+    score_headers,
     tg_cells,
 )
 from ntlab.config import ForkMergeOptions
@@ -135,22 +136,22 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
         return
     table = results_table(
         f"{results['method']} → {results['target']} ({results['steps']} steps)",
-        ["model", "val acc", "test acc", "TG (test)", "transfer"],
+        ["model", *score_headers(results), "TG (test)", "transfer"],
         left=("model", "transfer"),
     )
     cached = " (cache)" if results.get("source") == "cache" else ""
     table.add_row(
         results["method"] + cached,
-        f"{results['val_acc']:.2f}",
-        f"{results['test_acc']:.2f}",
+        f"{results['val_score']:.2f}",
+        f"{results['test_score']:.2f}",
         *tg_cells(results),
     )
     if "stl" in results:
         stl = results["stl"]
         table.add_row(
             f"stl ({stl['source']})",
-            f"{stl['val_acc']:.2f}",
-            f"{stl['test_acc']:.2f}",
+            f"{stl['val_score']:.2f}",
+            f"{stl['test_score']:.2f}",
             "0",
             "reference",
         )
@@ -158,7 +159,8 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
     console.print(table)
     if "transfer_gain" in results and results.get("effect"):
         subject = f"{results['method']} vs STL on {results['target']}"
-        console.print(tg_sentence(subject, gain_view(results)), highlight=False, soft_wrap=True)
+        sentence = tg_sentence(subject, gain_view(results), results.get("metric", "acc"))
+        console.print(sentence, highlight=False, soft_wrap=True)
     print_paths(path)
 
 
@@ -208,11 +210,11 @@ def _train_procedure(opts: dict, bench) -> None:
             "method": method,
             "aux": cfg.aux,
             "steps": cfg.steps,
-            "val_acc": row["val_acc"],
-            "test_acc": row["test_acc"],
+            "val_score": row["val_score"],
+            "test_score": row["test_score"],
             "stl": {
-                "val_acc": row["stl_val_acc"],
-                "test_acc": row["stl_test_acc"],
+                "val_score": row["stl_val_score"],
+                "test_score": row["stl_test_score"],
                 "source": "cache",
             },
             "transfer_gain": row["tg"],

@@ -789,9 +789,10 @@ def validation_curve(cfg: TrainConfig) -> list[dict]:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
+    metric = (cached_results(cfg) or {}).get("metric", "acc")  # the target's primary metric
     curve = []
     for row in rows:
-        if (row.get("task"), row.get("split"), row.get("metric")) != (cfg.target, "val", "acc"):
+        if (row.get("task"), row.get("split"), row.get("metric")) != (cfg.target, "val", metric):
             continue
         try:
             curve.append({**row, "step": int(row["step"]), "value": float(row["value"])})

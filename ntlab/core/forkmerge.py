@@ -39,7 +39,7 @@ import torch
 from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F401  (re-exported)
 from ntlab.checks import MAX_STEPS, check_number
 from ntlab.config import ForkMergeOptions  # noqa: F401  (re-exported)
-from ntlab.core.evaluate import predict, target_results
+from ntlab.core.evaluate import evaluate_on, score_fields, target_results
 from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
     TrainConfig,
@@ -66,8 +66,8 @@ from ntlab.data.files import take
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NonFiniteError, NtlabError, unknown_name
 from ntlab.methods import AUX_TERM
-from ntlab.metrics import accuracy
 from ntlab.storage import DamagedFileError, load_torch_file, save_torch_file, short_reason
+from ntlab.tasks import orient
 
 if TYPE_CHECKING:
     from ntlab.core.distributed import World
@@ -96,6 +96,9 @@ def per_task_branches(target: str, aux: list[str]) -> list[BranchSpec]:
     """Eq. 12: the target alone plus one branch per auxiliary task."""
     tgt = LossTerm(target, (target,), 1.0)
     return [BranchSpec((tgt,))] + [BranchSpec((tgt, LossTerm(a, (a,), 1.0))) for a in aux]
+
+
+BRANCH_BUILDERS = {"per-task": per_task_branches, "joint": joint_branches}
 
 
 def parse_branch(text: str, tasks: list[str]) -> BranchSpec:
@@ -227,8 +230,12 @@ def run_forkmerge(
         pick = pick[: opts.val_samples].to(y_val.device)
         x_val, y_val = x_val[pick], y_val[pick]
 
+    spec = target.spec
+    sign = 1.0 if spec.higher_is_better else -1.0  # searches maximise; records keep the metric
+
     def val_score(model: torch.nn.Module) -> float:
-        return accuracy(*predict(model, cfg.target, x_val, y_val))
+        values = evaluate_on(model, cfg.target, spec, x_val, y_val, pair=False)[0]
+        return orient(values[spec.primary], spec.higher_is_better)
 
     out = ForkMergeOutcome(model=states[0].model)
     out.timings = {"train": 0.0, "exchange": 0.0, "search": 0.0}
@@ -377,7 +384,7 @@ def run_forkmerge(
                         "step": step,
                         "branch": b,
                         "task_weights": branches[b].describe(),
-                        "val_acc": own.get(b),
+                        "val_score": None if b not in own else sign * own[b],
                         "lambda": chosen.get(b, 0.0),
                         "excluded": diverged.get(b, ""),
                     }
@@ -396,11 +403,11 @@ def run_forkmerge(
                         "step": step,
                         "candidate": c,
                         "weights": _weights_text(full),
-                        "val_acc": s,
+                        "val_score": sign * s,
                         "chosen": tuple(cand) == weights,
                     }
                 )
-            out.metrics += metric_rows(step, cfg.target, "val", {"acc": result.score})
+            out.metrics += metric_rows(step, cfg.target, "val", {spec.primary: sign * result.score})
         if opts.prune is not None and round_index == 0 and opts.prune < len(kept):
             pruned = [chosen.get(b, 0.0) for b in kept]
             kept = [kept[i] for i in prune_branches(pruned, opts.prune, protected=0)]
@@ -427,8 +434,7 @@ def run_forkmerge(
         "steps": step,
         "rounds": round_index,
         "branches": [b.describe() for b in branches],
-        "val_acc": per_split["val"]["acc"],
-        "test_acc": per_split["test"]["acc"],
+        **score_fields(spec, per_split),
         **kept,  # which test images the merged model got right: the pairing of TG's noise
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
         "merge_heads": opts.merge_heads,

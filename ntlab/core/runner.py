@@ -9,21 +9,17 @@ from pathlib import Path
 import torch
 
 from ntlab.catalog import SELECTIONS  # noqa: F401  (re-exported)
-from ntlab.checks import (
-    MAX_IMAGE_SIZE,
-    MAX_WIDTH,
-    MAX_WORKERS,
-    check_number,
-    check_seed,
-    check_steps,
+from ntlab.config import (  # noqa: F401  (re-exported: the validation lives with the config)
+    TrainConfig,
+    check_cnn_width,
+    resolve_aux,
+    resolve_device,
+    validate,
 )
-from ntlab.config import TrainConfig  # noqa: F401  (re-exported)
-from ntlab.core.evaluate import evaluate, evaluate_with_correct
+from ntlab.core.evaluate import evaluate_paired, pairing_fields, score, score_fields
 from ntlab.core.rules import Rule, RuleContext
-from ntlab.core.state import OPTIMIZERS, SCHEDULES, TrainState
+from ntlab.core.state import TrainState
 from ntlab.core.train import (
-    BN_BATCHES,
-    LOSS_REDUCTIONS,
     LossTerm,
     active_terms,
     attach_sources,
@@ -31,9 +27,9 @@ from ntlab.core.train import (
 )
 from ntlab.data import TaskData, get_benchmark
 from ntlab.data.sampler import BatchSource, seeded_generator
-from ntlab.errors import NtlabError, unknown_name
+from ntlab.errors import NtlabError
 from ntlab.methods import get_method
-from ntlab.metrics import gain_fields, pack_correct, tg_noise, transfer_gain
+from ntlab.metrics import gain, gain_fields, tg_noise
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.storage import DamagedFileError, load_torch_file, read_json_object, save_torch_file
 
@@ -41,6 +37,26 @@ from ntlab.storage import DamagedFileError, load_torch_file, read_json_object, s
 def benchmark_of(cfg: TrainConfig):
     """The benchmark of `cfg`, with its data options."""
     return get_benchmark(cfg.benchmark, **cfg.data_options())
+
+
+def target_spec(cfg: TrainConfig):
+    """The target's TaskSpec without loading any data (a classification where the
+    benchmark declares no specs: digits and image lists)."""
+    from ntlab.tasks import classification_task
+
+    specs = getattr(benchmark_of(cfg), "specs", None)
+    return specs()[cfg.target] if specs else classification_task(0)
+
+
+def metric_fields(cfg: TrainConfig) -> dict:
+    """`metric` and `higher_is_better` of the target's primary metric, and the metrics Δm
+    averages (`delta_m_over`, each with its direction), for summaries."""
+    spec = target_spec(cfg)
+    return {
+        "metric": spec.primary,
+        "higher_is_better": spec.higher_is_better,
+        "delta_m_over": spec.delta_m_over,
+    }
 
 
 def resolved_threads(cfg: TrainConfig) -> int:
@@ -58,98 +74,18 @@ def apply_threads(cfg: TrainConfig) -> TrainConfig:
     return cfg if cfg.threads == threads else TrainConfig(**{**asdict(cfg), "threads": threads})
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NtlabError(
-            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
-        )
-    if name != "cpu" and not name.startswith("cuda"):
-        raise NtlabError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
-def resolve_aux(benchmark_tasks: list[str], target: str, aux: str | list[str] | None) -> list[str]:
-    """`all`/None → every other task; a comma list is checked against the benchmark."""
-    if target not in benchmark_tasks:
-        raise unknown_name("target", target, benchmark_tasks)
-    if aux is None or aux == "all" or aux == ["all"]:
-        return [t for t in benchmark_tasks if t != target]
-    names = [a.strip() for a in aux.split(",")] if isinstance(aux, str) else list(aux)
-    names = [a for a in names if a]
-    if not names:
-        raise NtlabError("--aux is empty; give task names separated by commas, or `all`")
-    for name in names:
-        if name not in benchmark_tasks:
-            raise unknown_name("auxiliary task", name, benchmark_tasks)
-    if target in names:
-        raise NtlabError(f"--target {target} is also listed in --aux; remove it from --aux")
-    if len(set(names)) != len(names):
-        raise NtlabError("--aux lists a task twice")
-    return names
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Reject impossible numbers and unknown names before any work is done."""
-    get_method(cfg.method)
-    BACKBONES.get(cfg.backbone)
-    check_steps("--steps", cfg.steps)
-    check_number("--batch-size", cfg.batch_size, low=1, integer=True)
-    check_number("--lr", cfg.lr, low=0, low_open=True)
-    check_number("--lam", cfg.lam, low=0, why="λ weighs the auxiliary loss")
-    check_number("--weight-decay", cfg.weight_decay, low=0)
-    check_number("--eval-every", cfg.eval_every, low=1, integer=True)
-    check_number("--backbone-lr-scale", cfg.backbone_lr_scale, low=0, low_open=True)
-    check_seed("--seed", cfg.seed)
-    if cfg.backbone == "cnn":
-        check_cnn_width(cfg.width)
-    if cfg.image_size is not None:
-        check_number("--image-size", cfg.image_size, low=1, high=MAX_IMAGE_SIZE, integer=True)
-    if cfg.workers is not None:
-        check_number("--workers", cfg.workers, low=0, high=MAX_WORKERS, integer=True)
-    if cfg.optimizer not in OPTIMIZERS:
-        raise unknown_name("optimizer", cfg.optimizer, OPTIMIZERS)
-    if cfg.schedule not in SCHEDULES:
-        raise unknown_name("schedule", cfg.schedule, SCHEDULES)
-    if get_method(cfg.method).uses_aux and not cfg.aux:
-        raise NtlabError(f"method {cfg.method} needs at least one auxiliary task (--aux)")
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise NtlabError(f"--weights file {cfg.weights} does not exist")
-    resolve_device(cfg.device)
-    if cfg.threads is not None and cfg.threads <= 0:
-        raise NtlabError(f"--threads must be a positive number of threads, got {cfg.threads}")
-    for option, value, choices in (
-        ("--bn-batches", cfg.bn_batches, BN_BATCHES),
-        ("--select", cfg.select, SELECTIONS),
-        ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
-    ):
-        if value not in choices:
-            raise unknown_name(option, value, choices)
-
-
-def check_cnn_width(width: int) -> None:
-    """The cnn backbone normalises `width` and 2·width channels with GroupNorm(min(8, c)),
-    which needs c to be a multiple of its groups: widths 1–4, or multiples of 8."""
-    check_number("--width", width, low=1, high=MAX_WIDTH, integer=True)
-    if width > 4 and width % 8:
-        raise NtlabError(
-            f"--width of the cnn backbone must be 1, 2, 3, 4 or a multiple of 8, got {width} "
-            "(its GroupNorm layers split width and 2×width channels into 8 groups)"
-        )
-
-
 def build_model(
     cfg: TrainConfig, data: dict[str, TaskData], device: torch.device
 ) -> MultiTaskModel:
     """Backbone then heads (target first), seeded: STL and joint runs start from the same θ_0."""
     torch.manual_seed(cfg.seed)
-    image_size = next(iter(data.values())).x("train").shape[-1]  # tensors and ImageFiles
+    x = next(iter(data.values())).x("train")
+    input_shape = tuple(x.shape[1:])  # tensors and ImageFiles
     backbone = BACKBONES.get(cfg.backbone)(
-        image_size=image_size, width=cfg.width, weights=cfg.weights
+        image_size=x.shape[-1], width=cfg.width, weights=cfg.weights, input_shape=input_shape
     )
-    classes = {name: task.num_classes for name, task in data.items()}
-    return MultiTaskModel(backbone, classes).to(device)
+    specs = {name: task.spec for name, task in data.items()}
+    return MultiTaskModel(backbone, specs, input_shape).to(device)
 
 
 @dataclass
@@ -199,7 +135,8 @@ def run_training(
                  "value": value}
             )  # fmt: skip
 
-    best_val, best_step, best_weights = -1.0, None, None
+    target_spec = data[cfg.target].spec
+    best_val, best_step, best_weights = None, None, None
     keep_best = cfg.select == "best-val"
     while state.step < cfg.steps:
         chunk = min(cfg.eval_every, cfg.steps - state.step)
@@ -208,11 +145,11 @@ def run_training(
             on_step=on_step, bn_batches=cfg.bn_batches, loss_reduction=cfg.loss_reduction,
         )  # fmt: skip
         if state.step < cfg.steps or keep_best:
-            val_acc = evaluate(state.model, data[cfg.target], "val")["acc"]
+            val_score = score(state.model, data[cfg.target], "val")
             if state.step < cfg.steps:
-                rows += metric_rows(state.step, cfg.target, "val", {"acc": val_acc})
-            if keep_best and val_acc > best_val:
-                best_val, best_step = val_acc, state.step
+                rows += metric_rows(state.step, cfg.target, "val", {target_spec.primary: val_score})
+            if keep_best and (best_val is None or better(val_score, best_val, target_spec)):
+                best_val, best_step = val_score, state.step
                 if state.step < cfg.steps:  # the last iterate needs no copy
                     best_weights = {
                         k: v.detach().clone() for k, v in state.model.state_dict().items()
@@ -222,37 +159,46 @@ def run_training(
     selection = {}
     if keep_best:
         target = data[cfg.target]
-        last = {s: evaluate(state.model, target, s)["acc"] for s in ("val", "test")}
+        last = {s: score(state.model, target, s) for s in ("val", "test")}
         selection = {
             "select": "best-val",
             "selected_step": best_step,
-            "last": {"step": state.step, "val_acc": last["val"], "test_acc": last["test"]},
+            "last": {"step": state.step, "val_score": last["val"], "test_score": last["test"]},
         }
         if best_step != state.step:
             state.model.load_state_dict(best_weights)
-    per_task, kept = {}, {}
+    per_task, kept, target_values = {}, {}, {}
     for name in tasks:
-        per_task[name] = {}
+        spec = data[name].spec
+        per_task[name] = {"metric": spec.primary, "higher_is_better": spec.higher_is_better}
         for split in ("val", "test"):
-            values, correct = evaluate_with_correct(state.model, data[name], split)
+            values, pairing = evaluate_paired(state.model, data[name], split)
             rows += metric_rows(state.step, name, split, values)
-            per_task[name][f"{split}_acc"] = values["acc"]
-            per_task[name][f"{split}_csd"] = values["csd"]
-            if name == cfg.target and split == "test":
-                kept = {"test_n": int(correct.numel()), "test_correct": pack_correct(correct)}
+            per_task[name][f"{split}_score"] = values[spec.primary]
+            per_task[name][split] = values
+            if "csd" in values:
+                per_task[name][f"{split}_csd"] = values["csd"]
+            if name == cfg.target:
+                target_values[split] = values
+                if split == "test":
+                    kept = pairing_fields(pairing)
     results = {
         "target": cfg.target,
         "method": cfg.method,
         "aux": cfg.aux if get_method(cfg.method).uses_aux else [],
         "steps": state.step,
-        "val_acc": per_task[cfg.target]["val_acc"],
-        "test_acc": per_task[cfg.target]["test_acc"],
-        **kept,  # which test images the target got right: the pairing of TG's noise
+        **score_fields(target_spec, target_values),
+        **kept,  # which test images the target got right (or its test folds): TG's noise
         "tasks": per_task,
         **selection,
         **data_notes(bench),
     }
     return TrainOutcome(state, data, rows, results)
+
+
+def better(a: float, b: float, spec) -> bool:
+    """Whether primary score `a` is strictly better than `b` in the task's direction."""
+    return a > b if spec.higher_is_better else a < b
 
 
 def data_notes(bench) -> dict:
@@ -271,7 +217,7 @@ def build_rule(
     target = data[cfg.target]
     head = model.head_index(cfg.target)
     val = BatchSource(
-        [TaskData(target.name, target.num_classes, {"train": target.splits["val"]})],
+        [TaskData(target.name, target.num_classes, {"train": target.splits["val"]}, target.spec)],
         [head],
         cfg.batch_size,
         seeded_generator(cfg.seed, f"val:{cfg.target}"),
@@ -352,6 +298,9 @@ def tg_fields(results: dict, stl: dict) -> dict:
     return gain_fields([noise["tg"]], noise["tg_se"], noise["tg_se_kind"])
 
 
+STL_KEPT = ("metric", "higher_is_better", "test_n", "test_correct", "test_folds")
+
+
 def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
     """Add the STL baseline and TG = P(method) − P(STL) on test (and on val), the test TG
     with its noise and verdict (`tg_fields`)."""
@@ -359,16 +308,16 @@ def with_transfer_gain(results: dict, stl: dict, source: str) -> dict:
     return {
         **results,
         "stl": {
-            "val_acc": stl["val_acc"],
-            "test_acc": stl["test_acc"],
+            "val_score": stl["val_score"],
+            "test_score": stl["test_score"],
             "source": source,
-            **{k: stl[k] for k in ("test_n", "test_correct") if k in stl},
+            **{k: stl[k] for k in STL_KEPT if k in stl},
         },
         "transfer_gain": fields["tg"],
         "tg_se": fields["tg_se"],
         "tg_se_kind": fields["tg_se_kind"],
         "effect": fields["effect"],
-        "transfer_gain_val": transfer_gain(results["val_acc"], stl["val_acc"]),
+        "transfer_gain_val": gain(results, stl, "val"),
     }
 
 

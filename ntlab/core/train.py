@@ -94,7 +94,7 @@ def term_losses(
     else:
         x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
         features = model.features(x)
-    parts = features.split([len(b[1]) for b in batches])
+    parts = features.split([len(b[2]) for b in batches])
     losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
     return losses, features
 

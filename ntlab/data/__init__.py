@@ -15,6 +15,7 @@ __all__ = ["BENCHMARKS", "SPLITS", "Benchmark", "TaskData", "get_benchmark"]
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from ntlab.data import benchmark, digits, imagelist  # noqa: F401  (registers them)
+    from ntlab.data import benchmark, digits, imagelist  # noqa: F401, I001  (registers them)
+    from ntlab.data import dense  # noqa: F401  (after them: `data list` shows digits first)
 
     return getattr(benchmark, name)

@@ -15,17 +15,28 @@ import torch
 from ntlab.catalog import DATA_OPTIONS  # noqa: F401  (re-exported)
 from ntlab.errors import NtlabError
 from ntlab.registry import Registry
+from ntlab.tasks import TaskSpec, classification_task
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class TaskData:
-    """One task's data, per split: images (uint8 [N, C, H, W] or ImageFiles) and labels."""
+    """One task's data, per split: inputs (uint8 images [N, C, H, W], ImageFiles, or any
+    tensor whose first dimension is the sample) and targets (class labels, or any tensor
+    of the task's targets, e.g. per-pixel maps), and what the task is (`spec`: its head,
+    loss and metrics; classification into `num_classes` classes when not given)."""
 
     name: str
-    num_classes: int
+    num_classes: int | None
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    spec: TaskSpec | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            if self.num_classes is None:
+                raise ValueError(f"task {self.name} needs a spec or a number of classes")
+            self.spec = classification_task(self.num_classes)
 
     def x(self, split: str):
         return self.splits[split][0]

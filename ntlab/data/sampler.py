@@ -37,15 +37,23 @@ class BatchSource:
         self.x = (
             cat_images([t.x("train") for t in tasks]) if len(tasks) > 1 else tasks[0].x("train")
         )
-        self.y = torch.cat([t.y("train") for t in tasks]) if len(tasks) > 1 else tasks[0].y("train")
+        targets = [t.y("train") for t in tasks]
+        # Tasks whose targets stack (class labels) share one tensor; others (a mixture of
+        # dense tasks) keep one tensor each, and a batch is ordered task by task.
+        stack = all(y.shape[1:] == targets[0].shape[1:] and y.dtype == targets[0].dtype
+                    for y in targets)  # fmt: skip
+        self.y = torch.cat(targets) if len(tasks) > 1 and stack else targets[0]
+        self.parts = None if stack else targets
+        self.n = sum(len(y) for y in targets)
         device = self.y.device
+        self.offsets = torch.tensor([0] + [len(y) for y in targets], device=device).cumsum(0)
         self.head = torch.cat(
             [
                 torch.full((t.size("train"),), h, dtype=torch.long, device=device)
                 for t, h in zip(tasks, head_ids)
             ]
         )
-        self.batch_size = min(batch_size, len(self.y))
+        self.batch_size = min(batch_size, self.n)
         self.generator = generator
         self.augment = augment  # image files: training transform (random crop, flip) or eval
         self.salt = generator.initial_seed()
@@ -59,7 +67,7 @@ class BatchSource:
     def _advance(self) -> torch.Tensor:
         """The positions of the next batch (the only place the order is decided)."""
         if self._pos + self.batch_size > len(self._perm):
-            self._perm = torch.randperm(len(self.y), generator=self.generator).to(self.y.device)
+            self._perm = torch.randperm(self.n, generator=self.generator).to(self.y.device)
             self._pos = 0
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
@@ -70,7 +78,21 @@ class BatchSource:
         if isinstance(self.x, ImageFiles):
             return self._next_decoded()
         idx = self._advance()
+        if self.parts is not None:
+            return self._mixed(idx)
         return self.x[idx], self.y[idx], self.head[idx]
+
+    def _mixed(self, idx: torch.Tensor):
+        """A batch of tasks whose targets do not stack: ordered task by task (the union's
+        order), with one target tensor per task."""
+        idx = idx.sort().values
+        head = self.head[idx]
+        bounds = torch.searchsorted(idx, self.offsets).tolist()
+        ys = tuple(
+            y[idx[lo:hi] - off]
+            for y, lo, hi, off in zip(self.parts, bounds, bounds[1:], self.offsets.tolist())
+        )
+        return self.x[idx], ys, head
 
     def _requests(self):
         """The coming batch requests, from a copy of this source (the source itself only

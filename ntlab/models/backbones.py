@@ -122,3 +122,34 @@ def load_weights(model: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] 
             f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, "
             f"e.g. {(result.missing_keys + result.unexpected_keys)[0]!r})"
         )
+
+
+# --- fully-convolutional backbones for dense tasks (ntlab.models.dense) -------------------
+
+
+def _register_dense() -> None:
+    """`fcn` and `resnet50-dilated`: each returns a feature map and carries the head its
+    dense tasks get by default (`dense_head(in_channels, out_channels, (H, W))`)."""
+    from ntlab.models.dense import DENSE_BACKBONES, DENSE_HEADS
+
+    for name, factory in DENSE_BACKBONES.items():
+
+        def build(
+            image_size: int = 32,
+            width: int = 16,
+            weights: Path | None = None,
+            input_shape: tuple[int, ...] | None = None,
+            factory=factory,
+            head=DENSE_HEADS[name],
+            **_: object,
+        ) -> nn.Module:
+            sides = tuple(input_shape[-2:]) if input_shape else image_size
+            model = factory(image_size=sides, width=width, weights=weights)
+            model.dense_head = head
+            return model
+
+        build.__doc__ = factory.__doc__
+        BACKBONES.register(name)(build)
+
+
+_register_dense()

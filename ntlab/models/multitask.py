@@ -1,38 +1,70 @@
-"""Hard parameter sharing: one backbone, one linear head per task."""
+"""Hard parameter sharing: one backbone, one head per task."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntlab.tasks import TaskSpec, build_head, classification_task
+
 
 class MultiTaskModel(nn.Module):
-    """A shared backbone and one linear head per task, in the order of `task_classes`."""
+    """A shared backbone and one head per task, in the order of `tasks`.
 
-    def __init__(self, backbone: nn.Module, task_classes: dict[str, int]) -> None:
+    `tasks` maps each task to its `TaskSpec` (its head, loss and metrics), or to a number of
+    classes (a linear head and cross-entropy). `input_shape` is one input's shape (heads
+    of dense tasks upsample to it); heads are built in task order after the backbone, so a
+    seeded construction gives the same parameters wherever it runs.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tasks: Mapping[str, TaskSpec | int],
+        input_shape: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.task_names = list(task_classes)
-        self.heads = nn.ModuleList(
-            nn.Linear(backbone.out_features, c) for c in task_classes.values()
+        self.task_names = list(tasks)
+        self.specs = [
+            spec if isinstance(spec, TaskSpec) else classification_task(int(spec))
+            for spec in tasks.values()
+        ]
+        self.heads = nn.ModuleList(build_head(s, backbone, input_shape) for s in self.specs)
+        # one stacked matmul routes a mixed batch when every head is the same linear layer
+        self._linear_ce = all(
+            s.is_classification and s.head is None and s.loss is F.cross_entropy for s in self.specs
         )
 
     def head_index(self, task: str) -> int:
         return self.task_names.index(task)
 
+    def spec(self, task: str) -> TaskSpec:
+        return self.specs[self.head_index(task)]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     def logits(self, features: torch.Tensor, head: int) -> torch.Tensor:
+        """The output of head `head` (logits of a classifier, a dense task's maps)."""
         return self.heads[head](features)
 
     def routed_loss(
-        self, features: torch.Tensor, y: torch.Tensor, heads: torch.Tensor, present: list[int]
+        self, features: torch.Tensor, y, heads: torch.Tensor, present: list[int]
     ) -> torch.Tensor:
-        """Mean cross-entropy of each sample under its own task's head."""
+        """The mean loss of each sample under its own task's head and loss.
+
+        `y` is one tensor of targets (tasks whose targets stack), or, for a mixture of
+        tasks whose targets differ in shape, one tensor per task of `present` with the
+        batch ordered task by task (`ntlab.data.sampler.BatchSource` draws it so).
+        """
         if len(present) == 1:
-            return F.cross_entropy(self.heads[present[0]](features), y)
+            return self.specs[present[0]].loss(self.heads[present[0]](features), y)
+        if not self._linear_ce:
+            return self._mixed_loss(features, y, heads, present)
         if len({self.heads[h].out_features for h in present}) == 1:
             # One matmul over the stacked heads, then each sample picks its own: no masks.
             weight = torch.cat([self.heads[h].weight for h in present])
@@ -48,6 +80,25 @@ class MultiTaskModel(nn.Module):
             mask = heads == h
             total = total + F.cross_entropy(self.heads[h](features[mask]), y[mask], reduction="sum")
         return total / len(y)
+
+    def _mixed_loss(self, features, y, heads: torch.Tensor, present: list[int]) -> torch.Tensor:
+        """Σ_h n_h · L_h / n over the tasks h of a mixed batch (L_h: task h's mean loss on
+        its n_h samples), so every sample weighs the same whatever its task."""
+        n = len(heads)
+        if isinstance(y, torch.Tensor):
+            parts = [(h, heads == h) for h in present]
+            pieces = [(h, features[m], y[m]) for h, m in parts]
+        else:  # ordered task by task: contiguous pieces
+            counts = [
+                int(c)
+                for c in (heads[:, None] == torch.tensor(present, device=heads.device)).sum(0)
+            ]
+            pieces = list(zip(present, features.split(counts), y))
+        total = features.new_zeros(())
+        for h, f, t in pieces:
+            if len(f):
+                total = total + self.specs[h].loss(self.heads[h](f), t) * len(f)
+        return total / n
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -621,10 +621,10 @@ def search_figure(search: pd.DataFrame) -> Figure:
         group = group.sort_values("x")
         color = PALETTE[i % len(PALETTE)]
         step = int(group["step"].iloc[0])
-        ax.plot(group["x"], group["val_acc"], "-o", color=color, markersize=3.5, linewidth=1.2,
+        ax.plot(group["x"], group["val_score"], "-o", color=color, markersize=3.5, linewidth=1.2,
                 label=f"round {rnd} (step {step})")  # fmt: skip
         chosen = group[group["chosen"].astype(str) == "True"]
-        ax.scatter(chosen["x"], chosen["val_acc"], marker="*", s=160, color=color,
+        ax.scatter(chosen["x"], chosen["val_score"], marker="*", s=160, color=color,
                    edgecolors="black", linewidths=0.6, zorder=5)  # fmt: skip
     ax.set_xlabel("Λ₁, share of the auxiliary branch" if two else "candidate (search order)")
     ax.set_ylabel("validation accuracy of the merge (%)")

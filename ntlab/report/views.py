@@ -183,8 +183,8 @@ def run_noise(d: dict[str, Any], stl: dict[str, Any] | None = None) -> tuple[Any
     if isinstance(se, int | float) and math.isfinite(se):
         return se, d.get("tg_se_kind")
     n = images_measured(d) or (images_measured(stl) if stl else None)
-    if n and stl and isinstance(d.get("test_acc"), int | float):
-        return binomial_se(d["test_acc"], stl["test_acc"], n), "binomial"
+    if n and stl and isinstance(d.get("test_score"), int | float):
+        return binomial_se(d["test_score"], stl["test_score"], n), "binomial"
     return None, None
 
 
@@ -234,7 +234,7 @@ class View:
         return {
             "target": r.get("target", t.get("target", "")),
             "method": r.get("method", t.get("method", "")),
-            "test_acc": r.get("test_acc"),
+            "test_score": r.get("test_score"),
             "tg": r.get("transfer_gain"),
             "tg_std": run_noise(r, r.get("stl"))[0],  # the ± of TG: one seed's test-set SE
             "effect": r.get("effect"),
@@ -293,8 +293,8 @@ def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
         se, _ = run_noise(d, stl)
         return {
             "model": label,
-            "val acc (%)": num(d.get("val_acc")),
-            "test acc (%)": num(d.get("test_acc")),
+            "val acc (%)": num(d.get("val_score")),
+            "test acc (%)": num(d.get("test_score")),
             "TG vs STL (test)": "0 (baseline)" if baseline else pm(tg, se, always=True),
             "transfer": "reference" if baseline else run_effect(d, stl),
         }
@@ -315,8 +315,8 @@ def _per_task(r: dict[str, Any]) -> list[TableSpec]:
         [
             {
                 "task": task,
-                "val acc (%)": num(v.get("val_acc")),
-                "test acc (%)": num(v.get("test_acc")),
+                "val acc (%)": num(v.get("val_score")),
+                "test acc (%)": num(v.get("test_score")),
                 "test CSD": num(v.get("test_csd"), 3),
             }
             for task, v in tasks.items()
@@ -388,7 +388,7 @@ class ForkMergeView(View):
         out = []
         if merges is not None:
             cells = [
-                f"{lam:.2f} ({acc:.2f}%)" for lam, acc in zip(merges["lambda"], merges["val_acc"])
+                f"{lam:.2f} ({acc:.2f}%)" for lam, acc in zip(merges["lambda"], merges["val_score"])
             ]
             names = merges.drop_duplicates("branch").set_index("branch")["task_weights"]
             wide = (
@@ -620,7 +620,7 @@ class SweepView(View):
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         frame = _lam_stats_frame(
-            r, {"tg_val": "TG (val)", "test_acc": "test acc (%)", "csd": "CSD"}
+            r, {"tg_val": "TG (val)", "test_score": "test acc (%)", "csd": "CSD"}
         )
         frame.insert(0, "method", "fixed λ")
         extra = []
@@ -643,7 +643,9 @@ class SweepView(View):
                     "λ": "merged",
                     "TG vs STL (test)": tg_pm(fm["tg"], r.get("seeds")),
                     "transfer": effect_text(fm.get("effect"), r.get("seeds")),
-                    "test acc (%)": pm(fm["test_acc"]["mean"], fm["test_acc"]["std"], signed=False),
+                    "test acc (%)": pm(
+                        fm["test_score"]["mean"], fm["test_score"]["std"], signed=False
+                    ),
                 }
             )
         return pd.concat([frame, pd.DataFrame(extra)], ignore_index=True).fillna("")
@@ -807,7 +809,9 @@ class CompareView(View):
                     "rank": str(rank),
                     "method": method
                     + (f" (λ = {', '.join(lam_text(x) for x in lams)})" if lams else ""),
-                    "test acc (%)": pm(v["test_acc"]["mean"], v["test_acc"]["std"], signed=False),
+                    "test acc (%)": pm(
+                        v["test_score"]["mean"], v["test_score"]["std"], signed=False
+                    ),
                     "TG vs STL (test)": tg_pm(v["tg"], v["seeds"]),
                     "transfer": "reference" if method == "stl" else _method_effect(v),
                     "Δm (%)": pm(v["delta_m"]["mean"], v["delta_m"]["std"]),
@@ -931,7 +935,7 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "command": run.command,
                 "state": run.state,
                 "method": s["method"],
-                "test acc (%)": num(s["test_acc"]),
+                "test acc (%)": num(s["test_score"]),
                 "TG vs STL (test)": pm(s["tg"], s["tg_std"], always=s["tg_std"] is not None),
                 "regime": s["regime"],
                 "_tg": s["tg"],

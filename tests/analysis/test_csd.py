@@ -24,8 +24,8 @@ def test_csd_table_rows_reference_and_cache(tiny_digits):
     assert table["csd"].between(0, 1).all()
     assert (table[table["lam"] == 0]["tg"] == 0).all()
     for _, row in table.iterrows():
-        stl = table[(table["lam"] == 0) & (table["seed"] == row["seed"])]["test_acc"].item()
-        assert row["tg"] == pytest.approx(row["test_acc"] - stl)
+        stl = table[(table["lam"] == 0) & (table["seed"] == row["seed"])]["test_score"].item()
+        assert row["tg"] == pytest.approx(row["test_score"] - stl)
     # Each training was kept: the same table again comes entirely from the cache.
     again = csd_table(BASE, [0.0, 0.5, 1.0], [0, 1])
     assert (again["source"] == "cache").all()

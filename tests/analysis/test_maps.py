@@ -24,8 +24,8 @@ def sweep_rows():
         {
             "lam": [0.0, 0.25, 0.5, 1.0] * 2,
             "seed": [0] * 4 + [1] * 4,
-            "val_acc": [90, 91, 92, 89, 90, 93, 91, 93],
-            "test_acc": [90, 91, 89.5, 88, 91, 92, 90, 89],
+            "val_score": [90, 91, 92, 89, 90, 93, 91, 93],
+            "test_score": [90, 91, 89.5, 88, 91, 92, 90, 89],
             "tg": [0, 1, -0.5, -2, 0, 1, -1, -2],
             "tg_val": [0, 1, 2, -1, 0, 3, 1, 3],
             "csd": [0.1] * 8,
@@ -40,7 +40,7 @@ def test_grid_search_picks_lambda_on_validation_per_seed():
 
 
 def test_sweep_summary_regime_best_and_grid_search():
-    fm = pd.DataFrame({"seed": [0, 1], "tg": [0.5, 1.5], "test_acc": [90.5, 92.5]})
+    fm = pd.DataFrame({"seed": [0, 1], "tg": [0.5, 1.5], "test_score": [90.5, 92.5]})
     summary = sweep_summary(sweep_rows(), fm)
     assert summary["regime"] == "weak_negative"  # λ=0.25 helps, λ=0.5 and 1 hurt
     assert summary["best_lam"] == 0.25
@@ -169,13 +169,13 @@ def test_ternary_table_weights_corners_and_stl(tiny_digits):
     assert len(table) == 15  # (R+1)(R+2)/2
     assert ((table["w0"] + table["w1"] + table["w2"]) - 1).abs().max() < 1e-9
     corner = table[table["w0"] == 1.0].iloc[0]
-    assert corner["val_acc"] == pytest.approx(own[0]["val_acc"])
-    assert corner["test_acc"] == pytest.approx(own[0]["test_acc"])
+    assert corner["val_score"] == pytest.approx(own[0]["val_score"])
+    assert corner["test_score"] == pytest.approx(own[0]["test_score"])
     # The target-alone branch is the STL run: same start, same batches, same steps.
-    assert own[0]["test_acc"] == pytest.approx(stl["test_acc"])
+    assert own[0]["test_score"] == pytest.approx(stl["test_score"])
     assert corner["tg"] == pytest.approx(0.0)
     assert table["best"].sum() == 1
-    assert table.loc[table["best"], "val_acc"].item() == table["val_acc"].max()
+    assert table.loc[table["best"], "val_score"].item() == table["val_score"].max()
     # Every merge's TG has its paired test-set SE against the STL run, and a verdict by it.
     assert set(table["tg_se_kind"]) == {"paired"} and (table["tg_se"] >= 0).all()
     assert corner["tg_se"] == 0.0 and corner["effect"] == "within_noise"  # identical to STL
@@ -190,7 +190,7 @@ def test_ternary_table_weights_corners_and_stl(tiny_digits):
     for point in ("best", "centre", "best_test_point"):
         assert {"tg", "tg_se", "tg_se_kind", "effect"} <= set(summary[point]), point
     # without the STL's per-image correctness the SE falls back to the binomial one
-    unpaired, _ = ternary_table(cfg, specs, 1, {"test_acc": stl["test_acc"]})
+    unpaired, _ = ternary_table(cfg, specs, 1, {"test_score": stl["test_score"]})
     assert set(unpaired["tg_se_kind"]) == {"binomial"} and (unpaired["tg_se"] > 0).all()
     assert sum(summary["best"]["weights"]) == pytest.approx(1.0)
     with pytest.raises(NtlabError, match="--resolution"):

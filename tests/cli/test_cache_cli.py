@@ -39,7 +39,7 @@ def home(tiny_digits, tmp_path, monkeypatch):
 def entry(home, kind, key, days_old=0.0, **results):
     """A small real cache entry (what store_cached writes), optionally back-dated."""
     folder = home / "cache" / kind / key
-    store_cached(folder, {"val_acc": 1.0, **results}, torch.nn.Linear(20, 20), {"k": key})
+    store_cached(folder, {"val_score": 1.0, **results}, torch.nn.Linear(20, 20), {"k": key})
     if days_old:
         stamp = time.time() - days_old * 86400
         for path in folder.iterdir():
@@ -96,7 +96,7 @@ def test_info_on_an_empty_cache(home):
 def test_verify_lists_each_damaged_entry_and_exits_1(home):
     good = entry(home, "runs", "good")
     truncated = entry(home, "runs", "truncated")
-    (truncated / "results.json").write_text('{"val_acc": 1.')
+    (truncated / "results.json").write_text('{"val_score": 1.')
     empty = entry(home, "forkmerge", "empty")
     (empty / "model.pt").write_bytes(b"")
     listed = entry(home, "runs", "listed")
@@ -107,7 +107,7 @@ def test_verify_lists_each_damaged_entry_and_exits_1(home):
     assert sorted(damaged) == sorted(
         [
             f"damaged: {truncated} (results.json: not valid JSON: "
-            "Expecting ',' delimiter: line 1 column 14 (char 13))",
+            "Expecting ',' delimiter: line 1 column 16 (char 15))",
             f"damaged: {empty} (model.pt: empty file)",
             f"damaged: {listed} (config.json: a JSON list, not an object)",
         ]

@@ -77,17 +77,17 @@ def test_train_stl_writes_the_run_directory(tiny_digits, tmp_path):
         read(out / "config.json"),
     )
     assert status["state"] == "completed"
-    assert results["target"] == "mnist" and 0 <= results["test_acc"] <= 100
+    assert results["target"] == "mnist" and 0 <= results["test_score"] <= 100
     assert "transfer_gain" not in results
     assert config["train"]["steps"] == 20 and config["environment"]["torch"]
     lines = (out / "metrics.csv").read_text().splitlines()
     assert lines[0] == "step,task,split,metric,value"
     final = [row for row in lines if row.startswith("20,mnist,test,acc,")]
-    assert float(final[0].split(",")[-1]) == pytest.approx(results["test_acc"])
+    assert float(final[0].split(",")[-1]) == pytest.approx(results["test_score"])
     assert "test acc" in result.stdout
     assert f"report: {out / 'report.html'}" in result.stdout
     check_report(
-        out / "report.html", figures=1, texts=("Training curves", f"{results['test_acc']:.2f}")
+        out / "report.html", figures=1, texts=("Training curves", f"{results['test_score']:.2f}")
     )
 
 
@@ -98,8 +98,8 @@ def test_train_ew_reports_transfer_gain_against_a_cached_stl(tiny_digits, tmp_pa
     assert result.exit_code == 0, result.output
     res, stl = read(tmp_path / "ew" / "results.json"), read(tmp_path / "stl" / "results.json")
     assert res["stl"]["source"] == "cache"
-    assert res["stl"]["test_acc"] == stl["test_acc"]
-    assert res["transfer_gain"] == pytest.approx(res["test_acc"] - stl["test_acc"])
+    assert res["stl"]["test_score"] == stl["test_score"]
+    assert res["transfer_gain"] == pytest.approx(res["test_score"] - stl["test_score"])
     assert res["aux"] == ["mnist", "syn", "mnistm", "permlo"]
     assert res["tg_se_kind"] == "paired" and res["effect"] in ("helps", "hurts", "within_noise")
     tg = f"{num(res['transfer_gain'], signed=True)} ± {num(res['tg_se'])}"

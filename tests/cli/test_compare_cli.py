@@ -42,11 +42,11 @@ def test_compare_runs_every_method_with_the_same_budget_and_seeds(tiny_digits, t
         assert stats[m]["tg"]["mean"] == pytest.approx(tg.mean()[m])
         assert stats[m]["tg"]["std"] == pytest.approx(tg.std(ddof=1)[m])
     assert stats["stl"]["tg"]["mean"] == 0
-    assert results["ranking"] == sorted(stats, key=lambda m: -stats[m]["tg"]["mean"])
+    assert results["ranking"] == sorted(stats, key=lambda m: -stats[m]["delta_m"]["mean"])
     assert results["forkmerge_rank"] == results["ranking"].index("forkmerge") + 1
     assert len(stats["grid-search"]["lam_per_seed"]) == 2
     # Δm with one target metric: the relative change of accuracy against STL, in percent.
-    acc = tidy[tidy["metric"] == "test_acc"].set_index(["method", "seed"])["value"]
+    acc = tidy[tidy["metric"] == "test_score"].set_index(["method", "seed"])["value"]
     dm = tidy[tidy["metric"] == "delta_m"].set_index(["method", "seed"])["value"]
     assert dm[("ew", 1)] == pytest.approx(
         100 * (acc[("ew", 1)] - acc[("stl", 1)]) / acc[("stl", 1)]
@@ -55,7 +55,7 @@ def test_compare_runs_every_method_with_the_same_budget_and_seeds(tiny_digits, t
     order = [
         next(i for i, line in enumerate(lines) if f"│ {m} " in line) for m in results["ranking"]
     ]
-    assert order == sorted(order)  # the printed table is sorted by TG
+    assert order == sorted(order)  # the printed table is sorted by Δm
     check_report(
         out / "report.html", figures=1, texts=("Transfer gain per method", "grid-search (λ = ")
     )
@@ -83,7 +83,7 @@ def test_train_accepts_every_method_name(tiny_digits, tmp_path, method):
     results = read(out / "results.json")
     assert results["method"] == method
     assert results["transfer_gain"] == pytest.approx(
-        results["test_acc"] - results["stl"]["test_acc"]
+        results["test_score"] - results["stl"]["test_score"]
     )
     check_report(out / "report.html")
 
@@ -121,8 +121,8 @@ def test_compare_forkmerge_at_exactly_stl_is_neutral(tiny_digits, tmp_path, monk
     def fake_row(base, method, seed, fm, lams, on_run=None):
         tg = {"stl": 0.0, "forkmerge": 0.0, "ew": -5.4 - 0.1 * seed}[method]
         return {
-            "method": method, "seed": seed, "val_acc": 90.0, "test_acc": 90.0 + tg,
-            "stl_val_acc": 90.0, "stl_test_acc": 90.0, "tg": tg, "tg_val": 0.0, "source": "run",
+            "method": method, "seed": seed, "val_score": 90.0, "test_score": 90.0 + tg,
+            "stl_val_score": 90.0, "stl_test_score": 90.0, "tg": tg, "tg_val": 0.0, "source": "run",
         }  # fmt: skip
 
     monkeypatch.setattr(cmp, "method_row", fake_row)

@@ -310,3 +310,20 @@ def test_forkmerge_train_prints_each_round_with_its_branches(tiny_digits, tmp_pa
     lines = [line for line in result.stdout.splitlines() if line.startswith("Λ* round")]
     assert len(lines) == 2
     assert re.fullmatch(r"Λ\* round 2 \(step 8\): target [\d.]+ · \+mnist [\d.]+", lines[1])
+
+
+def test_the_nyuv2_paper_preset_is_the_papers_recipe(tiny_digits, tmp_path):
+    """Adam 1e-4, weight decay 1e-5, batch 8, 200 epochs of 80 batches, the rate halved at
+    epoch 100, Δt of 10 epochs, the dilated ResNet-50: resolved as a run records them."""
+    assert preset_value("nyuv2-paper", "steps") == 16_000
+    assert preset_value("nyuv2-paper", "merge_every") == 800
+    result = runner.invoke(
+        app, ["forkmerge", "train", "--target", "optdigits", "--aux", "mnist", "--preset",
+              "nyuv2-paper", "--steps", "4", "--backbone", "cnn", "--out", tmp_path / "fm"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "fm" / "config.json").read_text())["train"]
+    assert (cfg["lr"], cfg["weight_decay"], cfg["batch_size"], cfg["optimizer"]) == (
+        1e-4, 1e-5, 8, "adam",
+    )  # fmt: skip
+    assert cfg["schedule"] == "step"

@@ -42,7 +42,7 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     assert result.exit_code == 0, result.output
     merges = pd.read_csv(out / "merges.csv")
     assert list(merges.columns) == [
-        "round", "step", "branch", "task_weights", "val_acc", "lambda", "excluded"
+        "round", "step", "branch", "task_weights", "val_score", "lambda", "excluded"
     ]  # fmt: skip
     assert merges.groupby("round").size().tolist() == [2, 2, 2]  # one row per branch per round
     assert merges.groupby("round")["lambda"].sum().round(6).eq(1).all()
@@ -52,10 +52,10 @@ def test_forkmerge_writes_every_output(tiny_digits, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "forkmerge" and results["rounds"] == 3
     assert results["transfer_gain"] == pytest.approx(
-        results["test_acc"] - results["stl"]["test_acc"]
+        results["test_score"] - results["stl"]["test_score"]
     )
     assert results["ew"]["transfer_gain"] == pytest.approx(
-        results["ew"]["test_acc"] - results["stl"]["test_acc"]
+        results["ew"]["test_score"] - results["stl"]["test_score"]
     )
     assert mpimg.imread(out / "lambda.png").shape[0] > 100
     assert json.loads((out / "status.json").read_text())["state"] == "completed"

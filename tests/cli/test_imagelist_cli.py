@@ -69,7 +69,7 @@ def test_domainnet_train(dn: Path, tmp_path: Path):
     ok(invoke(*args, "--method", "ew", *FAST, "--steps", "4", "--out", out))
     res = results(out)
     assert res["target"] == "clipart" and res["aux"] == ["painting", "real"]  # aliases
-    assert finite(res["test_acc"], res["val_acc"], res["stl"]["test_acc"])
+    assert finite(res["test_score"], res["val_score"], res["stl"]["test_score"])
     assert res["skipped_images"] == 0
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["root"] == str(dn) and config["train"]["image_size"] == 32
@@ -97,7 +97,7 @@ def test_domainnet_forkmerge_train(dn: Path, tmp_path: Path):
     assert len(res["lambda_per_round"]) == 2
     for weights in res["lambda_per_round"]:
         assert len(weights) == 3 and sum(weights) == pytest.approx(1.0)  # per-task branches
-    assert finite(res["test_acc"])
+    assert finite(res["test_score"])
     assert (out / "merges.csv").is_file()
     assert len(pd.read_csv(out / "merges.csv")) == 2 * 3
 
@@ -109,7 +109,7 @@ def test_domainnet_pairwise(dn: Path, tmp_path: Path):
     cells = pd.read_csv(out / "pairwise.csv")
     assert len(cells) == 6  # ordered pairs of three domains
     assert set(cells["target"]) == {"clipart", "painting", "real"}
-    assert (cells["tg"] == cells["acc"] - cells["stl_acc"]).all()
+    assert (cells["tg"] == cells["score"] - cells["stl_score"]).all()
     check_report(out / "report.html", figures=1)
 
 
@@ -140,7 +140,7 @@ def test_imagelist_train_with_the_paper_preset(office: Path, tmp_path: Path):
         )
     )
     res = results(out)
-    assert res["aux"] == ["amazon", "webcam"] and finite(res["test_acc"])
+    assert res["aux"] == ["amazon", "webcam"] and finite(res["test_score"])
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["optimizer"], train["lr"], train["weight_decay"]) == ("sgd", 0.01, 5e-4)
     assert train["backbone_lr_scale"] == 0.1 and train["schedule"] == "cosine"
@@ -157,7 +157,7 @@ def test_imagelist_forkmerge_train(office: Path, tmp_path: Path):
     )
     res = results(out)
     assert res["aux"] == ["dslr", "webcam"] and res["rounds"] == 2
-    assert finite(res["test_acc"], res["val_acc"])  # BatchNorm re-estimated on decoded batches
+    assert finite(res["test_score"], res["val_score"])  # BatchNorm re-estimated on decoded batches
 
 
 def test_imagelist_pairwise_and_gcs(office: Path, tmp_path: Path):
@@ -283,7 +283,7 @@ def test_skip_bad_images_finishes_and_counts_them(dn: Path, tmp_path: Path):
     assert res["skipped_images"] == 2
     for w in where:
         assert any(w in e for e in res["skipped_examples"])
-    assert finite(res["test_acc"])
+    assert finite(res["test_score"])
     check_report(out / "report.html", texts=("skipped images", "2 unreadable, left out"))
 
 
@@ -310,6 +310,6 @@ def test_the_console_script_trains_with_loader_processes(office: Path, tmp_path:
         assert proc.returncode == 0, proc.stderr
         assert json.loads((out / "config.json").read_text())["train"]["workers"] == int(workers)
         outs.append(results(out))
-    assert outs[0]["test_acc"] == outs[1]["test_acc"]
+    assert outs[0]["test_score"] == outs[1]["test_score"]
     # --workers is not part of a training's identity: the second run reuses the first's STL
     assert (outs[0]["stl"]["source"], outs[1]["stl"]["source"]) == ("run", "cache")

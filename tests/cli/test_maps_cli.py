@@ -41,7 +41,7 @@ def test_sweep_with_forkmerge(tiny_digits, tmp_path):
     assert len(fixed) == 6 and len(table[table["method"] == "forkmerge"]) == 2
     assert (fixed[fixed["lam"] == 0]["tg"] == 0).all()
     results = read(out / "results.json")
-    chosen = fixed.sort_values(["seed", "val_acc", "lam"], ascending=[True, False, True])
+    chosen = fixed.sort_values(["seed", "val_score", "lam"], ascending=[True, False, True])
     chosen = chosen.groupby("seed").first()
     assert results["grid_search"]["lam_per_seed"] == chosen["lam"].tolist()
     assert results["grid_search"]["tg"]["mean"] == pytest.approx(chosen["tg"].mean())
@@ -71,7 +71,7 @@ def test_pairwise_runs_every_cell_then_reuses_the_cache(tiny_digits, tmp_path):
         for a in ("optdigits", "mnist", "syn")
         if t != a
     }
-    assert (table["tg"] - (table["acc"] - table["stl_acc"])).abs().max() < 1e-9
+    assert (table["tg"] - (table["score"] - table["stl_score"])).abs().max() < 1e-9
     assert (table["tg_se_kind"] == "paired").all() and (table["tg_se"] >= 0).all()
     results = read(first / "results.json")
     for cell in results["methods"]["forkmerge"]["cells_tg"].values():
@@ -140,7 +140,7 @@ def fake_cell(base, cell, fm, on_step=None):
     tg = 0.0 if cell.method == "forkmerge" else -5.4 - 0.1 * cell.seed
     return {
         "target": cell.target, "aux": cell.aux, "method": cell.method, "seed": cell.seed,
-        "acc": 90.0 + tg, "stl_acc": 90.0, "tg": tg, "val_acc": 90.0, "stl_val_acc": 90.0,
+        "score": 90.0 + tg, "stl_score": 90.0, "tg": tg, "val_score": 90.0, "stl_val_score": 90.0,
         "source": "run",
     }  # fmt: skip
 
@@ -176,7 +176,7 @@ def test_sweep_with_one_seed_judges_by_the_test_set_se(tiny_digits, tmp_path, mo
     def exactly_stl(base, lams, seeds, on_run=None, done=None, on_row=None, skip=()):
         return pd.DataFrame(
             [
-                {"lam": lam, "seed": s, "val_acc": 90.0, "test_acc": 90.0, "tg": 0.0,
+                {"lam": lam, "seed": s, "val_score": 90.0, "test_score": 90.0, "tg": 0.0,
                  "tg_se": 0.0, "tg_se_kind": "paired", "test_n": 2000, "tg_val": 0.0,
                  "csd": 0.1, "source": "run"}
                 for s in seeds
@@ -212,17 +212,17 @@ def test_ternary_writes_the_simplex(tiny_digits, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "ternary.csv")
-    assert list(table.columns[:6]) == ["w0", "w1", "w2", "val_acc", "test_acc", "tg"]
+    assert list(table.columns[:6]) == ["w0", "w1", "w2", "val_score", "test_score", "tg"]
     assert len(table) == 15
     assert ((table[["w0", "w1", "w2"]].sum(axis=1) - 1).abs() < 1e-9).all()
     results = read(out / "results.json")
     corner = table[table["w0"] == 1.0].iloc[0]
-    assert corner["test_acc"] == pytest.approx(results["branches"][0]["test_acc"])
-    assert corner["val_acc"] == pytest.approx(results["branches"][0]["val_acc"])
-    assert results["best"]["val_acc"] == pytest.approx(table["val_acc"].max())
+    assert corner["test_score"] == pytest.approx(results["branches"][0]["test_score"])
+    assert corner["val_score"] == pytest.approx(results["branches"][0]["val_score"])
+    assert results["best"]["val_score"] == pytest.approx(table["val_score"].max())
     assert {"tg_se", "tg_se_kind", "effect"} <= set(results["best"])
     assert results["corners"]["optdigits=1"] == {
-        "test_acc": corner["test_acc"], "tg": 0.0, "tg_se": 0.0, "tg_se_kind": "paired",
+        "test_score": corner["test_score"], "tg": 0.0, "tg_se": 0.0, "tg_se_kind": "paired",
         "seeds": 1, "effect": "within_noise",
     }  # fmt: skip
     # the terminal says it with its noise: the target-alone corner is the STL run

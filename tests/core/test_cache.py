@@ -113,7 +113,7 @@ def test_with_best_val_selection_the_validation_spacing_is_in_the_key(tiny_digit
 
 
 def test_an_entry_records_the_code_that_trained_it(tmp_path):
-    store_cached(tmp_path / "runs" / "k", {"val_acc": 1.0}, torch.nn.Linear(2, 2), {"a": 1})
+    store_cached(tmp_path / "runs" / "k", {"val_score": 1.0}, torch.nn.Linear(2, 2), {"a": 1})
     config = json.loads((tmp_path / "runs" / "k" / "config.json").read_text())
     assert config == {"a": 1, "code": cache.code_digest(), "torch": torch.__version__}
 

@@ -18,7 +18,7 @@ from ntlab.core import cache
 from ntlab.core.cache import Entry, Owner, Trained, get_or_train, inspect_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = {"val_acc": 50.0, "test_acc": 40.0}
+RESULTS = {"val_score": 50.0, "test_score": 40.0}
 
 
 class Notes:
@@ -173,7 +173,7 @@ def test_an_interrupted_owner_releases_its_lock(entry):
 
 
 def test_a_damaged_entry_is_set_aside_and_trained_again_under_a_claim(entry, capsys):
-    entry.store({"val_acc": 1.0}, torch.nn.Linear(2, 2), {})
+    entry.store({"val_score": 1.0}, torch.nn.Linear(2, 2), {})
     (entry.path / "results.json").write_text("[")
     found = get_or_train(entry, trained)
     assert found.source == "run" and found.results == RESULTS and entry.results() == RESULTS
@@ -218,7 +218,7 @@ def test_a_sigkilled_owner_leaves_a_lock_that_the_next_process_takes_over(entry)
 
 
 def test_a_damaged_entry_that_cannot_be_set_aside_is_trained_not_waited_for(entry, capsys):
-    entry.store({"val_acc": 1.0}, torch.nn.Linear(2, 2), {})
+    entry.store({"val_score": 1.0}, torch.nn.Linear(2, 2), {})
     (entry.path / "results.json").write_text("[")
     (entry.root / cache.BROKEN).write_text("a file where broken/ should be")
     thread, out = in_thread(lambda: get_or_train(entry, trained))

@@ -41,7 +41,7 @@ JOBS = [
     Job(variant(method="fixed", lam=0.5), label="fixed"),
     Job(variant(seed=1), label="ew seed 1"),
 ]
-COMPARED = ("val_acc", "test_acc", "test_correct", "tasks")
+COMPARED = ("val_score", "test_score", "test_correct", "tasks")
 
 
 def test_plan_keeps_each_entry_once_with_the_stl_runs_first(tiny_digits):

@@ -34,7 +34,7 @@ def test_two_branch_run_records_every_round(tiny_digits):
         assert sum(m["lambda"] for m in rows) == pytest.approx(1.0)
     assert len([s for s in out.search if s["round"] == 0]) == 11  # grid step 0.1
     assert sum(s["chosen"] for s in out.search if s["round"] == 0) == 1
-    assert out.results["rounds"] == 3 and 0 <= out.results["test_acc"] <= 100
+    assert out.results["rounds"] == 3 and 0 <= out.results["test_score"] <= 100
     assert out.results["lambda_per_round"][0] == [m["lambda"] for m in out.merges[:2]]
 
 
@@ -151,7 +151,7 @@ def test_val_samples_scores_candidates_on_a_fixed_subset(tiny_digits):
     out = run_forkmerge(
         c, joint_branches(c.target, c.aux), ForkMergeOptions(merge_every=3, val_samples=10)
     )
-    scores = [row["val_acc"] for row in out.search]
+    scores = [row["val_score"] for row in out.search]
     assert all(abs(s / 10 - round(s / 10)) < 1e-6 for s in scores)  # 10 images: steps of 10 points
     full = [r for r in out.metrics if r["split"] == "val" and r["metric"] == "loss"]
     assert full  # the final model is evaluated on the whole validation split

@@ -69,3 +69,13 @@ def test_cosine_schedule_reaches_zero(tiny_digits):
     lrs = []
     train(state, TERMS[:1], 10, on_step=lambda s: lrs.append(state.optimizer.param_groups[0]["lr"]))
     assert abs(lrs[4] - 0.05) < 1e-9 and lrs[-1] == 0.0
+
+
+def test_step_schedule_halves_the_rate_from_half_the_budget_on(tiny_digits):
+    data = get_benchmark("digits").load(["mnist"])
+    model = build_model(TrainConfig(target="mnist"), data, torch.device("cpu"))
+    state = TrainState.create(model, OptimConfig(lr=0.1, schedule="step"), total_steps=10)
+    attach_sources(state, TERMS[:1], data, batch_size=8, seed=0)
+    lrs = []
+    train(state, TERMS[:1], 10, on_step=lambda s: lrs.append(state.optimizer.param_groups[0]["lr"]))
+    assert lrs[:4] == [0.1] * 4 and lrs[4:] == [0.05] * 6  # the rate of steps 6…10 is halved

@@ -142,7 +142,7 @@ def test_gradient_balancing_trains_on_per_term_features(tiny_digits):
     )  # fmt: skip
     outcome = run_training(cfg)
     assert outcome.state.step == 2
-    assert 0 <= outcome.results["test_acc"] <= 100
+    assert 0 <= outcome.results["test_score"] <= 100
 
 
 # --- checkpoint selection -----------------------------------------------------------------
@@ -154,15 +154,15 @@ def test_best_val_keeps_the_best_checked_iterate(tiny_digits):
     best = run_training(TrainConfig(**common, lr=0.05, select="best-val"))
     checks = {r["step"]: r["value"] for r in best.metrics if r["split"] == "val" and
               r["task"] == "mnist" and r["metric"] == "acc" and r["step"] < 8}  # fmt: skip
-    checks[8] = best.results["last"]["val_acc"]
+    checks[8] = best.results["last"]["val_score"]
     step = best.results["selected_step"]
     assert best.results["select"] == "best-val"
     assert checks[step] == max(checks.values())
     assert min(s for s, v in checks.items() if v == max(checks.values())) == step  # first best
-    assert best.results["val_acc"] == pytest.approx(checks[step])
+    assert best.results["val_score"] == pytest.approx(checks[step])
     # the training itself is the same: the last iterate is the `last` run's model
-    assert best.results["last"]["val_acc"] == last.results["val_acc"]
-    assert best.results["last"]["test_acc"] == last.results["test_acc"]
+    assert best.results["last"]["val_score"] == last.results["val_score"]
+    assert best.results["last"]["test_score"] == last.results["test_score"]
     assert "selected_step" not in last.results
     key = cache_key(TrainConfig(**common, lr=0.05))
     assert key != cache_key(TrainConfig(**common, lr=0.05, select="best-val"))

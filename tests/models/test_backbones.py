@@ -7,17 +7,26 @@ from ntlab.errors import NtlabError, UnknownNameError
 from ntlab.methods import METHODS, get_method
 from ntlab.models import BACKBONES, MultiTaskModel
 from ntlab.models.backbones import load_weights
+from ntlab.tasks import segmentation_task
+
+DENSE = ("fcn", "resnet50-dilated")  # feature maps; their heads upsample to the input
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_backbone_contract(name):
     torch.manual_seed(0)
     backbone = BACKBONES.get(name)(image_size=16)
-    model = MultiTaskModel(backbone, {"a": 10, "b": 7})
+    dense = name in DENSE
+    tasks = {"a": segmentation_task(10), "b": segmentation_task(7)} if dense else {"a": 10, "b": 7}
+    model = MultiTaskModel(backbone, tasks, (3, 16, 16))
     x = torch.randn(4, 3, 16, 16)
     feats = model.features(x)
-    assert feats.shape == (4, backbone.out_features)
-    assert model.logits(feats, 1).shape == (4, 7)
+    if dense:
+        assert feats.shape[:2] == (4, backbone.out_features) and callable(backbone.dense_head)
+        assert model.logits(feats, 1).shape == (4, 7, 16, 16)
+    else:
+        assert feats.shape == (4, backbone.out_features)
+        assert model.logits(feats, 1).shape == (4, 7)
     loss = model.logits(feats, 0).logsumexp(1).mean() + model.logits(feats, 1).logsumexp(1).mean()
     loss.backward()
     for pname, p in model.named_parameters():

@@ -194,7 +194,7 @@ def _fake_run(path, target, tg, command="train"):
     write_json(path / "status.json", {"state": "completed"})
     write_json(
         path / "results.json",
-        {"target": target, "method": "ew", "test_acc": 90.0 + tg, "transfer_gain": tg},
+        {"target": target, "method": "ew", "test_score": 90.0 + tg, "transfer_gain": tg},
     )
     return Run.load(path)
 

@@ -59,7 +59,7 @@ def test_report_of_one_run_goes_to_reports_by_default(runs, tmp_path, monkeypatc
         texts=(
             "ntlab train --target optdigits --method ew --aux mnist --steps 12",
             num(results["transfer_gain"], signed=True),
-            f"{results['test_acc']:.2f}",
+            f"{results['test_score']:.2f}",
             "What was run",
             "Training curves",
         ),
@@ -175,7 +175,7 @@ def test_search_figure_stars_the_chosen_candidate_of_each_round():
                     "step": 5 * (rnd + 1),
                     "candidate": c,
                     "weights": f"{1 - w:.4f};{w:.4f}",
-                    "val_acc": 50 + rnd + w,
+                    "val_score": 50 + rnd + w,
                     "chosen": c == rnd,
                 }
             )
@@ -287,7 +287,7 @@ def test_a_train_run_keeps_its_stl_validation_curve_and_draws_it(runs):
     steps = list(curve["step"])
     assert steps == sorted(steps) and steps[-1] == 12 and len(steps) >= 2
     results = json.loads((runs / "ew" / "results.json").read_text())
-    assert curve["value"].iloc[-1] == pytest.approx(results["stl"]["val_acc"])
+    assert curve["value"].iloc[-1] == pytest.approx(results["stl"]["val_score"])
     run = Run.load(runs / "ew")
     (spec,) = VIEWS.get("train").figures(run)
     figure = spec.build()
