@@ -297,8 +297,11 @@ def noise_words(fields: Mapping[str, Any]) -> str:
 
 
 def tg_text(fields: Mapping[str, Any], digits: int = 2) -> str:
-    """`+2.90 ± 0.60`: an entry's TG with its noise."""
+    """`+2.90 ± 0.60`: an entry's TG with its noise (with more decimals where the noise is
+    below 0.01, so that it keeps two significant digits: `-0.0012 ± 0.0004`)."""
     noise = noise_of(fields)
+    if noise and noise < 10**-digits:
+        digits = 1 - math.floor(math.log10(noise))
     text = f"{fields['tg']:+.{digits}f}"
     return text if noise is None else f"{text} ± {noise:.{digits}f}"
 
@@ -497,13 +500,19 @@ def delta_m(
 def delta_m_of(method: Mapping[str, Any], stl: Mapping[str, Any]) -> float:
     """Δm in percent of one run over its STL run on test: over the target's metrics that
     Δm averages (`delta_m_over` of the results, each in its direction) where both runs
-    recorded them, else the relative change of the primary metric, 100 · TG / |P(STL)|."""
+    recorded them, else the relative change of the primary metric, 100 · TG / |P(STL)|.
+    A metric whose STL value is 0 has no relative change and is left out of the mean
+    (NaN when nothing is left)."""
     over = stl.get("delta_m_over") or method.get("delta_m_over")
     a = (method.get("target_metrics") or {}).get("test")
     b = (stl.get("target_metrics") or {}).get("test")
     if over and a and b and all(m in a and m in b for m in over):
-        lower = [("target", m) for m, higher in over.items() if not higher]
-        pick = {m: float(a[m]) for m in over}
-        base = {m: float(b[m]) for m in over}
+        kept = [m for m in over if float(b[m]) != 0]
+        if not kept:
+            return math.nan
+        lower = [("target", m) for m in kept if not over[m]]
+        pick = {m: float(a[m]) for m in kept}
+        base = {m: float(b[m]) for m in kept}
         return delta_m({"target": pick}, {"target": base}, lower)
-    return 100.0 * gain(method, stl) / abs(float(stl["test_score"]))
+    base_score = abs(float(stl["test_score"]))
+    return 100.0 * gain(method, stl) / base_score if base_score else math.nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -171,3 +172,14 @@ def test_classification_heads_are_built_as_before():
 
 class Flat(nn.Flatten):
     out_features = 8
+
+
+def test_delta_m_leaves_out_a_metric_whose_baseline_is_zero():
+    over = {"mean_angle": False, "within_11.25": True}
+    method = {"target_metrics": {"test": {"mean_angle": 40.0, "within_11.25": 2.0}}}
+    stl = {
+        "target_metrics": {"test": {"mean_angle": 50.0, "within_11.25": 0.0}},
+        "delta_m_over": over,
+    }
+    assert delta_m_of(method, stl) == pytest.approx(20.0)  # the angle alone: 10/50 lower
+    assert math.isnan(delta_m_of({"test_score": 1.0}, {"test_score": 0.0}))

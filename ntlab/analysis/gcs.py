@@ -80,7 +80,7 @@ def gcs_table(
     aux: list[str],
     opts: GcsOptions,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[pd.DataFrame, dict[float, dict[str, float]]]:
+) -> tuple[pd.DataFrame, dict[float, dict[str, float]] | None]:
     """(one row per (batch, λ): gcs, tg, tg_loss, val_score, val_loss, aux_kind; per λ the
     validation-image part of the standard error of its mean TG: {"tg": …, "tg_loss": …}).
 
@@ -156,7 +156,7 @@ def gcs_table(
                 on_batch(b + 1)
     n = len(y_val)
     if not spec.is_classification:  # the SE of a mean TG then comes from the batches alone
-        return pd.DataFrame(rows), {}
+        return pd.DataFrame(rows), None
     image_se = {
         lam: {
             "tg": _image_se(diff_correct[i] * 100 / opts.batches, n),

@@ -19,6 +19,7 @@ from ntlab.cli.common import (
     console,
     default_out,
     guarded,
+    metric_fields,
     parse_numbers,
     parse_seeds,
     preset_help,
@@ -131,7 +132,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
     """
     from ntlab.analysis import gcs as gcs_analysis
     from ntlab.core.runner import trained_model
-    from ntlab.metrics import effect_label
+    from ntlab.metrics import effect_label, metric_units
 
     with guarded():
         opts, cfg, bench = _start(ctx, values)
@@ -166,7 +167,7 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
             )
         gcs_analysis.check_measured(table, gopts.eta)
         run.write_table("gcs.csv", table)
-        summary = gcs_analysis.gcs_summary(table, image_se)
+        summary = {**metric_fields(cfg), **gcs_analysis.gcs_summary(table, image_se)}
         results = {
             "target": cfg.target,
             "aux": aux,
@@ -197,8 +198,9 @@ def gcs_command(ctx: typer.Context, values: dict) -> None:
         console.print(table_out)
         console.print(
             f"best λ = {summary['best_lam']:g}: mean one-step TG "
-            f"{summary['best_mean_tg']:+.3f} ± {summary['best_mean_tg_se']:.3f} validation "
-            f"points ({effect_label(summary['best_effect'])}; SE over "
+            f"{summary['best_mean_tg']:+.3f} ± {summary['best_mean_tg_se']:.3f} "
+            f"{metric_units(summary['metric'])} on validation "
+            f"({effect_label(summary['best_effect'])}; SE over "
             f"{summary['tg_se_kind']}, {summary['batches']} batch pairs)",
             highlight=False,
             soft_wrap=True,

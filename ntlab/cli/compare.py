@@ -72,8 +72,9 @@ def compare_command(ctx: typer.Context, values: dict) -> None:
     Each (method, seed) is one training of the shared core, cached (STL runs once per seed);
     grid-search trains the λ grid and keeps the λ best on validation; forkmerge uses one
     branch per auxiliary task (Eq. 12). Writes compare.csv (method, seed, metric, value),
-    compare.png (TG per method, mean ± seed std), results.json (per method: accuracy, TG
-    and Δm mean ± std; the ranking) and prints the table sorted by Δm.
+    compare.png (TG per method, mean ± seed std), results.json (per method: the target's
+    primary score and its other metrics, TG in the primary metric, and Δm over the target's
+    metrics, mean ± std; the ranking by Δm) and prints the table sorted by Δm.
     """
     import pandas as pd
 

@@ -96,8 +96,8 @@ def sweep_command(ctx: typer.Context, values: dict) -> None:
     The auxiliary tasks are mixed into one loss of weight λ (λ = 0 is STL); every training
     is cached. Writes sweep.csv (method, lam, seed, val_score, test_score, tg, …), sweep.png
     and results.json with the regime (each λ helps or hurts only beyond its seed noise), the
-    best λ, and the grid-search baseline: per seed the λ with the best validation accuracy,
-    and its test TG.
+    best λ, and the grid-search baseline: per seed the λ with the best validation score
+    (the target's primary metric: accuracy, mIoU, an error at its lowest), and its test TG.
     """
     import pandas as pd
 

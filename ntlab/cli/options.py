@@ -141,7 +141,8 @@ Select = Annotated[
     str,
     typer.Option(
         help="Which iterate is the trained model: last, or best-val (the best target "
-        "validation accuracy of the checks every --eval-every steps: the authors' code)."
+        "validation score — its primary metric — of the checks every --eval-every steps: the "
+        "authors' code)."
     ),
 ]
 LossReduction = Annotated[

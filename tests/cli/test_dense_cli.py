@@ -127,3 +127,29 @@ def test_csd_and_tsne_refuse_a_dense_target(scenes):
         result = invoke(command, "--benchmark", "scenes", "--target", "depth", *TINY)
         assert result.exit_code == 2
         assert "needs a classification target" in result.stderr
+
+
+def test_nyuv2_sweep_ternary_and_gcs_run_in_the_targets_metric(nyu, tmp_path):
+    common = ["--benchmark", "nyuv2", "--root", nyu, "--batch-size", "4", "--width", "8"]
+    result = invoke(
+        "sweep", *common, "--steps", "6", "--target", "depth", "--aux", "segmentation",
+        "--lams", "0,0.5", "--out", tmp_path / "sw",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "sw" / "results.json").read_text())
+    assert r["metric"] == "abs_err" and "val abs err ↓" in result.stdout
+    result = invoke(
+        "ternary", *common, "--steps", "6", "--target", "depth",
+        "--aux", "segmentation,normal", "--out", tmp_path / "tn",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "tn" / "results.json").read_text())
+    assert r["best"]["tg_se_kind"] == "folds"
+    result = invoke(
+        "gcs", *common, "--pretrain-steps", "6", "--target", "normal", "--batches", "3",
+        "--probe-steps", "2", "--out", tmp_path / "gcs",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "gcs" / "results.json").read_text())
+    assert r["metric"] == "mean_angle" and r["tg_se_kind"] == "batch pairs"
+    assert "degrees on validation" in result.stdout
