@@ -302,23 +302,31 @@ def _result(model, results: dict, lambdas=None, out=None) -> Result:
     )
 
 
-def _write_run(out, command: str, cfg: TrainConfig, results: dict, model, metrics_rows, extra=()):
-    """The run directory the CLI writes for `command` (config, tables, results, report)."""
+def _write_dir(out, command: str, record: dict, tables, results: dict, model=None):
+    """The run directory the CLI writes for `command`: config and status, the tables, the
+    model, results.json last, and the report."""
     if out is None:
         return None
-    import pandas as pd
-
     from ntlab.cli.common import complete
     from ntlab.runs import RunDir
+    from ntlab.storage import save_torch_file
 
     run = RunDir(Path(out), overwrite=True)
-    run.start(command, {"train": asdict(cfg), "api": True})
-    run.write_table("metrics.csv", pd.DataFrame(metrics_rows))
-    for name, table in extra:
+    run.start(command, {**record, "api": True})
+    for name, table in tables:
         run.write_table(name, table)
-    torch.save(model.state_dict(), run.path / "model.pt")
+    if model is not None:
+        save_torch_file(model.state_dict(), run.path / "model.pt")
     complete(run, results, "png")
     return run.path
+
+
+def _write_run(out, command: str, cfg: TrainConfig, results: dict, model, metrics_rows, extra=()):
+    """A training's run directory (`train`, `forkmerge train`): its metrics and model."""
+    import pandas as pd
+
+    tables = [("metrics.csv", pd.DataFrame(metrics_rows)), *extra]
+    return _write_dir(out, command, {"train": asdict(cfg)}, tables, results, model)
 
 
 def train(
@@ -350,17 +358,41 @@ def train(
     from ntlab.core.cache import stl_baseline, trained_model
     from ntlab.core.runner import with_transfer_gain
 
+    budget = {
+        "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "device": device,
+        "threads": threads, "baseline": baseline, "out": out,
+    }  # fmt: skip
+    if method == "forkmerge":  # the procedures of `ntlab methods`, as `ntlab train` runs them
+        return forkmerge(backbone, tasks, target, aux, **budget, **options)
     kw = _train_kw(steps, batch_size, lr, optimizer, weight_decay, schedule, seed, device, threads)
+    lams = options.pop("lams", SWEEP_LAMS) if method == "grid-search" else None
     kw |= _options(options, TrainConfig)[0]
     with _session(backbone, tasks) as name:
-        cfg = _config(name, tasks, target, aux, method, lam=lam, **kw)
+        if method == "grid-search":
+            cfg, chosen = _grid_search(name, tasks, target, aux, lams, seed, kw)
+        else:
+            cfg, chosen = _config(name, tasks, target, aux, method, lam=lam, **kw), None
         model, _, results, _ = trained_model(cfg)
+        if chosen is not None:
+            results = {**results, "method": "grid-search", "lam": chosen}
         if method != "stl" and baseline:
             stl, source = stl_baseline(cfg)
             results = with_transfer_gain(results, stl, source)
         rows = _cache_rows(cfg)
         path = _write_run(out, "train", cfg, results, model, rows)
     return _result(model, results, out=path)
+
+
+def _grid_search(name, tasks, target, aux, lams, seed, kw) -> tuple[TrainConfig, float]:
+    """The paper's grid-search baseline: the fixed-λ training whose λ is best on validation."""
+    from ntlab.analysis.common import check_lams
+    from ntlab.analysis.sweep import fixed_config, grid_search_choice, lambda_grid_table
+
+    base = _config(name, tasks, target, aux, "fixed", **kw)
+    table = lambda_grid_table(base, check_lams(tuple(lams)), [seed])
+    lam = float(grid_search_choice(table).iloc[0]["lam"])
+    return fixed_config(base, lam, seed), lam
 
 
 def _cache_rows(cfg: TrainConfig) -> list[dict]:
@@ -455,11 +487,14 @@ def gcs(
     seed: int = 0,
     device: str = "cpu",
     threads: int | None = None,
+    out: str | Path | None = None,
 ):
     """Gradient cosine similarity vs the one-step TG (paper Fig. 2) after an STL training
-    of `steps`: a DataFrame with one row per (batch pair, λ), as the CLI's gcs.csv."""
-    from ntlab.analysis.gcs import fit_heads, gcs_table
+    of `steps`: a DataFrame with one row per (batch pair, λ), as the CLI's gcs.csv
+    (`out=DIR`: also the run directory and report of `ntlab gcs`)."""
+    from ntlab.analysis.gcs import fit_heads, gcs_summary, gcs_table
     from ntlab.core.cache import trained_model
+    from ntlab.core.runner import metric_fields
 
     kw = _train_kw(steps, batch_size, lr, "adam", 0.0, "cosine", seed, device, threads)
     gopts = GcsOptions(
@@ -470,9 +505,17 @@ def gcs(
     with _session(backbone, tasks) as name:
         cfg = _config(name, tasks, target, aux, "stl", **kw)
         aux_names = _config(name, tasks, target, aux, "ew", **kw).aux
-        model, data, _, _ = trained_model(cfg, tasks=aux_names)
-        fit_heads(model, data, aux_names, probe_steps, batch_size, seed)
-        table, _ = gcs_table(model, data, cfg.target, aux_names, gopts)
+        model, data, stl, _ = trained_model(cfg, tasks=aux_names)
+        fit_heads(model, data, aux_names, probe_steps, batch_size, seed, lr=10 * lr)
+        table, image_se = gcs_table(model, data, cfg.target, aux_names, gopts)
+        if out is not None:
+            results = {
+                "target": cfg.target, "aux": aux_names, "aux_kind": gopts.aux_kind,
+                "eta": eta, "pretrain": {"steps": steps, "val_score": stl["val_score"]},
+                **metric_fields(cfg), **gcs_summary(table, image_se),
+            }  # fmt: skip
+            record = {"train": asdict(cfg), "gcs": asdict(gopts)}
+            _write_dir(out, "gcs", record, [("gcs.csv", table)], results)
     return table
 
 
@@ -492,17 +535,28 @@ def sweep(
     schedule: str = "cosine",
     device: str = "cpu",
     threads: int | None = None,
+    out: str | Path | None = None,
     **options: Any,
 ):
     """Fixed-λ joint training of Eq. 1 over `lams` and `seeds`: a DataFrame with one row
     per (λ, seed) — val/test score of the target, TG against λ = 0 (STL) with its noise,
-    as the CLI's sweep.csv. Any other field of `TrainConfig` is an option."""
+    as the CLI's sweep.csv (`out=DIR`: also the run directory and report of `ntlab
+    sweep`). Any other field of `TrainConfig` is an option."""
     from ntlab.analysis.common import check_lams
-    from ntlab.analysis.sweep import lambda_grid_table
+    from ntlab.analysis.sweep import lambda_grid_table, sweep_summary
+    from ntlab.core.runner import metric_fields
 
     check_lams(tuple(lams))
     kw = _train_kw(steps, batch_size, lr, optimizer, weight_decay, schedule, 0, device, threads)
     kw |= _options(options, TrainConfig)[0]
     with _session(backbone, tasks) as name:
         base = _config(name, tasks, target, aux, "fixed", **kw)
-        return lambda_grid_table(base, list(lams), list(seeds))
+        table = lambda_grid_table(base, list(lams), list(seeds))
+        if out is not None:
+            results = {
+                "target": base.target, "aux": base.aux, "steps": steps,
+                **metric_fields(base), **sweep_summary(table, None),
+            }  # fmt: skip
+            record = {"train": asdict(base), "lams": list(lams), "seeds": list(seeds)}
+            _write_dir(out, "sweep", record, [("sweep.csv", table.assign(method="fixed"))], results)
+        return table

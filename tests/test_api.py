@@ -138,3 +138,18 @@ def test_every_training_option_is_open_to_the_api_and_typos_are_refused(tasks):
     pruned = ntlab.forkmerge(backbone(), tasks, target="main", merge_every=20, prune=2, **COMMON)
     assert set(pruned.lambdas.query("round == 1")["branch"]) <= {0, 1, 2}
     assert len(pruned.lambdas.query("round == 1")) == 2  # pruned to two branches after round 0
+
+
+def test_train_runs_the_procedures_and_gcs_and_sweep_write_the_clis_run_dirs(tasks, tmp_path):
+    grid = ntlab.train(backbone(), tasks, target="main", method="grid-search", aux="aux",
+                       lams=[0, 0.5], **COMMON)  # fmt: skip
+    assert grid.results["method"] == "grid-search" and grid.results["lam"] in (0.0, 0.5)
+    fm = ntlab.train(backbone(), tasks, target="main", method="forkmerge", **COMMON)
+    assert fm.lambdas is not None and fm.results["method"] == "forkmerge"
+    ntlab.gcs(backbone(), tasks, target="main", aux="aux", batches=2, out=tmp_path / "g", **COMMON)
+    common = {k: v for k, v in COMMON.items() if k != "seed"}
+    ntlab.sweep(backbone(), tasks, "main", "aux", lams=[0, 0.5], out=tmp_path / "s", **common)
+    for run, table in (("g", "gcs.csv"), ("s", "sweep.csv")):
+        results = json.loads((tmp_path / run / "results.json").read_text())
+        assert results["metric"] == "acc" and (tmp_path / run / table).is_file()
+        assert "<html" in (tmp_path / run / "report.html").read_text()
