@@ -177,54 +177,80 @@ class _TaskSet:
         return []
 
 
-def _backbone_factory(backbone: nn.Module, sample: torch.Tensor):
+def _backbone_factory(backbone: nn.Module):
     """A registered-backbone factory that returns a copy of the user's module, with
-    `out_features` measured on one input when the module does not say it."""
+    `out_features` measured on one input of the data's shape when the module does not
+    say it."""
     template = copy.deepcopy(backbone)
-    if not hasattr(template, "out_features"):
-        from ntlab.data.files import to_float
 
-        was = template.training
-        template.eval()
-        with torch.no_grad():
-            out = template(to_float(sample[:1].clone()))
-        template.train(was)
-        if out.dim() != 2:
-            raise NtlabError(
-                f"the backbone's output has shape {tuple(out.shape)}; give it an "
-                "`out_features` attribute, or return [batch, features]"
-            )
-        template.out_features = int(out.shape[1])
-
-    def build(**_: object) -> nn.Module:
-        return copy.deepcopy(template)
+    def build(input_shape: tuple[int, ...] | None = None, **_: object) -> nn.Module:
+        model = copy.deepcopy(template)
+        if not hasattr(model, "out_features"):
+            if input_shape is None:
+                raise NtlabError("give the backbone an `out_features` attribute")
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                out = model(torch.zeros(1, *input_shape))
+            model.train(was)
+            if out.dim() != 2:
+                raise NtlabError(
+                    f"the backbone's output has shape {tuple(out.shape)}; give it an "
+                    "`out_features` attribute, or return [batch, features]"
+                )
+            model.out_features = int(out.shape[1])
+        return model
 
     return build
 
 
+@dataclass(frozen=True)
+class _Names:
+    """What one API call trains on: a benchmark and a backbone, by their registered names."""
+
+    benchmark: str
+    backbone: str
+
+
 @contextlib.contextmanager
-def _session(backbone: nn.Module, tasks: Sequence[Task]) -> Iterator[str]:
-    """Register the tasks and the backbone under one fresh name, and point the run cache at
-    a temporary folder, for the length of one API call."""
+def _session(backbone: nn.Module | str, tasks: Sequence[Task] | str) -> Iterator[_Names]:
+    """The benchmark and backbone of one API call. The user's tasks and module are
+    registered under a fresh name for the call's length, with the run cache in a temporary
+    folder (their code cannot be fingerprinted); a registered benchmark (`tasks="digits"`)
+    and backbone (`backbone="cnn"`) are used as the command line uses them, run cache
+    included."""
     from ntlab import paths
     from ntlab.data.benchmark import BENCHMARKS
     from ntlab.models import BACKBONES
 
-    if not isinstance(backbone, nn.Module):
-        raise NtlabError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
-    tasks = list(tasks)
-    if not tasks or not all(isinstance(t, Task) for t in tasks):
-        raise NtlabError("tasks must be a non-empty list of ntlab.Task")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise NtlabError("two tasks have the same name")
+    if isinstance(tasks, str):
+        BENCHMARKS.get(tasks)  # unknown names fail with the choices
+    else:
+        tasks = list(tasks)
+        if not tasks or not all(isinstance(t, Task) for t in tasks):
+            raise NtlabError("tasks must be a benchmark's name or a non-empty list of ntlab.Task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise NtlabError("two tasks have the same name")
+    if isinstance(backbone, str):
+        BACKBONES.get(backbone)
+    elif not isinstance(backbone, nn.Module):
+        kind = type(backbone).__name__
+        raise NtlabError(f"backbone must be a torch.nn.Module or a backbone's name, got {kind}")
+    if isinstance(tasks, str) and isinstance(backbone, str):
+        yield _Names(tasks, backbone)
+        return
     name = f"api-{next(_SESSION)}-{id(tasks):x}"
-    BENCHMARKS.register(name)(_TaskSet(name, tasks))
-    BACKBONES.register(name)(_backbone_factory(backbone, tasks[0].splits["train"][0]))
+    bench_name = tasks if isinstance(tasks, str) else name
+    backbone_name = backbone if isinstance(backbone, str) else name
+    if not isinstance(tasks, str):
+        BENCHMARKS.register(name)(_TaskSet(name, tasks))
+    if not isinstance(backbone, str):
+        BACKBONES.register(name)(_backbone_factory(backbone))
     folder = Path(tempfile.mkdtemp(prefix="ntlab-api-"))
     try:
         with paths.cache_override(folder):
-            yield name
+            yield _Names(bench_name, backbone_name)
     finally:
         BENCHMARKS.unregister(name)
         BACKBONES.unregister(name)
@@ -247,16 +273,23 @@ def _options(options: dict, *allowed: type) -> list[dict]:
     return [{k: v for k, v in options.items() if k in n} for n in names]
 
 
-def _config(name: str, tasks: Sequence[Task], target: str, aux, method: str, **kw) -> TrainConfig:
-    from ntlab.core.runner import resolve_aux, validate
+def _config(names: _Names, target: str, aux, method: str, **kw) -> TrainConfig:
+    from ntlab.core.runner import benchmark_of, resolve_aux, validate
 
-    known = [t.name for t in tasks]
+    cfg = TrainConfig(
+        target=target, method=method, benchmark=names.benchmark, backbone=names.backbone, **kw
+    )
+    bench = benchmark_of(cfg)
+    canonical = getattr(bench, "canonical", None)  # DomainNet's one-letter names
+    if canonical is not None:
+        target = canonical(target)
+        aux = [canonical(a) for a in aux] if isinstance(aux, list | tuple) else aux
     cfg = TrainConfig(
         target=target,
         method=method,
-        aux=resolve_aux(known, target, aux),
-        benchmark=name,
-        backbone=name,
+        aux=resolve_aux(bench.tasks(), target, aux),
+        benchmark=names.benchmark,
+        backbone=names.backbone,
         **kw,
     )
     validate(cfg)
@@ -368,11 +401,11 @@ def train(
     kw = _train_kw(steps, batch_size, lr, optimizer, weight_decay, schedule, seed, device, threads)
     lams = options.pop("lams", SWEEP_LAMS) if method == "grid-search" else None
     kw |= _options(options, TrainConfig)[0]
-    with _session(backbone, tasks) as name:
+    with _session(backbone, tasks) as names:
         if method == "grid-search":
-            cfg, chosen = _grid_search(name, tasks, target, aux, lams, seed, kw)
+            cfg, chosen = _grid_search(names, target, aux, lams, seed, kw)
         else:
-            cfg, chosen = _config(name, tasks, target, aux, method, lam=lam, **kw), None
+            cfg, chosen = _config(names, target, aux, method, lam=lam, **kw), None
         model, _, results, _ = trained_model(cfg)
         if chosen is not None:
             results = {**results, "method": "grid-search", "lam": chosen}
@@ -384,12 +417,12 @@ def train(
     return _result(model, results, out=path)
 
 
-def _grid_search(name, tasks, target, aux, lams, seed, kw) -> tuple[TrainConfig, float]:
+def _grid_search(names, target, aux, lams, seed, kw) -> tuple[TrainConfig, float]:
     """The paper's grid-search baseline: the fixed-λ training whose λ is best on validation."""
     from ntlab.analysis.common import check_lams
     from ntlab.analysis.sweep import fixed_config, grid_search_choice, lambda_grid_table
 
-    base = _config(name, tasks, target, aux, "fixed", **kw)
+    base = _config(names, target, aux, "fixed", **kw)
     table = lambda_grid_table(base, check_lams(tuple(lams)), [seed])
     lam = float(grid_search_choice(table).iloc[0]["lam"])
     return fixed_config(base, lam, seed), lam
@@ -455,8 +488,8 @@ def forkmerge(
         grid_step=grid_step,
         **{k: v for k, v in fm_opts.items() if k not in ("merge_every", "search", "grid_step")},
     )
-    with _session(backbone, tasks) as name:
-        cfg = _config(name, tasks, target, aux, "ew", **kw)
+    with _session(backbone, tasks) as names:
+        cfg = _config(names, target, aux, "ew", **kw)
         specs = BRANCH_BUILDERS[branches](cfg.target, cfg.aux)
         outcome = run_forkmerge(cfg, specs, opts)
         results = outcome.results
@@ -502,9 +535,9 @@ def gcs(
         probe_steps=probe_steps, seed=seed,
     )  # fmt: skip
     gopts.check()
-    with _session(backbone, tasks) as name:
-        cfg = _config(name, tasks, target, aux, "stl", **kw)
-        aux_names = _config(name, tasks, target, aux, "ew", **kw).aux
+    with _session(backbone, tasks) as names:
+        cfg = _config(names, target, aux, "stl", **kw)
+        aux_names = _config(names, target, aux, "ew", **kw).aux
         model, data, stl, _ = trained_model(cfg, tasks=aux_names)
         fit_heads(model, data, aux_names, probe_steps, batch_size, seed, lr=10 * lr)
         table, image_se = gcs_table(model, data, cfg.target, aux_names, gopts)
@@ -549,8 +582,8 @@ def sweep(
     check_lams(tuple(lams))
     kw = _train_kw(steps, batch_size, lr, optimizer, weight_decay, schedule, 0, device, threads)
     kw |= _options(options, TrainConfig)[0]
-    with _session(backbone, tasks) as name:
-        base = _config(name, tasks, target, aux, "fixed", **kw)
+    with _session(backbone, tasks) as names:
+        base = _config(names, target, aux, "fixed", **kw)
         table = lambda_grid_table(base, list(lams), list(seeds))
         if out is not None:
             results = {

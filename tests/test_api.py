@@ -121,8 +121,10 @@ def test_bad_calls_raise_ntlab_errors_with_the_clis_messages(tasks):
         ntlab.train(backbone(), tasks, target="main", steps=0)
     with pytest.raises(ntlab.NtlabError, match="unknown method"):
         ntlab.train(backbone(), tasks, target="main", method="magic", **COMMON)
-    with pytest.raises(ntlab.NtlabError, match="torch.nn.Module"):
+    with pytest.raises(ntlab.NtlabError, match="unknown backbone 'resnet'"):
         ntlab.train("resnet", tasks, target="main", **COMMON)
+    with pytest.raises(ntlab.NtlabError, match="torch.nn.Module"):
+        ntlab.train(42, tasks, target="main", **COMMON)
     with pytest.raises(ntlab.NtlabError, match="branches"):
         ntlab.forkmerge(backbone(), tasks, target="main", branches="some", **COMMON)
 
@@ -153,3 +155,23 @@ def test_train_runs_the_procedures_and_gcs_and_sweep_write_the_clis_run_dirs(tas
         results = json.loads((tmp_path / run / "results.json").read_text())
         assert results["metric"] == "acc" and (tmp_path / run / table).is_file()
         assert "<html" in (tmp_path / run / "report.html").read_text()
+
+
+def test_a_registered_benchmark_and_backbone_give_the_clis_numbers(tiny_digits, tmp_path):
+    """The API and the command line are one path: the same training, the same numbers."""
+    from typer.testing import CliRunner
+
+    from ntlab.cli import app
+
+    args = {"steps": 12, "batch_size": 16, "seed": 3, "threads": 1}
+    api = ntlab.train("cnn", "digits", target="optdigits", method="ew", aux="mnist", **args)
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "train", "--target", "optdigits", "--method", "ew", "--aux", "mnist", "--steps", "12",
+        "--batch-size", "16", "--seed", "3", "--threads", "1", "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cli = json.loads((out / "results.json").read_text())
+    assert api.results["test_score"] == cli["test_score"]
+    assert api.results["test_correct"] == cli["test_correct"]
+    assert api.transfer_gain == cli["transfer_gain"]
