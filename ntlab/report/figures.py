@@ -766,9 +766,7 @@ INVALID_COLOR = "black"
 
 def _segment_cmap(classes: int) -> ListedColormap:
     colors = [SEGMENT_COLORS[i % len(SEGMENT_COLORS)] for i in range(max(classes, 1))]
-    cmap = ListedColormap(colors, "segments")
-    cmap.set_bad(INVALID_COLOR)
-    return cmap
+    return ListedColormap(colors, "segments").with_extremes(bad=INVALID_COLOR)
 
 
 def _image_array(image) -> np.ndarray:
