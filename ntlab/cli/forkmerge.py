@@ -118,8 +118,9 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
 
     Writes merges.csv (round, step, branch, task weights, its val accuracy, its Λ*),
     search.csv (every candidate Λ with its val accuracy), metrics.csv, stl_metrics.csv (the
-    STL baseline's validation curve), lambda.png, model.pt (the merged model) and
-    results.json; a checkpoint after every merge lets --resume
+    STL baseline's validation curve), lambda.png, model.pt (the merged model), for a dense
+    target predictions.pt (a few test images with each dense task's truth and prediction)
+    and results.json; a checkpoint after every merge lets --resume
     continue a killed run.
 
     Under torchrun (`torchrun --nproc-per-node N -m ntlab forkmerge train …`) branch b
@@ -287,9 +288,23 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
         run.write_table("search.csv", pd.DataFrame(outcome.search))
         run.write_table("metrics.csv", pd.DataFrame(outcome.metrics))
         save_model(run.path / MODEL_FILE, outcome.model, cfg)
+        _write_predictions(run.path, outcome.model, cfg)
         complete(run, results, opts["format"])
         labels = [branch_label(b, cfg.target) for b in specs]
         _print_summary(results, outcome.merges, labels, run.path, opts["quiet"])
+
+
+def _write_predictions(path, model, cfg) -> None:
+    """predictions.pt of a dense target (a few test images, each dense task's truth and the
+    merged model's prediction) for the report; nothing for any other target."""
+    from ntlab.core.runner import benchmark_of, target_spec, trained_tasks
+    from ntlab.report.predictions import write_predictions
+    from ntlab.tasks import DENSE
+
+    if target_spec(cfg).kind != DENSE:
+        return
+    device = next(model.parameters()).device
+    write_predictions(path, model, benchmark_of(cfg).load(trained_tasks(cfg), device), cfg.target)
 
 
 def branch_label(spec: BranchSpec, target: str) -> str:

@@ -61,10 +61,12 @@ def train_command(ctx: typer.Context, values: dict) -> None:
 
     Writes config.json, status.json, metrics.csv (step, task, split, metric, value),
     stl_metrics.csv (the STL run's target validation accuracy against the step, same
-    columns), model.pt (the final model) and results.json (target accuracy; for methods other than
-    stl, `transfer_gain` = test accuracy minus that of the STL run with the same budget and
-    seed). Both trainings go through the run cache: an identical training is read, not
-    trained again, and two processes that want it at once train it once.
+    columns), model.pt (the final model), for a dense target predictions.pt (a few test
+    images with each dense task's truth and prediction) and results.json (target accuracy;
+    for methods other than stl, `transfer_gain` = test accuracy minus that of the STL run
+    with the same budget and seed). Both trainings go through the run cache: an identical
+    training is read, not trained again, and two processes that want it at once train it
+    once.
     """
 
     from ntlab.analysis.compare import PROCEDURES, check_method
@@ -80,6 +82,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
         validate,
         with_transfer_gain,
     )
+    from ntlab.report.predictions import write_predictions
 
     with guarded():
         opts = resolve_options(ctx, values)
@@ -98,7 +101,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
             "train", {"train": asdict(cfg), "preset": opts["preset"], "data": bench.fingerprint()}
         )
         with StepProgress(opts["quiet"]) as progress:
-            model, _, results, own_source = trained_model(
+            model, data, results, own_source = trained_model(
                 cfg, on_step=progress.callback(f"{cfg.method} → {cfg.target}", cfg.steps)
             )
             results = {**results, "source": own_source}
@@ -112,6 +115,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
                     atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
         run.write_table("metrics.csv", _cached_metrics(run_cache_dir(cfg) / METRICS_FILE))
         save_model(run.path / MODEL_FILE, model, cfg)
+        write_predictions(run.path, model, data, cfg.target)  # a dense target's figure
         complete(run, results, opts["format"])
         print_summary(results, run.path, opts["quiet"])
 

@@ -15,6 +15,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ntlab.metrics import PERCENT_METRICS, metric_label  # noqa: E402
+
 # Okabe-Ito: distinguishable under the common colour-vision deficiencies. TG maps use RdBu
 # (diverging, colour-blind safe) centred on 0.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -31,6 +33,45 @@ STYLE = {
     "svg.hashsalt": "ntlab",  # stable ids in SVG output
 }
 matplotlib.rcParams.update(STYLE)
+
+
+def score_words(metric: str | None) -> str:
+    """The target's primary metric in words: `accuracy` (classification), `mIoU`, `abs err`."""
+    return "accuracy" if (metric or "acc") == "acc" else metric_label(metric)
+
+
+def _unit_suffix(metric: str) -> str:
+    return " (%)" if metric in PERCENT_METRICS else " (°)" if metric.endswith("_angle") else ""
+
+
+def direction_arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def direction_words(higher_is_better: bool) -> str:
+    return "higher is better" if higher_is_better else "lower is better"
+
+
+def tg_units(metric: str | None = "acc", higher_is_better: bool = True, split: str = "test") -> str:
+    """What a TG is measured in: `test accuracy points`, `test mIoU points`, `test mean angle
+    degrees; lower is better: STL − run` (a TG > 0 always means the auxiliary tasks helped)."""
+    metric = metric or "acc"
+    units = "points" if metric in PERCENT_METRICS else ""
+    units = "degrees" if metric.endswith("_angle") else units
+    text = f"{split} {score_words(metric)}" + (f" {units}" if units else "")
+    return text if higher_is_better else f"{text}; lower is better: STL − run"
+
+
+def tg_axis_label(metric: str | None = "acc", higher_is_better: bool = True) -> str:
+    return f"TG vs STL ({tg_units(metric, higher_is_better)})"
+
+
+def score_axis_label(metric: str | None, higher_is_better: bool, what: str) -> str:
+    """`target validation accuracy (%) ↑`, `validation abs err of the merge ↓`: `what` with
+    `{}` where the metric goes."""
+    metric = metric or "acc"
+    words = what.format(score_words(metric))
+    return f"{words}{_unit_suffix(metric)} {direction_arrow(higher_is_better)}"
 
 
 def lambda_figure(merges: pd.DataFrame) -> Figure:
@@ -123,16 +164,18 @@ def lam_colorbar(fig: Figure, lams, ax, **kwargs):
     return bar
 
 
-def gcs_figure(table: pd.DataFrame) -> Figure:
+def gcs_figure(
+    table: pd.DataFrame, metric: str | None = "acc", higher_is_better: bool = True
+) -> Figure:
     """GCS vs one-step TG per λ > 0 (from `gcs.csv`), with a cubic fit per λ (paper Fig. 2):
-    left in validation accuracy (the paper's TG), right in validation loss. λ is coloured on
-    an ordered scale, with a colour bar."""
+    left in the target's validation metric (the paper's TG: accuracy), right in validation
+    loss. λ is coloured on an ordered scale, with a colour bar."""
     lams = sorted(float(lam) for lam in table["lam"].unique() if lam > 0)
     colors = lam_colors(lams)
     kind = table["aux_kind"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
     panels = [
-        ("tg", "TG of one step (val accuracy points)"),
+        ("tg", f"TG of one step ({tg_units(metric, higher_is_better, 'val')})"),
         ("tg_loss", "TG of one step (val loss decrease)"),
     ]
     for ax, (column, ylabel) in zip(axes, panels):
@@ -332,7 +375,11 @@ def _tg_spread(table: pd.DataFrame, by: str) -> pd.Series:
 
 
 def sweep_figure(
-    table: pd.DataFrame, forkmerge: pd.DataFrame | None = None, grid_search: float | None = None
+    table: pd.DataFrame,
+    forkmerge: pd.DataFrame | None = None,
+    grid_search: float | None = None,
+    metric: str | None = "acc",
+    higher_is_better: bool = True,
 ) -> Figure:
     """TG vs λ, mean ± seed std with each seed faint (from `sweep.csv`); ForkMerge with the
     same budget as a horizontal band, and the grid-search baseline's mean TG as a dashed
@@ -364,7 +411,7 @@ def sweep_figure(
     ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(lams)), [lam_label(lam) for lam in lams])
     ax.set_xlabel("λ, weight of the mixed auxiliary loss (λ = 0: STL)")
-    ax.set_ylabel("TG vs STL (test accuracy points)")
+    ax.set_ylabel(tg_axis_label(metric, higher_is_better))
     ax.set_title(f"Sweeping the task weight ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="best")
     return fig
@@ -390,11 +437,14 @@ def _cell_noise(cell: pd.DataFrame) -> tuple[float | None, str | None]:
     return noise_of(fields), fields["effect"]
 
 
-def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None) -> Figure:
+def pairwise_figure(
+    table: pd.DataFrame, method: str, limit: float | None = None, tg_label: str | None = None
+) -> Figure:
     """Heatmap of TG per (target row, auxiliary column), seed mean ± its noise in each cell
     (the seed std with several seeds, the paired test-set SE with one), diverging colours
     centred on 0 and symmetric to ±`limit` (default: the largest |TG|; pass one limit to
-    compare methods), from `pairwise.csv`. Cells within noise are faded and hatched."""
+    compare methods), from `pairwise.csv`. Cells within noise are faded and hatched; the
+    colour bar says what TG is measured in (`tg_label`, default test accuracy points)."""
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.patches import Patch
 
@@ -459,11 +509,16 @@ def pairwise_figure(table: pd.DataFrame, method: str, limit: float | None = None
         fontsize=8,
         frameon=False,
     )
-    fig.colorbar(image, ax=ax, label="TG vs STL (test accuracy points)", shrink=0.85)
+    fig.colorbar(image, ax=ax, label=tg_label or tg_axis_label(), shrink=0.85)
     return fig
 
 
-def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
+def ternary_figure(
+    table: pd.DataFrame,
+    labels: list[str],
+    metric: str | None = "acc",
+    higher_is_better: bool = True,
+) -> Figure:
     """TG of Σ_b Λ_b θ_b over the simplex (from `ternary.csv`), corners labelled with the
     branches, the point chosen on validation marked."""
     import mpltern  # noqa: F401 - registers the "ternary" projection
@@ -507,7 +562,7 @@ def ternary_figure(table: pd.DataFrame, labels: list[str]) -> Figure:
             fontweight="bold",
         )
     cax = ax.inset_axes([1.08, 0.1, 0.04, 0.8], transform=ax.transAxes)
-    fig.colorbar(image, cax=cax, label="TG vs STL (test accuracy points)")
+    fig.colorbar(image, cax=cax, label=tg_axis_label(metric, higher_is_better))
     title = "Merging three branches: TG over the simplex (★ chosen on validation)"
     if hatched is not None:
         title += f"\n{hatched} of {len(table)} merges within noise (hatched)"
@@ -556,22 +611,29 @@ def _plain_log_ticks(ax, values: pd.Series) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
-def _val_curve(metrics: pd.DataFrame | None, target: str) -> pd.DataFrame:
+def _val_curve(metrics: pd.DataFrame | None, target: str, metric: str = "acc") -> pd.DataFrame:
+    """The target's validation curve in `metric` (its primary) from a tidy metrics table."""
     if metrics is None or not len(metrics):
         return pd.DataFrame(columns=["step", "value"])
     rows = metrics[
-        (metrics["task"] == target) & (metrics["split"] == "val") & (metrics["metric"] == "acc")
+        (metrics["task"] == target) & (metrics["split"] == "val") & (metrics["metric"] == metric)
     ]
     return rows.sort_values("step")
 
 
 def training_figure(
-    metrics: pd.DataFrame, target: str | None = None, stl: pd.DataFrame | None = None
+    metrics: pd.DataFrame,
+    target: str | None = None,
+    stl: pd.DataFrame | None = None,
+    metric: str | None = "acc",
+    higher_is_better: bool = True,
 ) -> Figure:
     """Training loss per task (and per branch, for ForkMerge) against step (left axis, log
     scale) from a `metrics.csv` table, the first task drawn (the target) in bold; on the
-    right axis, in accuracy points, the target's validation accuracy of this run and of its
-    STL baseline (`stl`: the rows of `stl_metrics.csv`), when there are any."""
+    right axis the target's validation curve in its primary `metric` (accuracy for a
+    classifier) of this run and of its STL baseline (`stl`: the rows of `stl_metrics.csv`),
+    when there are any, labelled with the metric and its direction."""
+    metric = metric or "acc"
     loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "loss")]
     fig, ax = plt.subplots(figsize=(7.6, 3.9), layout="constrained")
     for i, (task, group) in enumerate(loss.groupby("task", sort=False)):
@@ -586,32 +648,37 @@ def training_figure(
     ax.set_yscale("log")
     _plain_log_ticks(ax, loss["value"])
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (cross-entropy, log scale)")
+    loss_kind = "cross-entropy" if metric == "acc" else "each task's own loss"
+    ax.set_ylabel(f"training loss ({loss_kind}, log scale)")
     handles, labels = ax.get_legend_handles_labels()
-    own, base = _val_curve(metrics, target or ""), _val_curve(stl, target or "")
+    own, base = _val_curve(metrics, target or "", metric), _val_curve(stl, target or "", metric)
+    short = "val acc" if metric == "acc" else f"val {metric_label(metric)}"
     title = "Training loss per task"
     if len(own) or len(base):
         acc = ax.twinx()
         acc.spines["right"].set_visible(True)
         if len(own):
             acc.plot(own["step"], own["value"], "-o", color="black", linewidth=1.8,
-                     markersize=4.5, label=f"val acc: {target} (this run)")  # fmt: skip
+                     markersize=4.5, label=f"{short}: {target} (this run)")  # fmt: skip
         if len(base):
             acc.plot(base["step"], base["value"], "--s", color="0.45", linewidth=1.6,
-                     markersize=4.5, label=f"val acc: {target} (STL)")  # fmt: skip
-        acc.set_ylabel("target validation accuracy (%)")
+                     markersize=4.5, label=f"{short}: {target} (STL)")  # fmt: skip
+        acc.set_ylabel(score_axis_label(metric, higher_is_better, "target validation {}"))
         more_handles, more_labels = acc.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-        title = "Training loss per task and the target's validation accuracy"
+        title = f"Training loss per task and the target's validation {score_words(metric)}"
     ax.set_title(title, fontsize=10)
     ax.legend(handles, labels, frameon=False, loc="center left", bbox_to_anchor=(1.1, 0.5))
     return fig
 
 
-def search_figure(search: pd.DataFrame) -> Figure:
-    """The merge-search landscape of every ForkMerge round (from `search.csv`): validation
-    accuracy of each candidate Λ, the chosen one starred. With two branches the x axis is
-    Λ₁ (the auxiliary branch's share); with more it is the order the search tried them."""
+def search_figure(
+    search: pd.DataFrame, metric: str | None = "acc", higher_is_better: bool = True
+) -> Figure:
+    """The merge-search landscape of every ForkMerge round (from `search.csv`): the target's
+    validation score (its primary `metric`) of each candidate Λ, the chosen one starred.
+    With two branches the x axis is Λ₁ (the auxiliary branch's share); with more it is the
+    order the search tried them."""
     weights = search["weights"].astype(str).str.split(";")
     two = bool(len(weights)) and weights.map(len).max() == 2
     x = weights.map(lambda w: float(w[1])) if two else search["candidate"]
@@ -627,21 +694,24 @@ def search_figure(search: pd.DataFrame) -> Figure:
         ax.scatter(chosen["x"], chosen["val_score"], marker="*", s=160, color=color,
                    edgecolors="black", linewidths=0.6, zorder=5)  # fmt: skip
     ax.set_xlabel("Λ₁, share of the auxiliary branch" if two else "candidate (search order)")
-    ax.set_ylabel("validation accuracy of the merge (%)")
+    ax.set_ylabel(score_axis_label(metric, higher_is_better, "validation {} of the merge"))
     ax.set_title("Merge search per round (★ chosen Λ*)", fontsize=10)
     ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 
 def tg_bar_figure(
-    frame: pd.DataFrame, title: str = "Transfer gain per run (hatched: within noise)"
+    frame: pd.DataFrame,
+    title: str = "Transfer gain per run (hatched: within noise)",
+    xlabel: str | None = None,
 ) -> Figure:
     """TG per labelled row (columns `label`, `tg` and optionally `tg_err`, the ± of each TG:
     its seed std or, with one seed, its test-set SE; `tg_std` is read as `tg_err` too) as
     horizontal bars, sorted, gains in blue and losses in red, with that ± as error bars.
     With an `effect` column, bars within noise are drawn faded and hatched. With a `group`
     column (the target) the rows are grouped under a heading per group, groups in the order
-    they first come from the top, each sorted."""
+    they first come from the top, each sorted. `xlabel` says what TG is measured in
+    (default: test accuracy points)."""
     grouped = "group" in frame and frame["group"].nunique() > 1
     if grouped:
         order = {g: i for i, g in reversed(list(enumerate(frame["group"])))}
@@ -679,7 +749,88 @@ def tg_bar_figure(
                 bar.set_alpha(0.45)
                 bar.set_hatch(WITHIN_NOISE_HATCH)
     ax.axvline(0, color="0.3", linewidth=0.8)
-    ax.set_xlabel("TG vs STL (test accuracy points)")
+    ax.set_xlabel(xlabel or tg_axis_label())
     ax.set_title(title, fontsize=10)
     ax.spines["left"].set_visible(False)
+    return fig
+
+
+# Dense predictions: segmentation classes on one fixed categorical map (the same class has the
+# same colour in every panel and every run), ignored pixels black; depth on one colour scale
+# per image shared by its truth and prediction (invalid truth pixels black); normals as RGB of
+# (n + 1) / 2.
+SEGMENT_COLORS = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+DEPTH_CMAP = "viridis"
+INVALID_COLOR = "black"
+
+
+def _segment_cmap(classes: int) -> ListedColormap:
+    colors = [SEGMENT_COLORS[i % len(SEGMENT_COLORS)] for i in range(max(classes, 1))]
+    return ListedColormap(colors, "segments").with_extremes(bad=INVALID_COLOR)
+
+
+def _image_array(image) -> np.ndarray:
+    """A [C, H, W] uint8 image as imshow takes it (H × W grey, or H × W × 3)."""
+    a = np.asarray(image)
+    return a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+
+
+def _normal_rgb(normals) -> np.ndarray:
+    n = np.asarray(normals, dtype=np.float32)
+    return np.clip((np.moveaxis(n, 0, -1) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def dense_predictions_figure(blob: dict) -> Figure:
+    """A few test images of a dense target (`predictions.pt` of a run): one row per image,
+    the image first, then each dense task's ground truth and the model's prediction.
+    Segmentation in a fixed categorical colour map (ignored pixels black), depth on one
+    colour scale per image shared by truth and prediction (invalid pixels black), normals as
+    RGB of (n + 1) / 2."""
+    images = np.asarray(blob["image"])
+    tasks = list(blob["tasks"].items())
+    rows, cols = len(images), 1 + 2 * len(tasks)
+    h, w = images.shape[-2:]
+    panel = min(1.3, TSNE_WIDTH_IN / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(panel * cols, panel * h / w * rows + 0.7), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for i in range(rows):
+        axes[i, 0].imshow(_image_array(images[i]), cmap="gray", vmin=0, vmax=255)
+        for t, (name, task) in enumerate(tasks):
+            truth, pred = np.asarray(task["truth"][i]), np.asarray(task["pred"][i])
+            cells = (axes[i, 1 + 2 * t], axes[i, 2 + 2 * t])
+            kind = task["kind"]
+            if kind == "segmentation":
+                cmap = _segment_cmap(int(task["classes"]))
+                norm = Normalize(-0.5, cmap.N - 0.5)
+                for ax, labels in zip(cells, (truth, pred)):
+                    shown = np.ma.masked_less(labels.astype(np.int64), 0)
+                    ax.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
+            elif kind == "depth":
+                truth, pred = truth.astype(np.float32), pred.astype(np.float32)
+                valid = truth > 0
+                both = np.concatenate([truth[valid], pred.ravel()])
+                norm = Normalize(float(both.min()), float(both.max()))
+                cmap = matplotlib.colormaps[DEPTH_CMAP].with_extremes(bad=INVALID_COLOR)
+                cells[0].imshow(np.ma.masked_array(truth, ~valid), cmap=cmap, norm=norm)
+                cells[1].imshow(pred, cmap=cmap, norm=norm)
+            else:  # normals
+                for ax, n in zip(cells, (truth, pred)):
+                    ax.imshow(_normal_rgb(n))
+            if i == 0:
+                cells[0].set_title(f"{name}\ntruth", fontsize=9)
+                cells[1].set_title(f"{name}\nprediction", fontsize=9)
+    axes[0, 0].set_title("\nimage", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():  # a closed, light frame: image axes have no units
+            spine.set_visible(True)
+            spine.set_color("0.75")
+    split = blob.get("split", "test")
+    fig.suptitle(
+        f"Predictions of the final model on {rows} {split} images (target {blob['target']})",
+        fontsize=10,
+    )
     return fig

@@ -23,6 +23,7 @@ from ntlab.metrics import (
     effect_label,
     gain_effect,
     images_measured,
+    metric_label,
     regime_label,
 )
 from ntlab.registry import Registry
@@ -30,6 +31,7 @@ from ntlab.report import figures as fig
 from ntlab.runs import read_json_object
 
 STL_METRICS_FILE = "stl_metrics.csv"  # ntlab.core.runner.STL_METRICS_FILE (no torch import here)
+PREDICTIONS_FILE = "predictions.pt"  # ntlab.report.predictions.PREDICTIONS_FILE
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,52 @@ def lam_text(lam: Any) -> str:
     return f"{float(lam):g}"
 
 
+def target_metric(r: dict[str, Any] | None) -> tuple[str, bool]:
+    """(the target's primary metric, whether higher is better) of a results.json; results
+    written before ntlab recorded them were accuracies."""
+    r = r or {}
+    return str(r.get("metric") or "acc"), bool(r.get("higher_is_better", True))
+
+
+def metric_header(metric: str, higher_is_better: bool, split: str | None = None) -> str:
+    """A column of one metric with its units and direction: `test acc (%) ↑`,
+    `test mIoU (%) ↑`, `val abs err ↓`, `test mean angle (°) ↓`."""
+    prefix = f"{split} " if split else ""
+    units = fig._unit_suffix(metric)
+    return f"{prefix}{metric_label(metric)}{units} {fig.direction_arrow(higher_is_better)}"
+
+
+def score_header(r: dict[str, Any] | None, split: str) -> str:
+    """The column of the target's primary metric on `split` (`val_score` / `test_score`)."""
+    return metric_header(*target_metric(r), split)
+
+
+def tg_units(r: dict[str, Any] | None, split: str = "test") -> str:
+    """What the TGs of a result are measured in (`test accuracy points`, …)."""
+    return fig.tg_units(*target_metric(r), split)
+
+
+def run_metric(run: Run) -> tuple[str, bool]:
+    """The primary metric of a run's target: from its results, else (a run without results)
+    the one its STL curve or its validation rows record, else accuracy."""
+    if run.results and "metric" in run.results:
+        return target_metric(run.results)
+    target = run.train.get("target")
+    for name in (STL_METRICS_FILE, "metrics.csv"):
+        table = run.table(name)
+        if table is None or not {"task", "split", "metric"} <= set(table.columns):
+            continue
+        rows = table[(table["task"] == target) & (table["split"] == "val")]
+        if len(rows) and "acc" not in set(rows["metric"]):
+            metric = str(rows["metric"].iloc[0])
+            return metric, metric not in LOWER_IS_BETTER
+    return "acc", True
+
+
+# Directions of the metrics ntlab's own tasks report, for a run whose results are missing.
+LOWER_IS_BETTER = frozenset({"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"})
+
+
 # ---------------------------------------------------------------------------------------------
 # Views
 
@@ -231,8 +279,11 @@ class View:
         """One row of the comparison table of several runs."""
         r = run.results or {}
         t = run.train
+        metric, higher = target_metric(r)
         return {
             "target": r.get("target", t.get("target", "")),
+            "metric": metric,
+            "higher_is_better": higher,
             "method": r.get("method", t.get("method", "")),
             "test_score": r.get("test_score"),
             "tg": r.get("transfer_gain"),
@@ -257,14 +308,21 @@ def _register(command: str) -> Callable[[type[View]], type[View]]:
     return decorate
 
 
-TRAINING_CAPTION = (
-    "Training loss of each task against the step (left axis, log scale), the target first "
-    "and in bold; on the right axis the target's validation accuracy of this run (black) and "
-    "of the STL run of the same budget (grey, dashed) where it was recorded. A target loss "
-    "that stalls while the auxiliary loss keeps falling is the auxiliary task taking over "
-    "the shared features; this run's accuracy below the STL curve is negative transfer "
-    "during training."
-)
+def training_caption(metric: str = "acc", higher_is_better: bool = True) -> str:
+    words = fig.score_words(metric)
+    worse = "below" if higher_is_better else "above"
+    direction = "" if metric == "acc" else f" ({fig.direction_words(higher_is_better)})"
+    return (
+        "Training loss of each task against the step (left axis, log scale), the target first "
+        f"and in bold; on the right axis the target's validation {words}{direction} of this "
+        "run (black) and of the STL run of the same budget (grey, dashed) where it was "
+        "recorded. A target loss that stalls while the auxiliary loss keeps falling is the "
+        f"auxiliary task taking over the shared features; this run's {words} {worse} the STL "
+        "curve is negative transfer during training."
+    )
+
+
+TRAINING_CAPTION = training_caption()
 
 
 def _training_spec(run: Run) -> list[FigureSpec]:
@@ -273,28 +331,55 @@ def _training_spec(run: Run) -> list[FigureSpec]:
         return []
     stl = run.table(STL_METRICS_FILE)
     target = run.train.get("target")
+    metric, higher = run_metric(run)
     return [
         FigureSpec(
             "training",
             "Training curves",
-            TRAINING_CAPTION,
-            lambda: fig.training_figure(metrics, target, stl),
+            training_caption(metric, higher),
+            lambda: fig.training_figure(metrics, target, stl, metric, higher),
         )
     ]
+
+
+PREDICTIONS_CAPTION = (
+    "A few test images of the target (left) and, for each dense task the model trained, its "
+    "ground truth beside the final model's prediction. Segmentation: one fixed colour per "
+    "class, ignored pixels black; depth: one colour scale per image, shared by the truth and "
+    "the prediction (invalid pixels black); surface normals: the unit vector n drawn as the "
+    "colour (n + 1) / 2."
+)
+
+
+def _predictions_spec(run: Run) -> list[FigureSpec]:
+    """The predictions figure of a dense target, where the run wrote `predictions.pt`."""
+    path = run.path / PREDICTIONS_FILE
+    if not path.is_file():
+        return []
+
+    def build() -> Figure:
+        from ntlab.storage import load_torch_file
+
+        blob = load_torch_file(path, "train the run again (with --overwrite)")
+        return fig.dense_predictions_figure(blob)
+
+    title = "Predictions beside the ground truth"
+    return [FigureSpec("predictions", title, PREDICTIONS_CAPTION, build)]
 
 
 def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
     """The run's model, then the EW and STL runs it is compared with (where recorded)."""
 
     stl = r.get("stl")
+    val, test = score_header(r, "val"), score_header(r, "test")
 
     def row(label: str, d: dict[str, Any], baseline: bool = False) -> dict[str, str]:
         tg = d.get("transfer_gain")
         se, _ = run_noise(d, stl)
         return {
             "model": label,
-            "val acc (%)": num(d.get("val_score")),
-            "test acc (%)": num(d.get("test_score")),
+            val: num(d.get("val_score")),
+            test: num(d.get("test_score")),
             "TG vs STL (test)": "0 (baseline)" if baseline else pm(tg, se, always=True),
             "transfer": "reference" if baseline else run_effect(d, stl),
         }
@@ -307,28 +392,60 @@ def _model_rows(r: dict[str, Any], main: str) -> list[dict[str, str]]:
     return rows
 
 
+def _task_metrics(
+    v: dict[str, Any], directions: dict[str, bool] | None = None
+) -> list[tuple[str, bool, Any, Any]]:
+    """(metric, higher is better, val, test) of one task of a results.json: a classifier's
+    accuracy (its other metrics are diagnostics; the CSD has its own column), every metric of
+    any other task, its primary first; results written before ntlab kept every metric: the
+    primary alone. `directions`: metric → higher is better where recorded (the target's);
+    ntlab's own metrics are known, any other is taken as higher is better."""
+    primary, higher = target_metric(v)
+    val, test = v.get("val") or {}, v.get("test") or {}
+    if primary == "acc" or not (val or test):
+        return [(primary, higher, v.get("val_score"), v.get("test_score"))]
+    names = list(dict.fromkeys([primary, *val, *test]))
+    directions = {**(directions or {}), primary: higher}
+    return [
+        (m, directions.get(m, m not in LOWER_IS_BETTER), val.get(m), test.get(m)) for m in names
+    ]
+
+
 def _per_task(r: dict[str, Any]) -> list[TableSpec]:
+    """Every metric of every task of the final model, one row per (task, metric), with its
+    direction; the CSD for classification tasks."""
     tasks = r.get("tasks") or {}
     if not tasks:
         return []
-    frame = pd.DataFrame(
-        [
-            {
+    classifiers = any(target_metric(v)[0] == "acc" for v in tasks.values())
+    rows = []
+    for task, v in tasks.items():
+        primary = target_metric(v)[0]
+        known = r.get("directions") if task == r.get("target") else None
+        metrics = _task_metrics(v, known)
+        for metric, higher, val, test in metrics:
+            row = {
                 "task": task,
-                "val acc (%)": num(v.get("val_score")),
-                "test acc (%)": num(v.get("test_score")),
-                "test CSD": num(v.get("test_csd"), 3),
+                "metric": metric_label(metric) + fig._unit_suffix(metric),
+                "better": f"{fig.direction_arrow(higher)} {fig.direction_words(higher)}",
+                "val": num(val),
+                "test": num(test),
             }
-            for task, v in tasks.items()
-        ]
+            if len(metrics) > 1:
+                row["metric"] += " (primary)" if metric == primary else ""
+            if classifiers:
+                row["test CSD"] = num(v.get("test_csd"), 3) if metric == "acc" else ""
+            rows.append(row)
+    caption = (
+        "Each task's metrics on validation and test (↑ higher is better, ↓ lower is better); "
+        "a task's primary metric is the one its TG and model selection use."
     )
-    return [
-        TableSpec(
-            "Every task of the final model",
-            frame,
-            "CSD is 1 − mean max-softmax confidence on that task's test set (the paper's Eq. 4).",
+    if classifiers:
+        caption += (
+            " CSD is 1 − mean max-softmax confidence on that task's test set (the paper's "
+            "Eq. 4), for classification tasks."
         )
-    ]
+    return [TableSpec("Every task of the final model", pd.DataFrame(rows), caption)]
 
 
 @_register("train")
@@ -339,7 +456,7 @@ class TrainView(View):
         return pd.DataFrame(_model_rows(r, r.get("method", "?")))
 
     def figures(self, run: Run) -> list[FigureSpec]:
-        return _training_spec(run)
+        return _training_spec(run) + _predictions_spec(run)
 
     def tables(self, run: Run) -> list[TableSpec]:
         return _per_task(run.results or {})
@@ -370,25 +487,32 @@ class ForkMergeView(View):
                 )
             )
         search = run.table("search.csv")
+        metric, higher = run_metric(run)
         if search is not None:
+            best = "peak" if higher else "dip"
             specs.append(
                 FigureSpec(
                     "search",
                     "Merge-search landscape",
-                    "Validation accuracy of every candidate Λ tried at each merge; the star is "
-                    "the chosen Λ*. A flat curve means the merge weight barely matters; a peak "
-                    "inside the range means the branches complement each other.",
-                    lambda: fig.search_figure(search),
+                    f"Validation {fig.score_words(metric)} "
+                    f"({fig.direction_words(higher)}) of every candidate Λ tried at each "
+                    "merge; the star is the chosen Λ*. A flat curve means the merge weight "
+                    f"barely matters; a {best} inside the range means the branches complement "
+                    "each other.",
+                    lambda: fig.search_figure(search, metric, higher),
                 )
             )
-        return specs + _training_spec(run)
+        return specs + _training_spec(run) + _predictions_spec(run)
 
     def tables(self, run: Run) -> list[TableSpec]:
         merges = run.table("merges.csv")
         out = []
+        metric, higher = run_metric(run)
+        unit = "%" if metric in fig.PERCENT_METRICS else ""
         if merges is not None:
             cells = [
-                f"{lam:.2f} ({acc:.2f}%)" for lam, acc in zip(merges["lambda"], merges["val_score"])
+                f"{lam:.2f} ({score:.2f}{unit})"
+                for lam, score in zip(merges["lambda"], merges["val_score"])
             ]
             names = merges.drop_duplicates("branch").set_index("branch")["task_weights"]
             wide = (
@@ -405,7 +529,8 @@ class ForkMergeView(View):
                     "Λ* per round",
                     wide,
                     "Each branch's merge weight Λ* and, in brackets, its own validation "
-                    "accuracy before the merge.",
+                    f"{fig.score_words(metric)} ({fig.direction_words(higher)}) before the "
+                    "merge.",
                 )
             )
         return out + _per_task(run.results or {})
@@ -429,7 +554,7 @@ class GcsView(View):
         rows = [
             {
                 "λ": lam_text(lam),
-                "mean one-step TG (val acc points)": pm(
+                f"mean one-step TG ({tg_units(r, 'val')})": pm(
                     v["mean_tg"], v.get("mean_tg_se"), 3, always="mean_tg_se" in v
                 ),
                 "transfer": effect_text(v["effect"], 1) if "effect" in v else "",
@@ -455,7 +580,7 @@ class GcsView(View):
                 "gcs",
                 "Gradient conflict vs one-step transfer gain",
                 GCS_CAPTION,
-                lambda: fig.gcs_figure(table),
+                lambda: fig.gcs_figure(table, *target_metric(run.results)),
             )
         ]
 
@@ -620,7 +745,7 @@ class SweepView(View):
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         frame = _lam_stats_frame(
-            r, {"tg_val": "TG (val)", "test_score": "test acc (%)", "csd": "CSD"}
+            r, {"tg_val": "TG (val)", "test_score": score_header(r, "test"), "csd": "CSD"}
         )
         frame.insert(0, "method", "fixed λ")
         extra = []
@@ -643,7 +768,7 @@ class SweepView(View):
                     "λ": "merged",
                     "TG vs STL (test)": tg_pm(fm["tg"], r.get("seeds")),
                     "transfer": effect_text(fm.get("effect"), r.get("seeds")),
-                    "test acc (%)": pm(
+                    score_header(r, "test"): pm(
                         fm["test_score"]["mean"], fm["test_score"]["std"], signed=False
                     ),
                 }
@@ -660,8 +785,10 @@ class SweepView(View):
         fixed = table[table["method"] == "fixed"] if "method" in table else table
         fm = table[table["method"] == "forkmerge"] if "method" in table else None
         gs = ((run.results or {}).get("grid_search") or {}).get("tg", {}).get("mean")
+        metric, higher = target_metric(run.results)
         caption = (
-            "TG against λ, mean ± std over seeds with each seed as a faint dot (with one seed "
+            f"TG ({tg_units(run.results)}) against λ, mean ± std over seeds with each seed as "
+            "a faint dot (with one seed "
             "the bars are ± the paired test-set SE of its TG); below the "
             "dashed line is negative transfer. The orange band is ForkMerge with the same "
             "budget and the dash-dotted line grid search (λ chosen on validation), when run."
@@ -671,7 +798,7 @@ class SweepView(View):
                 "sweep",
                 "Transfer gain against the task weight",
                 caption,
-                lambda: fig.sweep_figure(fixed, fm, gs),
+                lambda: fig.sweep_figure(fixed, fm, gs, metric, higher),
             )
         ]
 
@@ -716,8 +843,9 @@ class PairwiseView(View):
         if table is None:
             return []
         limit = max(1.0, float(table.groupby(["method", "target", "aux"])["tg"].mean().abs().max()))
+        label, units = _pairwise_units(run.results)
         caption = (
-            "TG of training each row's target with each column's domain as the only "
+            f"TG ({units}) of training each row's target with each column's domain as the only "
             "auxiliary task, mean over seeds ± seed std (one seed: ± the paired test-set SE "
             "of its TG). Red cells (below 0) are negative transfer; faded, hatched cells are "
             "within noise (|TG| not above twice that ±). Every method shares one colour scale."
@@ -727,7 +855,7 @@ class PairwiseView(View):
                 f"pairwise_{m}",
                 f"Pairwise transfer: {m}",
                 caption,
-                lambda m=m: fig.pairwise_figure(table, m, limit),
+                lambda m=m: fig.pairwise_figure(table, m, limit, label),
             )
             for m in table["method"].drop_duplicates()
         ]
@@ -746,6 +874,17 @@ class PairwiseView(View):
         if r.get("regime_basis"):
             caption += f" Rests on {r['regime_basis']}."
         return [TableSpec("Regime per target (over its auxiliary domains)", frame, caption)]
+
+
+def _pairwise_units(r: dict[str, Any] | None) -> tuple[str, str]:
+    """(colour-bar label, caption words) of a pairwise map's TG. Domains of a classification
+    benchmark share the accuracy; the tasks of a dense benchmark each have their own primary
+    metric (the summary records the first target's), so their TGs are each in its own."""
+    metric, higher = target_metric(r)
+    if metric == "acc":
+        return fig.tg_axis_label(), fig.tg_units()
+    units = "test, each target in its own primary metric, turned so that > 0 helped"
+    return f"TG vs STL ({units})", units
 
 
 @_register("ternary")
@@ -779,8 +918,10 @@ class TernaryView(View):
         if table is None or not labels:
             return []
         table = table.assign(best=table["best"].astype(str) == "True")
+        metric, higher = target_metric(run.results)
         caption = (
-            "TG of the merged model Σ Λ_b θ_b at every point of the simplex; each corner is "
+            f"TG ({tg_units(run.results)}) of the merged model Σ Λ_b θ_b at every point of the "
+            "simplex; each corner is "
             "one branch alone. Blue gains, red (below 0) is negative transfer; the star is "
             "the point chosen on validation. Hatched: merges whose TG is within noise "
             "(within twice its paired test-set SE)."
@@ -790,7 +931,7 @@ class TernaryView(View):
                 "ternary",
                 "Merging three branches",
                 caption,
-                lambda: fig.ternary_figure(table, labels),
+                lambda: fig.ternary_figure(table, labels, metric, higher),
             )
         ]
 
@@ -801,17 +942,28 @@ class CompareView(View):
 
     def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
         rows = []
+        primary = target_metric(r)[0]
+        others = {m: h for m, h in (r.get("delta_m_over") or {}).items() if m != primary}
         for rank, method in enumerate(r["ranking"], start=1):
             v = r["methods"][method]
             lams = v.get("lam_per_seed")
+            stats = v.get("metrics") or {}
             rows.append(
                 {
                     "rank": str(rank),
                     "method": method
                     + (f" (λ = {', '.join(lam_text(x) for x in lams)})" if lams else ""),
-                    "test acc (%)": pm(
+                    score_header(r, "test"): pm(
                         v["test_score"]["mean"], v["test_score"]["std"], signed=False
                     ),
+                    **{
+                        metric_header(m, h, "test"): pm(
+                            stats[m]["mean"], stats[m].get("std"), signed=False
+                        )
+                        if m in stats
+                        else ""
+                        for m, h in others.items()
+                    },
                     "TG vs STL (test)": tg_pm(v["tg"], v["seeds"]),
                     "transfer": "reference" if method == "stl" else _method_effect(v),
                     "Δm (%)": pm(v["delta_m"]["mean"], v["delta_m"]["std"]),
@@ -851,9 +1003,11 @@ class CompareView(View):
             if rows is None:
                 return []
         data = _bar_rows(rows, (run.results or {}).get("methods", {}))
+        metric, higher = target_metric(run.results)
         caption = (
-            "TG of each method over the STL model of the same budget and seed (test accuracy "
-            "points), mean ± std over seeds; with one seed the error bars are ± the paired "
+            "TG of each method over the STL model of the same budget and seed "
+            f"({tg_units(run.results)}), mean ± std over seeds; with one seed the error bars "
+            "are ± the paired "
             "test-set SE of its TG. Red bars, left of 0, are negative transfer: the method did "
             "worse than training the target alone; faded, hatched bars are within noise."
         )
@@ -862,7 +1016,11 @@ class CompareView(View):
                 "compare",
                 "Transfer gain per method",
                 caption,
-                lambda: fig.tg_bar_figure(data, "Transfer gain per method (hatched: within noise)"),
+                lambda: fig.tg_bar_figure(
+                    data,
+                    "Transfer gain per method (hatched: within noise)",
+                    fig.tg_axis_label(metric, higher),
+                ),
             )
         ]
 
@@ -925,8 +1083,15 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
     """The overview of several runs: one row each, grouped by target (targets in the order
     they first come) and ranked by TG within a target, and TG bars in the same groups."""
     rows = []
-    for run in runs:
-        s = view_for(run).summary(run)
+    summaries = [view_for(run).summary(run) for run in runs]
+    metrics = [(s.get("metric", "acc"), s.get("higher_is_better", True)) for s in summaries]
+    one = len(set(metrics)) <= 1
+    metric, higher = metrics[0] if metrics else ("acc", True)
+    score = metric_header(metric, higher, "test") if one else "test score"
+    for run, s, (m, h) in zip(runs, summaries, metrics):
+        shown = num(s["test_score"])
+        if not one and shown:
+            shown += f" {metric_label(m)} {fig.direction_arrow(h)}"
         rows.append(
             {
                 "target": s["target"],
@@ -935,7 +1100,7 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "command": run.command,
                 "state": run.state,
                 "method": s["method"],
-                "test acc (%)": num(s["test_score"]),
+                score: shown,
                 "TG vs STL (test)": pm(s["tg"], s["tg_std"], always=s["tg_std"] is not None),
                 "regime": s["regime"],
                 "_tg": s["tg"],
@@ -964,15 +1129,17 @@ def comparison(runs: list[Run]) -> tuple[pd.DataFrame, list[FigureSpec]]:
                 "group": bars["target"].astype(str),
             }
         )
+        units = fig.tg_units(metric, higher) if one else "each in its target's primary metric"
+        xlabel = fig.tg_axis_label(metric, higher) if one else f"TG vs STL (test, {units})"
         specs.append(
             FigureSpec(
                 "comparison",
                 "Transfer gain of each run",
-                "TG of each run over the STL model of its own budget and seed (test accuracy "
-                "points; for sweeps the best λ), ± its seed std or, with one seed, its paired "
+                f"TG of each run over the STL model of its own budget and seed ({units}; for "
+                "sweeps the best λ), ± its seed std or, with one seed, its paired "
                 "test-set SE; runs grouped by target and sorted within it. Red bars, left of 0, "
                 "are negative transfer.",
-                lambda: fig.tg_bar_figure(data),
+                lambda: fig.tg_bar_figure(data, xlabel=xlabel),
             )
         )
     shown = frame.drop(columns=["_tg", "_tg_std", "_group", "_key"])
