@@ -116,8 +116,9 @@ def _forkmerge_options(
 def forkmerge_train(ctx: typer.Context, values: dict) -> None:
     """Train the target with ForkMerge and compare it with STL and EW.
 
-    Writes merges.csv (round, step, branch, task weights, its val accuracy, its Λ*),
-    search.csv (every candidate Λ with its val accuracy), metrics.csv, stl_metrics.csv (the
+    Writes merges.csv (round, step, branch, task weights, its val score, its Λ*),
+    search.csv (every candidate Λ with its val score: the target's primary metric),
+    metrics.csv, stl_metrics.csv (the
     STL baseline's validation curve), lambda.png, model.pt (the merged model), for a dense
     target predictions.pt (a few test images with each dense task's truth and prediction)
     and results.json; a checkpoint after every merge lets --resume

@@ -60,13 +60,14 @@ def train_command(ctx: typer.Context, values: dict) -> None:
     """Train the target with a weighting method and report its transfer gain over STL.
 
     Writes config.json, status.json, metrics.csv (step, task, split, metric, value),
-    stl_metrics.csv (the STL run's target validation accuracy against the step, same
+    stl_metrics.csv (the STL run's target validation score against the step, same
     columns), model.pt (the final model), for a dense target predictions.pt (a few test
-    images with each dense task's truth and prediction) and results.json (target accuracy;
-    for methods other than stl, `transfer_gain` = test accuracy minus that of the STL run
-    with the same budget and seed). Both trainings go through the run cache: an identical
-    training is read, not trained again, and two processes that want it at once train it
-    once.
+    images with each dense task's truth and prediction) and results.json (the target's
+    metrics, its primary one as val_score / test_score; for methods other than stl,
+    `transfer_gain` = the test score's gain over the STL run with the same budget and seed,
+    turned so that > 0 helps when lower is better). Both trainings go through the run
+    cache: an identical training is read, not trained again, and two processes that want it
+    at once train it once.
     """
 
     from ntlab.analysis.compare import PROCEDURES, check_method
