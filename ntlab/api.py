@@ -388,6 +388,7 @@ def train(
     budget and seed, giving the TG in the target's primary metric with its noise. Any other
     field of `ntlab.config.TrainConfig` is an option (e.g. `select="best-val"`,
     `eval_every=50`, `loss_reduction="mean"`)."""
+    from ntlab.cli.common import with_delta_m
     from ntlab.core.cache import stl_baseline, trained_model
     from ntlab.core.runner import with_transfer_gain
 
@@ -411,7 +412,7 @@ def train(
             results = {**results, "method": "grid-search", "lam": chosen}
         if method != "stl" and baseline:
             stl, source = stl_baseline(cfg)
-            results = with_transfer_gain(results, stl, source)
+            results = with_delta_m(with_transfer_gain(results, stl, source), stl)
         rows = _cache_rows(cfg)
         path = _write_run(out, "train", cfg, results, model, rows)
     return _result(model, results, out=path)
@@ -470,6 +471,7 @@ def forkmerge(
     `TrainConfig` or `ForkMergeOptions` is an option (e.g. `prune=2`, `merge_heads="shared"`)."""
     import pandas as pd
 
+    from ntlab.cli.common import with_delta_m
     from ntlab.core.cache import stl_baseline
     from ntlab.core.forkmerge import (
         BRANCH_BUILDERS,
@@ -495,7 +497,7 @@ def forkmerge(
         results = outcome.results
         if baseline:
             stl, source = stl_baseline(cfg)
-            results = with_transfer_gain(results, stl, source)
+            results = with_delta_m(with_transfer_gain(results, stl, source), stl)
         lambdas = pd.DataFrame(outcome.merges)
         path = _write_run(
             out, "forkmerge", cfg, results, outcome.model, outcome.metrics,

@@ -18,12 +18,14 @@ from ntlab.cli.common import (
     default_out,
     gain_view,
     guarded,
+    metrics_line,
     print_paths,
     resolve_options,
     results_table,
     run_parallel,
     score_headers,
     tg_cells,
+    with_delta_m,
 )
 from ntlab.config import ForkMergeOptions
 from ntlab.errors import unknown_name
@@ -267,7 +269,7 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
 
                 stl, source = cached_run(stl_config(cfg), bar("stl"))
                 source = ran.source([stl_job], source) if ran else source
-                results = with_transfer_gain(results, stl, source)
+                results = with_delta_m(with_transfer_gain(results, stl, source), stl)
                 stl_curve = stl_curve_csv(cfg)
                 if stl_curve:
                     atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
@@ -282,6 +284,7 @@ def _train_and_report(opts: dict, cfg, specs, fm, record: dict, run: RunDir, wor
                     "tg_se": fields["tg_se"],
                     "tg_se_kind": fields["tg_se_kind"],
                     "effect": fields["effect"],
+                    "delta_m": with_delta_m(ew, stl)["delta_m"],
                     **{k: ew[k] for k in ("test_n", "test_correct") if k in ew},
                 }
         merges = pd.DataFrame(outcome.merges)
@@ -394,6 +397,9 @@ def _print_summary(
                 highlight=False,
                 soft_wrap=True,
             )
+    line = metrics_line(results)
+    if line:
+        console.print(line, highlight=False, soft_wrap=True)
     for line in round_lines(merges, labels):
         console.print(f"Λ* {line}", highlight=False)
     for row in results.get("excluded_branches", []):

@@ -17,12 +17,14 @@ from ntlab.cli.common import (
     default_out,
     gain_view,
     guarded,
+    metrics_line,
     print_paths,
     resolve_options,
     results_table,
     run_parallel,
     score_headers,
     tg_cells,
+    with_delta_m,
 )
 from ntlab.config import ForkMergeOptions
 from ntlab.runs import RunDir, atomic_write_text
@@ -110,7 +112,7 @@ def train_command(ctx: typer.Context, values: dict) -> None:
                 stl, source = stl_baseline(
                     cfg, on_step=progress.callback(f"stl → {cfg.target}", cfg.steps)
                 )
-                results = with_transfer_gain(results, stl, source)
+                results = with_delta_m(with_transfer_gain(results, stl, source), stl)
                 stl_curve = stl_curve_csv(cfg)
                 if stl_curve:
                     atomic_write_text(run.path / STL_METRICS_FILE, stl_curve)
@@ -166,6 +168,9 @@ def print_summary(results: dict, path: Path, quiet: bool) -> None:
         subject = f"{results['method']} vs STL on {results['target']}"
         sentence = tg_sentence(subject, gain_view(results), results.get("metric", "acc"))
         console.print(sentence, highlight=False, soft_wrap=True)
+    line = metrics_line(results)
+    if line:
+        console.print(line, highlight=False, soft_wrap=True)
     print_paths(path)
 
 

@@ -110,6 +110,9 @@ def test_scenes_forkmerge_and_compare_show_miou_pixel_accuracy_and_delta_m(scene
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "fm" / "results.json").read_text())
     assert set(r["target_metrics"]["test"]) == {"miou", "pixel_acc"}
+    assert isinstance(r["delta_m"], float) and isinstance(r["ew"]["delta_m"], float)
+    assert "segment, test: mIoU" in result.stdout and "pixel acc" in result.stdout
+    assert "Δm vs STL" in result.stdout
     result = invoke(
         "compare", "--benchmark", "scenes", "--target", "segment", "--methods", "stl,ew,pcgrad",
         *TINY, "--out", tmp_path / "cmp",
