@@ -12,6 +12,7 @@ and its own targets. Each task trains on its own mini-batches, as every task of 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,10 +56,10 @@ class ScenesBenchmark:
         self.root = root or scenes_root()
 
     def specs(self) -> dict[str, TaskSpec]:
-        from ntlab.data.scenes import CLASSES
+        from ntlab.data.scenes import CLASSES, segment_loss
 
         return {
-            "segment": segmentation_task(CLASSES),
+            "segment": replace(segmentation_task(CLASSES), loss=segment_loss),
             "depth": depth_task(),
             "normal": normal_task(),
         }

@@ -5,12 +5,14 @@ planes in front of a textured, tilted background plane (crops of scikit-learn's 
 sample photos), and three per-pixel targets of the same scene:
 
 - `segment` [N, S, S] int64: the class of the front-most digit covering the pixel, 0..9,
-  or 10 (`BACKGROUND`). A digit covers a pixel where its anti-aliased alpha is ≥ 0.5; there
-  are no ignored pixels (ntlab.dense_metrics still supports −1 for NYUv2's).
+  or 10 (`BACKGROUND`). A digit (its strokes thickened, STROKE) covers a pixel where its
+  anti-aliased alpha is ≥ 0.5; there are no ignored pixels (ntlab.dense_metrics still
+  supports −1 for NYUv2's).
 - `depth` [N, 1, S, S] float32: the distance along the viewing axis, in canvas widths,
-  positive everywhere (about 1.2 to 8.9): the digits in three disjoint depth bands, the
-  background behind them all. Apparent size falls with depth and the colours are shaded by
-  the surface's angle to a fixed light, so depth and normals are visible in the image.
+  positive everywhere (about 0.6 to 4.4): the digits in three disjoint depth bands, the
+  background behind them all. Apparent size falls with depth, the colours are shaded by
+  the surface's angle to a fixed light and fade towards a fog colour with each pixel's
+  depth, so depth and normals are visible in the image.
 - `normal` [N, 3, S, S] float32: the unit normal of that depth surface, exact from the
   planes' parameters. With x to the right and y down in canvas units and z the depth
   (OpenCV's camera frame, orthographic), the plane z = a + b·x + c·y has the normal
@@ -52,7 +54,7 @@ from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the calibrated geometry and the depth cueing
 SLOTS = 3  # at most three digits per image
 BACKGROUND = 10
 CLASSES = 11  # digits 0..9 and the background
@@ -62,6 +64,18 @@ LIGHT = F.normalize(torch.tensor([-0.4, -0.5, -0.77]), dim=0)
 SUPERSAMPLE = 2  # digits are drawn at twice the resolution and averaged down
 CHUNK = 256  # images rendered at once (memory stays below ~100 MB)
 PHOTO_SCALES = (2.0, 3.0, 4.0)  # photo pixels per canvas pixel of a 32×32 canvas
+# The geometry (calibrated so that each task learns in the default preset, README): slot k's
+# box centre sits at depth DIGIT_Z + DIGIT_DZ·k, its apparent side is DIGIT_SIZE / depth
+# (at most 0.9 of the canvas), tilted up to DIGIT_TILT degrees; the background at
+# BACKGROUND_Z to BACKGROUND_Z + 0.5 at the canvas centre, tilted up to 30°.
+DIGIT_Z, DIGIT_DZ, DIGIT_SIZE, DIGIT_TILT, BACKGROUND_Z = 1.0, 0.8, 1.3, 25.0, 3.5
+# MNIST's strokes are thickened by a STROKE×STROKE max filter before they are drawn
+STROKE = 3
+BACKGROUND_WEIGHT = 0.1  # of the background's pixels in `segment_loss`
+# Depth cueing: each surface's colour fades towards FOG by FOG_MAX·(1 − exp(−z/FOG_DEPTH))
+# at depth z, per pixel, so depth and (through its gradient) tilt show in the image.
+FOG = torch.tensor([0.7, 0.75, 0.8])
+FOG_MAX, FOG_DEPTH = 0.6, 2.5
 
 STORED = ("image", "owner", "labels", "boxes", "planes")  # the targets follow from them
 
@@ -137,18 +151,19 @@ def _draw(n: int, pool: int, size: int, g: torch.Generator) -> dict[str, torch.T
     rank = torch.rand(n, SLOTS, generator=g).argsort(1).argsort(1)
     active = rank < count[:, None]
     which = torch.randint(pool, (n, SLOTS), generator=g)
-    # slot k sits at 2 + 1.5k ± 0.25 at its box centre, its tilt adds at most ±0.53 over the box:
-    # the bands [1.2, 2.8], [2.9, 4.1], [4.3, 5.5] and the background [7.1, 8.9] never meet
-    z0 = 2 + 1.5 * torch.arange(SLOTS) + 0.5 * (torch.rand(n, SLOTS, generator=g) - 0.5)
-    side = (1.6 / z0 * (0.85 + 0.3 * torch.rand(n, SLOTS, generator=g))).clamp(max=0.9)
+    # slot k sits at DIGIT_Z + DIGIT_DZ·k ± 0.1 at its box centre, its tilt adds at most
+    # ±0.3 over the box: the bands [0.6, 1.4], [1.45, 2.15], [2.3, 2.9] and the background
+    # [3.1, 4.4] never meet (tests/data/test_scenes.py checks the order)
+    z0 = DIGIT_Z + DIGIT_DZ * torch.arange(SLOTS) + 0.2 * (torch.rand(n, SLOTS, generator=g) - 0.5)
+    side = (DIGIT_SIZE / z0 * (0.85 + 0.3 * torch.rand(n, SLOTS, generator=g))).clamp(max=0.9)
     left = torch.rand(n, SLOTS, generator=g) * (1 - side)
     top = torch.rand(n, SLOTS, generator=g) * (1 - side)
-    grad = _tilt(n, (SLOTS,), 40.0, g)
+    grad = _tilt(n, (SLOTS,), DIGIT_TILT, g)
     cx, cy = left + side / 2, top + side / 2
     a = z0 - grad[..., 0] * cx - grad[..., 1] * cy
     digit_planes = torch.cat([a[..., None], grad], -1)  # [n, SLOTS, 3]
     bg_grad = _tilt(n, (), 30.0, g)
-    bg_z0 = 7.5 + torch.rand(n, generator=g)
+    bg_z0 = BACKGROUND_Z + 0.5 * torch.rand(n, generator=g)
     bg_a = bg_z0 - 0.5 * bg_grad[:, 0] - 0.5 * bg_grad[:, 1]
     bg_plane = torch.cat([bg_a[:, None], bg_grad], -1)
     colour = torch.rand(n, SLOTS, 3, generator=g)
@@ -205,10 +220,17 @@ def _render(
     cols = torch.where(p["flip"][:, None, None], cols.flip(-1), cols)
     crop = levels[p["level"][:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # [m, 3, S, S]
     shade = 0.35 + 0.65 * (normals @ LIGHT).clamp(0, 1)  # [m, SLOTS + 1]
+    x, y = pixel_centres(size)
+    pa, pb, pc = (p["planes"][..., i, None, None] for i in range(3))  # [m, SLOTS + 1, 1, 1]
+    fog = (FOG_MAX * (1 - torch.exp(-(pa + pb * x + pc * y) / FOG_DEPTH)))[:, :, None]
+    fog_colour = FOG[None, :, None, None]
     image = (0.3 + 0.4 * crop) * shade[:, SLOTS, None, None, None]
+    image = image * (1 - fog[:, SLOTS]) + fog_colour * fog[:, SLOTS]
     for k in reversed(range(SLOTS)):
         a = alpha[:, k, None]
-        image = image * (1 - a) + (p["colour"][:, k] * shade[:, k, None])[:, :, None, None] * a
+        surface = (p["colour"][:, k] * shade[:, k, None])[:, :, None, None]
+        surface = surface * (1 - fog[:, k]) + fog_colour * fog[:, k]
+        image = image * (1 - a) + surface * a
     g = torch.Generator().manual_seed(int(p["noise_seed"][0]))
     image = image + 0.02 * torch.randn(image.shape, generator=g)
     return {"image": (image.clamp(0, 1) * 255).round().to(torch.uint8), "owner": owner.byte()}
@@ -266,6 +288,8 @@ def build_scenes(
         chunk = {k: v[lo : lo + CHUNK] for k, v in drawn.items() if k != "noise_seed"}
         chunk["noise_seed"] = drawn["noise_seed"] + lo
         digits = mnist_x[chunk["which"]].float().div(255)
+        if STROKE > 1:
+            digits = F.max_pool2d(digits, STROKE, stride=1, padding=STROKE // 2)
         parts.append(_render(chunk, digits, labels[lo : lo + CHUNK], size))
     owner = torch.cat([part["owner"] for part in parts])
     planes = drawn["planes"].float()
@@ -277,6 +301,19 @@ def build_scenes(
         "boxes": drawn["boxes"].float(),
         "planes": planes,
     }
+
+
+def segment_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The `segment` task's loss: cross-entropy with the background's pixels weighted by
+    BACKGROUND_WEIGHT and every digit's by 1, averaged by the weights (F.cross_entropy's
+    `weight`); logits [B, CLASSES, H, W], target [B, H, W] (no ignored pixels).
+
+    Most pixels are background: unweighted, a 500-step training learns where digits are
+    but not which, and predicts the background everywhere (README, "Calibration of
+    `scenes`")."""
+    weight = torch.ones(CLASSES, device=logits.device, dtype=logits.dtype)
+    weight[BACKGROUND] = BACKGROUND_WEIGHT
+    return F.cross_entropy(logits, target.long(), weight=weight)
 
 
 # --- the splits on disk ----------------------------------------------------------------

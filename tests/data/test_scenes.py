@@ -251,3 +251,19 @@ def test_a_config_out_of_range_is_refused():
         ScenesConfig(size=8).validate()
     with pytest.raises(scenes.NtlabError, match="val split"):
         ScenesConfig(val=0).validate()
+
+
+def test_the_segment_loss_weighs_a_missed_digit_pixel_above_a_missed_background_pixel():
+    """Most pixels are background: the scenes' segment loss weighs them down, so that
+    predicting the background everywhere is not what a short training settles on."""
+    from ntlab.data.dense import ScenesBenchmark
+
+    loss = ScenesBenchmark().specs()["segment"].loss
+    target = torch.full((1, 4, 4), BACKGROUND)
+    target[0, 0, 0] = 3
+    right = torch.full((1, 11, 4, 4), -10.0).scatter(1, target[:, None], 10.0)
+    miss_digit = right.clone()
+    miss_digit[0, :, 0, 0] = right[0, :, 1, 1]  # the digit pixel called background
+    miss_background = right.clone()
+    miss_background[0, :, 1, 1] = right[0, :, 0, 0]  # a background pixel called a 3
+    assert loss(miss_digit, target) > 5 * loss(miss_background, target)
