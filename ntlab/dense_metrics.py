@@ -30,21 +30,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ntlab.metrics import directions
+
 IGNORE_INDEX = -1
 NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)
 
-# Every metric this module reports → whether higher is better.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "miou": True,
-    "pixel_acc": True,
-    "abs_err": False,
-    "rel_err": False,
-    "mean_angle": False,
-    "median_angle": False,
-    "within_11.25": True,
-    "within_22.5": True,
-    "within_30": True,
-}
+# Every metric this module reports → whether higher is better (ntlab.metrics' table).
+HIGHER_IS_BETTER: dict[str, bool] = directions(
+    "miou", "pixel_acc", "abs_err", "rel_err", "mean_angle", "median_angle",
+    *(f"within_{t:g}" for t in NORMAL_THRESHOLDS),
+)  # fmt: skip
 
 
 def _check_same_shape(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:

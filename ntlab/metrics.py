@@ -313,6 +313,22 @@ def tg_sentence(subject: str, fields: Mapping[str, Any], metric: str = "acc") ->
 
 
 # How the metrics of ntlab's tasks are shown: name → label; the percentages' TGs are points.
+# Which way each metric of ntlab's own tasks improves (True: higher is better), the one
+# table the tasks (ntlab.tasks), ntlab.dense_metrics and the reports read; a user's task
+# declares its own (TaskSpec.metrics).
+METRIC_DIRECTIONS: dict[str, bool] = {
+    "acc": True, "loss": False, "confidence": True, "csd": False,
+    "miou": True, "pixel_acc": True, "abs_err": False, "rel_err": False,
+    "mean_angle": False, "median_angle": False,
+    "within_11.25": True, "within_22.5": True, "within_30": True,
+}  # fmt: skip
+
+
+def directions(*names: str) -> dict[str, bool]:
+    """{metric: higher is better} of ntlab's own metrics `names`, in that order."""
+    return {name: METRIC_DIRECTIONS[name] for name in names}
+
+
 METRIC_LABELS = {
     "acc": "acc", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
     "rel_err": "rel err", "mean_angle": "mean angle", "median_angle": "median angle",

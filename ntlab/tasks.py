@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntlab.errors import NtlabError
+from ntlab.metrics import directions
 
 FOLDS = 20  # disjoint parts of a test set on which a non-classification primary is measured
 FOLD_SEED = 0
@@ -140,7 +141,7 @@ def classification_task(num_classes: int) -> TaskSpec:
         kind=CLASSIFICATION,
         head=None,
         loss=F.cross_entropy,
-        metrics={"acc": True, "loss": False, "confidence": True, "csd": False},
+        metrics=directions("acc", "loss", "confidence", "csd"),
         primary="acc",
         delta_m_metrics=("acc",),  # the others are diagnostics
         num_classes=num_classes,
@@ -175,7 +176,7 @@ def segmentation_task(classes: int, head: HeadFactory | None = None) -> TaskSpec
         kind=DENSE,
         head=head,
         loss=dm.segmentation_loss,
-        metrics={"miou": True, "pixel_acc": True},
+        metrics=directions("miou", "pixel_acc"),
         primary="miou",
         evaluator=lambda: _Meter(dm.SegmentationMeter(classes), ("miou", "pixel_acc")),
         num_classes=classes,
@@ -193,7 +194,7 @@ def depth_task(head: HeadFactory | None = None) -> TaskSpec:
         kind=DENSE,
         head=head,
         loss=dm.depth_loss,
-        metrics={"abs_err": False, "rel_err": False},
+        metrics=directions("abs_err", "rel_err"),
         primary="abs_err",
         evaluator=lambda: _Meter(dm.DepthMeter()),
         outputs=1,
@@ -212,7 +213,7 @@ def normal_task(head: HeadFactory | None = None) -> TaskSpec:
         kind=DENSE,
         head=head,
         loss=dm.normal_loss,
-        metrics={"mean_angle": False, "median_angle": False, **dict.fromkeys(within, True)},
+        metrics=directions("mean_angle", "median_angle", *within),
         primary="mean_angle",
         evaluator=lambda: _Meter(dm.NormalMeter(), within),
         outputs=3,

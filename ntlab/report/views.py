@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from ntlab.errors import NtlabError
 from ntlab.metrics import (
     EFFECT_LABELS,
+    METRIC_DIRECTIONS,
     binomial_se,
     effect_label,
     gain_effect,
@@ -244,12 +245,8 @@ def run_metric(run: Run) -> tuple[str, bool]:
         rows = table[(table["task"] == target) & (table["split"] == "val")]
         if len(rows) and "acc" not in set(rows["metric"]):
             metric = str(rows["metric"].iloc[0])
-            return metric, metric not in LOWER_IS_BETTER
+            return metric, METRIC_DIRECTIONS.get(metric, True)
     return "acc", True
-
-
-# Directions of the metrics ntlab's own tasks report, for a run whose results are missing.
-LOWER_IS_BETTER = frozenset({"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,10 +402,8 @@ def _task_metrics(
     if primary == "acc" or not (val or test):
         return [(primary, higher, v.get("val_score"), v.get("test_score"))]
     names = list(dict.fromkeys([primary, *val, *test]))
-    directions = {**(directions or {}), primary: higher}
-    return [
-        (m, directions.get(m, m not in LOWER_IS_BETTER), val.get(m), test.get(m)) for m in names
-    ]
+    directions = {**METRIC_DIRECTIONS, **(directions or {}), primary: higher}
+    return [(m, directions.get(m, True), val.get(m), test.get(m)) for m in names]
 
 
 def _per_task(r: dict[str, Any]) -> list[TableSpec]:
