@@ -312,7 +312,6 @@ def tg_sentence(subject: str, fields: Mapping[str, Any], metric: str = "acc") ->
     return f"{subject}: {tg_text(fields)} {metric_units(metric)} ({noise_words(fields)})"
 
 
-# How the metrics of ntlab's tasks are shown: name → label; the percentages' TGs are points.
 # Which way each metric of ntlab's own tasks improves (True: higher is better), the one
 # table the tasks (ntlab.tasks), ntlab.dense_metrics and the reports read; a user's task
 # declares its own (TaskSpec.metrics).
@@ -329,6 +328,7 @@ def directions(*names: str) -> dict[str, bool]:
     return {name: METRIC_DIRECTIONS[name] for name in names}
 
 
+# How the metrics of ntlab's tasks are shown: name → label; the percentages' TGs are points.
 METRIC_LABELS = {
     "acc": "acc", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
     "rel_err": "rel err", "mean_angle": "mean angle", "median_angle": "median angle",

@@ -183,3 +183,16 @@ def test_delta_m_leaves_out_a_metric_whose_baseline_is_zero():
     }
     assert delta_m_of(method, stl) == pytest.approx(20.0)  # the angle alone: 10/50 lower
     assert math.isnan(delta_m_of({"test_score": 1.0}, {"test_score": 0.0}))
+
+
+def test_the_built_in_tasks_and_the_reports_share_one_table_of_directions():
+    from ntlab.dense_metrics import HIGHER_IS_BETTER
+    from ntlab.metrics import METRIC_DIRECTIONS
+    from ntlab.tasks import classification_task, depth_task, normal_task, segmentation_task
+
+    specs = [classification_task(10), segmentation_task(11), depth_task(), normal_task()]
+    for spec in specs:
+        assert spec.metrics == {m: METRIC_DIRECTIONS[m] for m in spec.metrics}
+    assert set(HIGHER_IS_BETTER) | {"acc", "loss", "confidence", "csd"} == set(METRIC_DIRECTIONS)
+    lower = {m for m, up in METRIC_DIRECTIONS.items() if not up}
+    assert lower == {"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"}
