@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write a run directory and report")
     args = parser.parse_args()
 
+    # ntlab starts from the weights your modules have: seed their initialisation, or each
+    # process starts from different ones and prints different numbers
+    torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
     tasks = make_tasks()
     common = {"steps": args.steps, "batch_size": 32, "lr": 1e-3, "seed": 0, "threads": 1}

@@ -44,6 +44,18 @@ def test_the_example_runs_as_the_readme_says(tmp_path):
     assert (out / "report.html").is_file() and (out / "merges.csv").is_file()
 
 
+def test_the_example_prints_the_same_numbers_in_another_process():
+    """The user's modules are seeded by the user (the example does): then a second process
+    gives the same numbers, line for line."""
+    command = [sys.executable, "examples/custom_tasks.py", "--steps", "30"]
+    runs = [
+        subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert "test acc" in runs[0].stdout and runs[0].stdout == runs[1].stdout
+
+
 def test_forkmerge_gives_the_merged_model_its_lambdas_and_a_tg_with_noise(tasks):
     net = backbone()
     before = {k: v.clone() for k, v in net.state_dict().items()}
