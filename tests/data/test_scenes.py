@@ -169,7 +169,15 @@ def test_prepare_writes_the_splits_and_a_manifest_and_reuses_them(
         "val.pt",
     ]
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["config"] == {"seed": 0, "size": 16, "train": 12, "val": 4, "test": 6}
+    assert manifest["config"] == {
+        "seed": 0,
+        "size": 16,
+        "train": 12,
+        "val": 4,
+        "test": 6,
+        "segment_labels": 200,
+    }
+    assert manifest["segment_labelled"] == 12  # all of a 12-image train split
     assert {s: e["images"] for s, e in manifest["splits"].items()} == {
         "train": 12,
         "val": 4,
@@ -251,6 +259,53 @@ def test_a_config_out_of_range_is_refused():
         ScenesConfig(size=8).validate()
     with pytest.raises(scenes.NtlabError, match="val split"):
         ScenesConfig(val=0).validate()
+    with pytest.raises(scenes.NtlabError, match="--segment-labels must be at least 1"):
+        ScenesConfig(segment_labels=0).validate()
+
+
+def test_segment_is_labelled_on_a_prefix_of_the_shared_training_images(
+    fake_mnist, monkeypatch, tmp_path
+):
+    """`segment` trains on the first `segment_labels` training canvases, depth and normal
+    on all of them, and every task is evaluated on the whole val and test splits; the
+    number is part of the data's fingerprint, so runs of another labelling are not reused."""
+    from ntlab.data.dense import ScenesBenchmark
+
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    full = ScenesBenchmark()
+    all_labels = full.fingerprint()
+    cfg = ScenesConfig(**{**TINY_SCENES.__dict__, "segment_labels": 5})
+    prepare_scenes(cfg, mnist_dir=fake_mnist[0], verify_mnist=False)
+    bench = ScenesBenchmark()
+    assert bench.fingerprint() != all_labels
+    data = bench.load(["segment", "depth", "normal"])
+    seg, depth, normal = data["segment"], data["depth"], data["normal"]
+    assert (seg.size("train"), depth.size("train"), normal.size("train")) == (5, 12, 12)
+    assert seg.x("train").shape[0] == 5
+    assert torch.equal(seg.x("train"), depth.x("train")[:5])  # the same images, a prefix
+    assert seg.x("train").data_ptr() == depth.x("train").data_ptr()  # shared, not copied
+    built_train = scenes.load_scenes_split(bench.root / "train.pt")
+    assert torch.equal(seg.y("train"), built_train["segment"][:5])
+    for split, n in (("val", 4), ("test", 6)):
+        assert seg.size(split) == depth.size(split) == n
+    assert bench.load(["depth"])["depth"].size("train") == 12
+    rows = {row["task"]: row["splits"] for row in bench.describe()}
+    assert rows["segment"] == {"train": 5, "val": 4, "test": 6}
+    assert rows["depth"] == {"train": 12, "val": 4, "test": 6}
+
+
+def test_a_build_of_another_format_is_refused_with_the_fix(fake_mnist, monkeypatch, tmp_path):
+    from ntlab.data.dense import ScenesBenchmark
+
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    root = prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "format": 2}))
+    with pytest.raises(scenes.NtlabError, match="format 2.*ntlab data prepare scenes"):
+        ScenesBenchmark().load(["segment"])
+    prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)  # rebuilt
+    assert ScenesBenchmark().load(["segment"])["segment"].size("train") == 12
 
 
 def test_the_segment_loss_weighs_a_missed_digit_pixel_above_a_missed_background_pixel():
@@ -267,3 +322,27 @@ def test_the_segment_loss_weighs_a_missed_digit_pixel_above_a_missed_background_
     miss_background = right.clone()
     miss_background[0, :, 1, 1] = right[0, :, 0, 0]  # a background pixel called a 3
     assert loss(miss_digit, target) > 5 * loss(miss_background, target)
+
+
+def test_data_prepare_scenes_takes_the_number_of_segment_labels(fake_mnist, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from ntlab.cli import app
+
+    monkeypatch.setenv("NTLAB_HOME", str(tmp_path))
+    runner = CliRunner()
+    base = ["data", "prepare", "scenes", "--mnist-dir", str(fake_mnist[0]), "--no-verify"]
+    base += ["--train", "10", "--val", "4", "--test", "4"]
+    result = runner.invoke(app, [*base, "--segment-labels", "3"])
+    assert result.exit_code == 0, result.output
+    assert "segment labelled on 3 of 10 training images" in result.output
+    manifest = json.loads((tmp_path / "datasets/scenes/manifest.json").read_text())
+    assert manifest["segment_labelled"] == 3 and manifest["config"]["segment_labels"] == 3
+    for args, message in (
+        ([*base, "--segment-labels", "0"], "--segment-labels must be at least 1"),
+        (["data", "prepare", "digits", "--segment-labels", "5"], "applies to scenes only"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
