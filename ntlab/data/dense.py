@@ -82,6 +82,12 @@ class ScenesBenchmark:
                 f"{manifest.get('format')}, this one reads {FORMAT_VERSION}); "
                 "run `ntlab data prepare scenes` to rebuild them"
             )
+        labelled = manifest.get("segment_labelled")
+        if type(labelled) is not int or labelled < 1:
+            raise NtlabError(
+                f"{self.root / 'manifest.json'} is damaged (no valid segment_labelled); "
+                "run `ntlab data prepare scenes --force`"
+            )
         return manifest
 
     def fingerprint(self) -> str:

@@ -475,6 +475,7 @@ def prepare_scenes(
         not force
         and manifest is not None
         and manifest.get("format") == FORMAT_VERSION
+        and manifest.get("segment_labelled") == cfg.segment_labelled
         and manifest.get("config_fingerprint") == config_fingerprint(cfg, digest)
         and _intact(root, manifest)
     ):

@@ -304,6 +304,9 @@ def test_a_build_of_another_format_is_refused_with_the_fix(fake_mnist, monkeypat
     (root / "manifest.json").write_text(json.dumps({**manifest, "format": 2}))
     with pytest.raises(scenes.NtlabError, match="format 2.*ntlab data prepare scenes"):
         ScenesBenchmark().load(["segment"])
+    (root / "manifest.json").write_text(json.dumps({**manifest, "segment_labelled": "all"}))
+    with pytest.raises(scenes.NtlabError, match="manifest.json is damaged.*--force"):
+        ScenesBenchmark().load(["segment"])
     prepare_scenes(TINY_SCENES, mnist_dir=fake_mnist[0], verify_mnist=False)  # rebuilt
     assert ScenesBenchmark().load(["segment"])["segment"].size("train") == 12
 
