@@ -12,7 +12,7 @@ torch; the checks that need a registry import it when they run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,6 +125,18 @@ class ForkMergeOptions:
     bn_batches: int = 20
     optimizer_state: str = "keep"  # or "reset": fresh optimiser moments after every merge
     merge_heads: str = "all"  # or "shared": the backbone and the target head only
+    merge_op: str = "average"  # or "ties", "dare" (ntlab.core.merge)
+    ties_k: float = 0.2  # ties: the share of each branch's delta entries kept
+    dare_p: float = 0.5  # dare: the share of each branch's delta entries dropped
+
+    def key_fields(self) -> dict:
+        """The options as the cache keys them: an operator's parameter only with it."""
+        fields = asdict(self)
+        if self.merge_op != "ties":
+            fields.pop("ties_k")
+        if self.merge_op != "dare":
+            fields.pop("dare_p")
+        return fields
 
     def search_for(self, branches: int) -> str:
         if self.search == "auto":

@@ -1,7 +1,8 @@
 """Mixing hypotheses over the simplex: the merge landscape of three branches (Fig. 6).
 
 Three branches are forked from one start and trained `steps` each with their own task
-weights; then `Σ_b Λ_b θ_b` is evaluated at every point of a simplex grid. Validation
+weights; then `Σ_b Λ_b θ_b` (or another merge operator's merge of Λ, `--merge-op`) is
+evaluated at every point of a simplex grid. Validation
 accuracy is the score ForkMerge's grid search walks on (the same `grid_search`, the same
 `MergeSpace`); test accuracy and TG against the STL run are recorded beside it, each TG with
 its paired test-set standard error (the merged model and the STL run scored on the same test
@@ -19,7 +20,7 @@ import pandas as pd
 from ntlab.checks import check_number
 from ntlab.core.evaluate import direction, evaluate_paired, pairing_fields, score
 from ntlab.core.forkmerge import BranchSpec, fork_branches
-from ntlab.core.merge import MergeSpace
+from ntlab.core.merge import AVERAGE, MergeOp, MergeSpace
 from ntlab.core.runner import TrainConfig
 from ntlab.core.search import RecordingScore, grid_search
 from ntlab.core.train import train
@@ -48,21 +49,25 @@ def ternary_table(
     resolution: int,
     stl: Mapping[str, Any],
     on_step: Callable[[int, int], None] | None = None,
+    op: MergeOp = AVERAGE,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """(one row per grid point: w0, w1, w2, val_score, test_score, tg, tg_se, tg_se_kind, effect,
     best; each branch's own val/test accuracy).
 
     `stl` is the STL run's result (`test_score`, and `test_correct` for the paired SE; without
-    it the SE is the binomial one)."""
+    it the SE is the binomial one). `op` merges the branches (ntlab.core.merge; `ties` and
+    `dare` on their deltas from the common start)."""
     if len(branches) != 3:
         raise NtlabError(f"a ternary map needs exactly three branches, got {len(branches)}")
     check_resolution(resolution)
+    op.check()
     data, states = fork_branches(cfg, branches)
+    start = {k: v.detach().clone() for k, v in states[0].model.state_dict().items()}
     for b, (state, spec) in enumerate(zip(states, branches)):
         step = (lambda s, b=b: on_step(b, s)) if on_step else None
         train(state, list(spec.terms), cfg.steps, on_step=step)
     target = data[cfg.target]
-    space = MergeSpace([s.model.state_dict() for s in states])
+    space = MergeSpace([s.model.state_dict() for s in states], op=op, base=start)
     probe = copy.deepcopy(states[0].model)
 
     sign = 1.0 if target.spec.higher_is_better else -1.0  # the search maximises

@@ -98,6 +98,9 @@ def _forkmerge_options(
         typer.Option(help="After a merge each branch keeps its optimiser moments, or resets them."),
     ] = "keep",
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
+    merge_op: opt.MergeOpOption = ForkMergeOptions.merge_op,
+    ties_k: opt.TiesK = ForkMergeOptions.ties_k,
+    dare_p: opt.DareP = ForkMergeOptions.dare_p,
     resume: opt.Resume = False,
     dist_timeout: Annotated[
         float,
@@ -149,6 +152,7 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             bn_recalibrate=opts["bn_recalibrate"],
             optimizer_state=opts["optimizer_state"],
             merge_heads=opts["merge_heads"],
+            **opt.merge_op_fields(opts),
         )
         validate_forkmerge(cfg, specs, fm)
         check_number("--dist-timeout", opts["dist_timeout"], low=1)

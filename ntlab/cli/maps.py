@@ -50,7 +50,11 @@ SWEEP_FM = ["seed", "val_score", "test_score", "tg", *NOISE, "tg_val", "source"]
 def _forkmerge_options(cfg: TrainConfig, opts: dict) -> ForkMergeOptions:
     from ntlab.core.forkmerge import ForkMergeOptions, joint_branches, validate_forkmerge
 
-    fm = ForkMergeOptions(merge_every=opts["merge_every"], merge_heads=opts["merge_heads"])
+    fm = ForkMergeOptions(
+        merge_every=opts["merge_every"],
+        merge_heads=opts["merge_heads"],
+        **opt.merge_op_fields(opts),
+    )
     validate_forkmerge(cfg, joint_branches(cfg.target, cfg.aux or [cfg.target]), fm)
     return fm
 
@@ -83,6 +87,9 @@ def _sweep_options(
     ] = "per-task",
     merge_every: opt.MergeEvery = None,
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
+    merge_op: opt.MergeOpOption = ForkMergeOptions.merge_op,
+    ties_k: opt.TiesK = ForkMergeOptions.ties_k,
+    dare_p: opt.DareP = ForkMergeOptions.dare_p,
     resume: opt.Resume = False,
 ) -> None: ...
 
@@ -312,6 +319,9 @@ def _pairwise_options(
     seeds: opt.Seeds = "0",
     merge_every: opt.MergeEvery = None,
     merge_heads: opt.MergeHeads = ForkMergeOptions.merge_heads,
+    merge_op: opt.MergeOpOption = ForkMergeOptions.merge_op,
+    ties_k: opt.TiesK = ForkMergeOptions.ties_k,
+    dare_p: opt.DareP = ForkMergeOptions.dare_p,
     resume: opt.Resume = False,
 ) -> None: ...
 
@@ -512,6 +522,9 @@ def _ternary_options(
     resolution: Annotated[
         int, typer.Option(help="Grid of the simplex: steps of 1/R (R=10 → 66 points).")
     ] = 10,
+    merge_op: opt.MergeOpOption = ForkMergeOptions.merge_op,
+    ties_k: opt.TiesK = ForkMergeOptions.ties_k,
+    dare_p: opt.DareP = ForkMergeOptions.dare_p,
 ) -> None: ...
 
 
@@ -525,6 +538,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
     """
     from ntlab.analysis import ternary as tn
     from ntlab.core.forkmerge import BranchSpec, parse_branch
+    from ntlab.core.merge import MergeOp
     from ntlab.core.runner import cached_run, stl_config
     from ntlab.core.train import LossTerm
     from ntlab.metrics import effect_label, tg_sentence, tg_text
@@ -534,6 +548,7 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         bench = opt.benchmark(opts)
         tasks = bench.tasks()
         resolution = tn.check_resolution(opts["resolution"])
+        merge = MergeOp(opts["merge_op"], opts["ties_k"], opts["dare_p"], opts["seed"]).check()
         if opts["branch"]:
             if opts["aux"]:
                 raise NtlabError("give either --aux A,B or three --branch, not both")
@@ -562,7 +577,10 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
         run = RunDir(opts["out"] or default_out("ternary", cfg.target), overwrite=opts["overwrite"])
     with guarded(run):
         labels = [s.describe() for s in specs]
-        run.start("ternary", run_record(opts, cfg, bench, branches=labels, resolution=resolution))
+        record = run_record(
+            opts, cfg, bench, branches=labels, resolution=resolution, merge_op=merge.describe()
+        )
+        run.start("ternary", record)
         with StepProgress(opts["quiet"]) as progress:
             stl, source = cached_run(
                 stl_config(cfg), progress.callback(f"stl → {cfg.target}", cfg.steps)
@@ -575,13 +593,14 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
                 if bars[b]:
                     bars[b](step)
 
-            table, own = tn.ternary_table(cfg, specs, resolution, stl, on_step)
+            table, own = tn.ternary_table(cfg, specs, resolution, stl, on_step, merge)
         run.write_table("ternary.csv", table)
         summary = {**metric_fields(cfg), **tn.ternary_summary(table, own)}
         results = {
             "target": cfg.target,
             "steps": cfg.steps,
             "resolution": resolution,
+            "merge_op": merge.describe(),
             "stl": {
                 "val_score": stl["val_score"],
                 "test_score": stl["test_score"],

@@ -203,6 +203,29 @@ MergeHeads = Annotated[
 ]
 
 
+MergeOpOption = Annotated[
+    str,
+    typer.Option(
+        "--merge-op",
+        help="How branches merge: average (Σ Λ_b θ_b, the paper's), ties (TIES-merging of the "
+        "deltas from the fork: top --ties-k entries, elected signs, agreeing entries averaged) "
+        "or dare (DARE: --dare-p of the delta entries dropped, the rest rescaled).",
+    ),
+]
+TiesK = Annotated[
+    float, typer.Option(help="ties: the share of each branch's delta entries kept, in (0, 1].")
+]
+DareP = Annotated[
+    float,
+    typer.Option(help="dare: the share of each branch's delta entries dropped, in [0, 1)."),
+]
+
+
+def merge_op_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """ForkMergeOptions' merge-operator fields from resolved command options."""
+    return {"merge_op": opts["merge_op"], "ties_k": opts["ties_k"], "dare_p": opts["dare_p"]}
+
+
 def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
     """The benchmark's data options from resolved command options (those it accepts)."""
     from ntlab.data import BENCHMARKS
@@ -406,8 +429,17 @@ PANELS = {
         OPTIM,
     ),  # fmt: skip
     **dict.fromkeys(
-        ("merge_every", "merge_heads", "with_forkmerge", "forkmerge_branches"), FORKMERGE
-    ),
+        (
+            "merge_every",
+            "merge_heads",
+            "with_forkmerge",
+            "forkmerge_branches",
+            "merge_op",
+            "ties_k",
+            "dare_p",
+        ),
+        FORKMERGE,
+    ),  # fmt: skip
     **dict.fromkeys(("jobs", "executor", "ray_address", "gpus_per_job"), PARALLEL),
     **dict.fromkeys(
         ("seed", "seeds", "preset", "config", "out", "overwrite", "resume", "quiet", "format"),
@@ -425,6 +457,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "select": catalog.SELECTIONS,
     "loss_reduction": catalog.LOSS_REDUCTIONS,
     "merge_heads": catalog.MERGE_HEADS,
+    "merge_op": catalog.MERGE_OPS,
     "forkmerge_branches": catalog.BRANCH_MODES,
     "branches": catalog.BRANCH_MODES,
     "search": ("auto", *catalog.SEARCHES),

@@ -177,7 +177,7 @@ def forkmerge_key(cfg: TrainConfig, branches: list[BranchSpec], opts: ForkMergeO
     payload = {
         "train": cache_key(cfg),
         "branches": [b.describe() for b in branches],
-        "forkmerge": asdict(opts),
+        "forkmerge": opts.key_fields(),
     }
     return digest(payload)
 

@@ -40,7 +40,7 @@ from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F
 from ntlab.checks import MAX_STEPS, check_number
 from ntlab.config import ForkMergeOptions  # noqa: F401  (re-exported)
 from ntlab.core.evaluate import evaluate_on, score_fields, target_results
-from ntlab.core.merge import MergeSpace, finite_state, recalibrate_batchnorm
+from ntlab.core.merge import MergeOp, MergeSpace, finite_state, recalibrate_batchnorm
 from ntlab.core.runner import (
     TrainConfig,
     benchmark_of,
@@ -163,8 +163,14 @@ def validate_forkmerge(
     if opts.merge_heads not in MERGE_HEADS:
         raise unknown_name("--merge-heads", opts.merge_heads, MERGE_HEADS)
     check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
+    merge_op(opts, cfg.seed)
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
         raise NtlabError(f"the first branch must be the target alone ({cfg.target}=1)")
+
+
+def merge_op(opts: ForkMergeOptions, seed: int) -> MergeOp:
+    """The merge operator of `opts`, checked; `dare`'s draws are seeded by the run's seed."""
+    return MergeOp(opts.merge_op, opts.ties_k, opts.dare_p, seed).check()
 
 
 @dataclass
@@ -259,8 +265,15 @@ def run_forkmerge(
             kept, round_index = saved["kept"], saved["round"]
     step = states[kept[0]].step
     merged_keys = _merged_keys(states[0].model, cfg.target, opts.merge_heads)
+    op = merge_op(opts, cfg.seed)
     while step < cfg.steps:
         dt = min(opts.merge_every, cfg.steps - step)
+        # θ_0 of this round's deltas: every branch starts the round from the last merge (or
+        # the common start); under torchrun a rank's own branches are the ones merged there
+        base = None
+        if op.uses_deltas:
+            own = [b for b in kept if world is None or world.owns(b)] or kept
+            base = {k: v.detach().clone() for k, v in states[own[0]].model.state_dict().items()}
         diverged: dict[int, str] = {}
         rows: dict[int, list[dict]] = {b: [] for b in kept}
         fatal: NonFiniteError | None = None
@@ -344,7 +357,13 @@ def run_forkmerge(
             out.metrics.extend(rows[b])
         started = time.perf_counter()
         alive = [b for b in kept if b not in diverged]
-        space = MergeSpace([states[b].model.state_dict() for b in alive], keys=merged_keys)
+        space = MergeSpace(
+            [states[b].model.state_dict() for b in alive],
+            keys=merged_keys,
+            op=op,
+            base=base,
+            draw=f"round {round_index}",
+        )
 
         def score(weights, space: MergeSpace = space) -> float:
             space.load_into(probe, weights)
@@ -438,6 +457,7 @@ def run_forkmerge(
         **kept,  # which test images the merged model got right: the pairing of TG's noise
         "lambda_per_round": _lambda_per_round(out.merges, len(branches)),
         "merge_heads": opts.merge_heads,
+        "merge_op": op.describe(),
         "excluded_branches": out.excluded,
         **data_notes(bench),
     }

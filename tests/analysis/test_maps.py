@@ -195,3 +195,16 @@ def test_ternary_table_weights_corners_and_stl(tiny_digits):
     assert sum(summary["best"]["weights"]) == pytest.approx(1.0)
     with pytest.raises(NtlabError, match="--resolution"):
         check_resolution(0)
+    # dare with p = 0 is the average exactly; ties merges the deltas from the common start,
+    # and its corners are still the branches as trained
+    from ntlab.core.merge import MergeOp
+
+    same, _ = ternary_table(cfg, specs, 4, stl, op=MergeOp("dare", p=0.0))
+    assert same["test_score"].tolist() == table["test_score"].tolist()
+    ties, ties_own = ternary_table(cfg, specs, 4, stl, op=MergeOp("ties", k=0.1))
+    assert ties_own == own
+    inner = (ties[["w0", "w1", "w2"]] < 1).all(axis=1)
+    corners = ties[~inner].sort_values(["w0", "w1"]).reset_index(drop=True)
+    plain = table[~inner].sort_values(["w0", "w1"]).reset_index(drop=True)
+    assert corners["test_score"].tolist() == plain["test_score"].tolist()
+    assert ties.loc[inner, "val_score"].tolist() != table.loc[inner, "val_score"].tolist()

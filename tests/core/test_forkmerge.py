@@ -100,6 +100,9 @@ def test_bad_branches_are_rejected(text, message):
         (ForkMergeOptions(merge_every=4, search="nope"), "unknown search"),
         (ForkMergeOptions(merge_every=4, merge_margin=-1), "--merge-margin"),
         (ForkMergeOptions(merge_every=4, optimizer_state="merge"), "unknown --optimizer-state"),
+        (ForkMergeOptions(merge_every=4, merge_op="mean"), "unknown --merge-op"),
+        (ForkMergeOptions(merge_every=4, merge_op="ties", ties_k=1.5), "--ties-k must be"),
+        (ForkMergeOptions(merge_every=4, merge_op="dare", dare_p=-0.1), "--dare-p must be"),
     ],
 )
 def test_bad_options_are_rejected(opts, message):
@@ -227,3 +230,38 @@ def test_a_diverging_branch_is_left_out_of_the_merge(tiny_digits):
     assert [m["excluded"] != "" for m in out.merges] == [False, True, False, True]
     assert all(torch.isfinite(p).all() for p in out.model.parameters())
     assert _same_target_model(out.model, _stl_model(c))  # the target-alone branch, untouched
+
+
+def test_merge_operators_in_forkmerge(tiny_digits, tmp_path):
+    """dare with p = 0 is the average bit for bit; ties and dare merge the rounds' deltas
+    (other numbers, the same records) and resume to identical numbers."""
+    from ntlab.core.cache import forkmerge_key
+
+    c = cfg(steps=14)
+    branches = per_task_branches(c.target, c.aux)
+    average = run_forkmerge(c, branches, ForkMergeOptions(merge_every=4))
+    zero = run_forkmerge(c, branches, ForkMergeOptions(merge_every=4, merge_op="dare", dare_p=0))
+    assert zero.results["test_score"] == average.results["test_score"]
+    assert zero.search == average.search and zero.results["merge_op"] == "dare (p = 0)"
+    for op in (
+        ForkMergeOptions(merge_every=4, merge_op="ties", ties_k=0.2),
+        ForkMergeOptions(merge_every=4, merge_op="dare", dare_p=0.9),
+    ):
+        out = run_forkmerge(c, branches, op)
+        assert out.search != average.search  # the merged candidates differ
+        assert out.results["rounds"] == 4 and 0 <= out.results["test_score"] <= 100
+        ckpt = tmp_path / f"{op.merge_op}.pt"
+
+        def die(step):
+            if step == 10:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_forkmerge(c, branches, op, on_step=die, checkpoint=ckpt)
+        resumed = run_forkmerge(c, branches, op, checkpoint=ckpt, resume=True)
+        assert resumed.results == out.results and resumed.search == out.search
+    # an operator's parameter is in the cache key only with that operator
+    key = lambda **kw: forkmerge_key(c, branches, ForkMergeOptions(merge_every=4, **kw))  # noqa: E731
+    assert key(ties_k=0.5) == key() != key(merge_op="ties")
+    assert key(merge_op="ties", ties_k=0.5) != key(merge_op="ties")
+    assert key(merge_op="dare", ties_k=0.5) == key(merge_op="dare")
