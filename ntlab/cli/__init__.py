@@ -13,6 +13,7 @@ from ntlab.cli import cache as cache_cli
 from ntlab.cli import data as data_cli
 from ntlab.cli import forkmerge as forkmerge_cli
 from ntlab.cli import maps as maps_cli
+from ntlab.cli.affinity import affinity_command
 from ntlab.cli.common import err_console, set_origins
 from ntlab.cli.compare import compare_command
 from ntlab.cli.methods import methods_command
@@ -75,6 +76,7 @@ app.command("sweep")(maps_cli.sweep_command)
 app.command("pairwise")(maps_cli.pairwise_command)
 app.command("ternary")(maps_cli.ternary_command)
 app.command("compare")(compare_command)
+app.command("affinity")(affinity_command)
 app.command("report")(report_command)
 app.command("methods")(methods_command)
 

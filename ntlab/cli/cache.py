@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-KINDS = ("runs", "forkmerge")  # always listed, even when empty
+KINDS = ("runs", "forkmerge", "affinity")  # always listed, even when empty
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:

@@ -834,3 +834,87 @@ def dense_predictions_figure(blob: dict) -> Figure:
         fontsize=10,
     )
     return fig
+
+
+def _matrix_axes(ax, matrix: pd.DataFrame, cmap: str, norm, fmt: str):
+    """A target × auxiliary heatmap with each cell's value written in it."""
+    values = matrix.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap=cmap, norm=norm)
+    names = list(matrix.index)
+    for i in range(len(names)):
+        for j in range(len(matrix.columns)):
+            if np.isnan(values[i, j]):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.85"))
+                continue
+            ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(matrix.columns)), list(matrix.columns), rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("auxiliary task")
+    ax.set_ylabel("target task")
+    return image
+
+
+AFFINITY_LABELS = {
+    "lookahead": "lookahead affinity Z = 1 − L_t(θ − η g_a) / L_t(θ)",
+    "cosine": "gradient cosine cos(g_t, g_a)",
+    "shift": "− feature shift between the tasks' inputs",
+}
+
+
+def affinity_figure(table: pd.DataFrame, predictor: str) -> Figure:
+    """One predictor's target × auxiliary matrix (mean over the measurements), from
+    `affinity.csv`: diverging colours centred on 0 for the signed predictors."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+
+    from ntlab.analysis.affinity import SIGNED, affinity_matrix
+
+    matrix = affinity_matrix(table, predictor)
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.15 * n + 2.6, 0.95 * n + 1.6), layout="constrained")
+    finite = matrix.to_numpy(dtype=float)
+    finite = finite[~np.isnan(finite)]
+    if predictor in SIGNED:
+        limit = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-12)
+        norm, cmap = TwoSlopeNorm(0.0, -limit, limit), "RdBu"
+    else:
+        low = float(finite.min()) if finite.size else -1.0
+        norm, cmap = Normalize(min(low, -1e-12), 0.0), "viridis"
+    image = _matrix_axes(ax, matrix, cmap, norm, ".2g")
+    steps = table["step"].nunique()
+    ax.set_title(f"{predictor}: mean over {steps} measurements", fontsize=10)
+    fig.colorbar(image, ax=ax, label=AFFINITY_LABELS.get(predictor, predictor), shrink=0.85)
+    return fig
+
+
+def affinity_vs_measured_figure(
+    table: pd.DataFrame, measured: pd.DataFrame, predictor: str, tg_label: str | None = None
+) -> Figure:
+    """The measured TG map (seed mean) beside the predictor's map, and a scatter of every
+    cell: predicted against measured, with the Spearman correlation."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    from ntlab.analysis.affinity import _spearman, affinity_matrix
+
+    pred = affinity_matrix(table, predictor)
+    tg = measured.pivot_table(index="target", columns="aux", values="tg")
+    tg = tg.reindex(index=pred.index, columns=pred.columns)
+    n = len(pred)
+    fig, axes = plt.subplots(1, 3, figsize=(3.4 * n + 4.5, 0.95 * n + 2.0), layout="constrained")
+    limit = max(1.0, float(np.nanmax(np.abs(tg.to_numpy(dtype=float)))))
+    image = _matrix_axes(axes[0], tg, "RdBu", TwoSlopeNorm(0.0, -limit, limit), "+.2f")
+    axes[0].set_title("measured TG (mean over seeds)", fontsize=10)
+    fig.colorbar(image, ax=axes[0], label=tg_label or tg_axis_label(), shrink=0.8)
+    values = pred.to_numpy(dtype=float)
+    spread = max(float(np.nanmax(np.abs(values))), 1e-12)
+    image = _matrix_axes(axes[1], pred, "RdBu", TwoSlopeNorm(0.0, -spread, spread), ".2g")
+    axes[1].set_title(f"predicted: {predictor}", fontsize=10)
+    fig.colorbar(image, ax=axes[1], shrink=0.8)
+    x = [pred.loc[t, a] for t, a in zip(measured["target"], measured["aux"])]
+    rho = _spearman(x, measured["tg"])
+    axes[2].scatter(x, measured["tg"], s=18, color="tab:blue")
+    axes[2].axhline(0, color="0.6", linewidth=0.8)
+    axes[2].set_xlabel(predictor)
+    axes[2].set_ylabel(tg_label or tg_axis_label())
+    rho_text = "n/a (a constant side)" if rho is None else f"{rho:+.2f}"
+    axes[2].set_title(f"each cell: Spearman ρ = {rho_text}", fontsize=10)
+    return fig

@@ -882,6 +882,145 @@ def _pairwise_units(r: dict[str, Any] | None) -> tuple[str, str]:
     return f"TG vs STL ({units})", units
 
 
+@_register("affinity")
+class AffinityView(View):
+    title = "predicted transfer (affinity)"
+
+    def rows(self, r: dict[str, Any]) -> pd.DataFrame | None:
+        against = r.get("against")
+        if not against:
+            return pd.DataFrame(
+                [
+                    {
+                        "tasks": ", ".join(r.get("tasks", [])),
+                        "measurements": str(r.get("measurements", "")),
+                        "steps": str(r.get("steps", "")),
+                        "compute (s)": num(r.get("compute_s"), 1),
+                    }
+                ]
+            )
+        rows = []
+        for predictor, s in against.get("scores", {}).items():
+            share = s.get("sign_share")
+            mark = " (best)" if predictor == against.get("best") else ""
+            rows.append(
+                {
+                    "predictor": predictor + mark,
+                    "Spearman, all cells": num(s.get("spearman"), signed=True),
+                    "Spearman, per target (mean)": num(
+                        s.get("spearman_per_target_mean"), signed=True
+                    ),
+                    "sign share": "—" if share is None else f"{share:.0%}",
+                    "top-1 regret (mean)": num(s.get("mean_regret")),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        r = run.results or {}
+        against = r.get("against") or {}
+        best = against.get("best")
+        score = (against.get("scores", {}).get(best) or {}).get("spearman") if best else None
+        return {
+            **super().summary(run),
+            "target": ", ".join(r.get("tasks", [])),
+            "method": f"affinity: best {best} (ρ {num(score, signed=True)})"
+            if best
+            else "affinity",
+        }
+
+    def figures(self, run: Run) -> list[FigureSpec]:
+        table = run.table("affinity.csv")
+        if table is None:
+            return []
+        captions = {
+            "lookahead": "Lookahead affinity Z = 1 − L_target(θ − η g_aux) / L_target(θ) per "
+            "(target row, auxiliary column), mean over the measurements: > 0 (blue), a step "
+            "on the auxiliary task lowered the target's held-out loss.",
+            "cosine": "Cosine of the target's and the auxiliary task's gradients on the shared "
+            "parameters, mean over the measurements (blue: aligned).",
+            "shift": "Minus the shift between the tasks' inputs in the backbone's features "
+            "(squared distance of the means over their average spread): closer to 0, more "
+            "alike. Tasks that share their inputs have none.",
+        }
+        specs = [
+            FigureSpec(
+                f"affinity_{p}",
+                f"Predictor: {p}",
+                captions.get(p, p),
+                lambda p=p: fig.affinity_figure(table, p),
+            )
+            for p in table["predictor"].drop_duplicates()
+        ]
+        measured = run.table("measured.csv")
+        against = (run.results or {}).get("against")
+        if measured is not None and against and against.get("best"):
+            best = against["best"]
+            label, units = _pairwise_units(run.results)
+            specs.append(
+                FigureSpec(
+                    "affinity_vs_measured",
+                    f"Measured transfer beside the best predictor ({best})",
+                    f"Left: the measured TG ({units}) of the pairwise run, mean over its seeds. "
+                    f"Middle: {best}, in the same layout. Right: every cell, predicted against "
+                    "measured; ρ is their Spearman rank correlation.",
+                    lambda: fig.affinity_vs_measured_figure(table, measured, best, label),
+                )
+            )
+        return specs
+
+    def tables(self, run: Run) -> list[TableSpec]:
+        r = run.results or {}
+        out = []
+        against = r.get("against")
+        if against:
+            best = against.get("best")
+            rows = [
+                {
+                    "target": t,
+                    "ranked first": v["first"],
+                    "its TG": num(v["first_tg"], signed=True),
+                    "best TG": num(v["best_tg"], signed=True),
+                    "mean TG": num(v["mean_tg"], signed=True),
+                    "Spearman in the row": num(v["spearman"], signed=True),
+                }
+                for t, v in against["scores"].get(best, {}).get("targets", {}).items()
+            ]
+            ceiling = against.get("ceiling")
+            out.append(
+                TableSpec(
+                    f"Per target: the auxiliary task {best} ranks first",
+                    pd.DataFrame(rows),
+                    "The measured TG of that task against the row's best and mean. The map's "
+                    "own seed-to-seed Spearman correlation, the ceiling of any prediction: "
+                    f"{num(ceiling, signed=True)}.",
+                )
+            )
+        selection = r.get("selection")
+        if selection:
+            rows = [
+                {
+                    "target": t,
+                    "selected": ", ".join(v["selected"]),
+                    "EW, selected": num(v["ew_selected"], signed=True),
+                    "EW, all": num(v["ew_all"], signed=True),
+                    "ForkMerge, selected": num(v["forkmerge_selected"], signed=True),
+                    "ForkMerge, all": num(v["forkmerge_all"], signed=True),
+                }
+                for t, v in selection["targets"].items()
+            ]
+            out.append(
+                TableSpec(
+                    f"Auxiliary-task selection: the {selection['k']} that "
+                    f"{selection['predictor']} ranks first",
+                    pd.DataFrame(rows),
+                    "TG against each target's STL run, one seed, trained on the selection and "
+                    "on every other task mixed.",
+                )
+            )
+        return out
+
+
 @_register("ternary")
 class TernaryView(View):
     title = "ternary map of merged models"

@@ -17,7 +17,7 @@ from ntlab.models import BACKBONES
 runner = CliRunner()
 COMMANDS = [
     ["train"], ["gcs"], ["csd"], ["tsne"], ["sweep"], ["pairwise"], ["ternary"], ["compare"],
-    ["forkmerge", "train"], ["report"], ["data", "prepare"], ["cache", "clear"],
+    ["forkmerge", "train"], ["report"], ["data", "prepare"], ["cache", "clear"], ["affinity"],
 ]  # fmt: skip
 
 
