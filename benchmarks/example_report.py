@@ -4,7 +4,8 @@ Runs every ntlab command once on the embedded digits benchmark with the quick pr
 user would, through the `ntlab` command line; trainings already in the cache are reused),
 with two seeds wherever a command compares transfer gains over seeds (`sweep`, `csd`,
 `pairwise` over three domains, `compare` over a dozen methods; the one-seed commands show
-the paired test-set SE), then renders all
+the paired test-set SE; `affinity` over the pairwise's three domains, scored against it),
+then renders all
 the run directories as one page with paths relative to it:
 
     python benchmarks/example_report.py [--runs runs/example] [--out reports/digits-example.html]
@@ -34,6 +35,7 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("sweep", ["sweep", "--target", TARGET, "--with-forkmerge", *SEEDS]),
     ("pairwise", ["pairwise", "--domains", "optdigits,mnist,syn", "--method", "ew,forkmerge",
                   *SEEDS]),
+    ("affinity", ["affinity", "--tasks", "optdigits,mnist,syn", "--against", "{runs}/pairwise"]),
     ("ternary", ["ternary", "--target", TARGET, "--aux", "mnist,syn"]),
     # one method or two of each kind (`ntlab methods`), the procedures, and ForkMerge
     ("compare", ["compare", "--target", TARGET, "--methods", COMPARED, *SEEDS]),
@@ -51,6 +53,7 @@ def main() -> None:
     for name, command in COMMANDS:
         out = args.runs / name
         start = time.perf_counter()
+        command = [part.format(runs=args.runs) for part in command]
         subprocess.run(
             [*ntlab, *command, "--preset", "quick", "--out", str(out), "--overwrite", "-q"],
             check=True,
