@@ -7,7 +7,7 @@ tasks i → j:
 - `lookahead` (Fifty et al. 2021, "TAG"): Z_{i→j} = 1 − L_j(θ − η g_i) / L_j(θ). g_i is the
   gradient of task i's loss on one training mini-batch of its own (drawn from a stream of
   the measurement's, so training sees the same batches with or without it), η the learning
-  rate of the coming step (the backbone's), L_j task j's loss on a fixed held-out set of
+  rate of the step just taken (the backbone's), L_j task j's loss on a fixed held-out set of
   its validation images, with every head as it is. Z > 0: a step on i lowers j's loss.
 - `cosine`: cos(g_i, g_j), the paper's gradient cosine similarity, per pair.
 - `shift`: the distribution shift between the two tasks' inputs as the shared backbone
@@ -211,6 +211,13 @@ class Measurer:
         return rows
 
 
+def step_size(state: TrainState) -> float:
+    """η of the lookahead: the backbone's learning rate of the step just taken (the coming
+    step's would be 0 after the last step of a cosine schedule)."""
+    group = state.optimizer.param_groups[0]
+    return float(group["initial_lr"] * state.schedule(max(0, state.step - 1)))
+
+
 def run_affinity(
     cfg: TrainConfig,
     tasks: list[str],
@@ -239,7 +246,7 @@ def run_affinity(
         )  # fmt: skip
         spent["train"] += time.perf_counter() - started
         started = time.perf_counter()
-        eta = float(state.optimizer.param_groups[0]["lr"])
+        eta = step_size(state)
         rows += measurer.measure(state.model, state.step, eta)
         spent["measure"] += time.perf_counter() - started
     table = pd.DataFrame(rows, columns=COLUMNS)

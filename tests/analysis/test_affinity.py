@@ -165,5 +165,8 @@ def test_run_affinity_trains_ew_and_measures_every_pair(tiny_digits):
     ew = run_training(af.affinity_config(cfg, tasks))
     for t in tasks:
         assert out.results["scores"][t]["test"] == ew.results["tasks"][t]["test_score"]
+    # η is the rate of the step just taken: the last measurement of a cosine run still moves
+    last = out.table[(out.table["step"] == 12) & (out.table["predictor"] == "lookahead")]
+    assert (last["value"] != 0).all()
     lookahead = af.affinity_matrix(out.table, "lookahead")
     assert list(lookahead.index) == tasks and lookahead.isna().to_numpy().sum() == 3  # diagonal
