@@ -156,3 +156,19 @@ def test_nyuv2_sweep_ternary_and_gcs_run_in_the_targets_metric(nyu, tmp_path):
     r = json.loads((tmp_path / "gcs" / "results.json").read_text())
     assert r["metric"] == "mean_angle" and r["tg_se_kind"] == "batch pairs"
     assert "degrees on validation" in result.stdout
+
+
+def test_affinity_on_dense_tasks_that_share_their_inputs(scenes, tmp_path):
+    """Dense tasks on the same images: the lookahead and the cosine are measured per pair in
+    each task's own loss; the inputs are shared, so the shift is 0 for every pair."""
+    out = tmp_path / "aff"
+    result = invoke("affinity", "--benchmark", "scenes", "--tasks", "all", *TINY, "--every", 3,
+                    "--held-out", 8, "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    table = pd.read_csv(out / "affinity.csv")
+    assert set(table["target"]) == {"segment", "depth", "normal"} and len(table) == 2 * 6 * 3
+    assert (table.loc[table["predictor"] == "shift", "value"] == 0).all()
+    look = table[table["predictor"] == "lookahead"]["value"]
+    assert look.notna().all() and (look != 0).any()
