@@ -918,3 +918,30 @@ def affinity_vs_measured_figure(
     rho_text = "n/a (a constant side)" if rho is None else f"{rho:+.2f}"
     axes[2].set_title(f"each cell: Spearman ρ = {rho_text}", fontsize=10)
     return fig
+
+
+def affinity_scatter_figure(
+    table: pd.DataFrame, measured: pd.DataFrame, tg_label: str | None = None
+) -> Figure:
+    """One panel per predictor: every cell's predicted value against its measured TG (seed
+    mean, ± the seed std where there are several seeds), with the Spearman correlation."""
+    from ntlab.analysis.affinity import _spearman, affinity_matrix
+
+    predictors = list(dict.fromkeys(table["predictor"]))
+    fig, axes = plt.subplots(
+        1, len(predictors), figsize=(3.6 * len(predictors) + 0.6, 3.4), layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    seeds = [c for c in measured.columns if c.startswith("tg_")]
+    spread = measured[seeds].std(axis=1, ddof=1) if len(seeds) > 1 else None
+    for ax, predictor in zip(axes[0], predictors):
+        matrix = affinity_matrix(table, predictor)
+        x = [matrix.loc[t, a] for t, a in zip(measured["target"], measured["aux"])]
+        ax.errorbar(x, measured["tg"], yerr=spread, fmt="o", markersize=4, capsize=2,
+                    color=PALETTE[0], ecolor="0.6", linewidth=0.8)  # fmt: skip
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        rho = _spearman(x, measured["tg"])
+        ax.set_title(f"{predictor}: ρ = {'n/a' if rho is None else f'{rho:+.2f}'}", fontsize=10)
+        ax.set_xlabel(predictor)
+    axes[0][0].set_ylabel(tg_label or tg_axis_label())
+    return fig

@@ -959,6 +959,16 @@ class AffinityView(View):
             label, units = _pairwise_units(run.results)
             specs.append(
                 FigureSpec(
+                    "affinity_scatter",
+                    "Every predictor against the measured transfer",
+                    f"Each cell of the map: a predictor's value (x) against its measured TG "
+                    f"({units}; y, mean over the pairwise run's seeds ± their std). ρ is the "
+                    "Spearman rank correlation over the cells.",
+                    lambda: fig.affinity_scatter_figure(table, measured, label),
+                )
+            )
+            specs.append(
+                FigureSpec(
                     "affinity_vs_measured",
                     f"Measured transfer beside the best predictor ({best})",
                     f"Left: the measured TG ({units}) of the pairwise run, mean over its seeds. "

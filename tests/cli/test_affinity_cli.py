@@ -82,7 +82,8 @@ def test_affinity_against_a_pairwise_run_scores_each_predictor(measured, tmp_pat
         assert row.tg == pytest.approx(want[(row.target, row.aux)])
     assert set(pd.read_csv(out / "scores.csv")["predictor"]) == set(r["scores"])
     assert_figure(out / "affinity_vs_measured.png")
-    check_report(out / "report.html", figures=4, texts=("ranks first", "Spearman"))
+    assert_figure(out / "affinity_scatter.png")
+    check_report(out / "report.html", figures=5, texts=("ranks first", "Spearman"))
     assert "ceiling" in result.stdout
 
 
