@@ -9,6 +9,10 @@ tasks i → j:
   the measurement's, so training sees the same batches with or without it), η the learning
   rate of the step just taken (the backbone's), L_j task j's loss on a fixed held-out set of
   its validation images, with every head as it is. Z > 0: a step on i lowers j's loss.
+- `lookahead-adam`: the same with the step training would take, Adam's preconditioned
+  η·g_i/(√v̂ + ε) (v̂: the optimiser's bias-corrected second moments, read, never changed);
+  a plain SGD step of the training's rate is far smaller than Adam's and probes only the
+  first-order term. Under SGD it equals `lookahead`.
 - `cosine`: cos(g_i, g_j), the paper's gradient cosine similarity, per pair.
 - `shift`: the distribution shift between the two tasks' inputs as the shared backbone
   sees them (the paper's second observation: a larger shift, a larger discrepancy):
@@ -56,8 +60,9 @@ from ntlab.errors import NtlabError
 from ntlab.metrics import gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
 
-PREDICTORS = ("lookahead", "cosine", "shift")
-SIGNED = ("lookahead", "cosine")  # predictors whose sign predicts help (> 0) or harm (< 0)
+PREDICTORS = ("lookahead", "lookahead-adam", "cosine", "shift")
+# predictors whose sign predicts help (> 0) or harm (< 0)
+SIGNED = ("lookahead", "lookahead-adam", "cosine")
 MEASUREMENTS = 20  # default: measurements over the run
 COLUMNS = ["step", "target", "aux", "predictor", "value"]
 
@@ -166,8 +171,16 @@ class Measurer:
     def _features(self, model: MultiTaskModel) -> list[torch.Tensor]:
         return [_pooled(model.backbone(x)).double() for x, _ in self.held]
 
-    def measure(self, model: MultiTaskModel, step: int, eta: float) -> list[dict]:
-        """One measurement: a row per ordered pair (target j, aux i) and predictor."""
+    def measure(
+        self,
+        model: MultiTaskModel,
+        step: int,
+        eta: float,
+        precondition: list[torch.Tensor] | None = None,
+    ) -> list[dict]:
+        """One measurement: a row per ordered pair (target j, aux i) and predictor.
+        `precondition` (one tensor per shared parameter, the optimiser's per-entry step
+        scale) gives `lookahead-adam`; without it, that predictor is the plain lookahead's."""
         params = dict(model.named_parameters())
         shared = [params[n] for n in self.names]
         was_training = model.training
@@ -184,12 +197,21 @@ class Measurer:
         with torch.no_grad():
             before = self._losses(model)
             after = []  # after[i][j]: task j's loss after a step on task i
+            adam = []  # the same after the optimiser's preconditioned step
             for g in grads:
                 moved = {
                     n.removeprefix("backbone."): p.detach() - eta * gi
                     for n, p, gi in zip(self.names, shared, g)
                 }
                 after.append(self._losses(model, moved))
+                if precondition is None:
+                    adam.append(after[-1])
+                    continue
+                moved = {
+                    n.removeprefix("backbone."): p.detach() - eta * gi * c
+                    for n, p, gi, c in zip(self.names, shared, g, precondition)
+                }
+                adam.append(self._losses(model, moved))
             feats = self._features(model)
         model.train(was_training)
         flat = [torch.cat([gi.reshape(-1) for gi in g]) for g in grads]
@@ -201,6 +223,7 @@ class Measurer:
                 shift = 0.0 if self.shared_inputs[i][j] else _shift(feats[i], feats[j])
                 values = {
                     "lookahead": lookahead_affinity(before[j], after[i][j]),
+                    "lookahead-adam": lookahead_affinity(before[j], adam[i][j]),
                     "cosine": float(gradient_cosine(flat[i], flat[j])),
                     "shift": shift,
                 }
@@ -209,6 +232,28 @@ class Measurer:
                     for k, v in values.items()
                 ]
         return rows
+
+
+def adam_scale(state: TrainState, names: list[str]) -> list[torch.Tensor] | None:
+    """Adam's per-entry step scale 1/(√v̂ + ε) of the shared parameters (v̂ its bias-corrected
+    second moment): a gradient g moves θ by η·g/(√v̂ + ε), the size of step training takes.
+    None for another optimiser (SGD's step is η·g itself)."""
+    opt = state.optimizer
+    if not isinstance(opt, torch.optim.Adam):
+        return None
+    params = dict(state.model.named_parameters())
+    group = opt.param_groups[0]
+    beta2, eps = group["betas"][1], group["eps"]
+    out = []
+    for n in names:
+        moments = opt.state.get(params[n], {})
+        if "exp_avg_sq" not in moments:
+            out.append(torch.ones_like(params[n]))
+            continue
+        t = float(moments["step"])
+        v_hat = moments["exp_avg_sq"] / (1 - beta2**t)
+        out.append(1.0 / (v_hat.sqrt() + eps))
+    return out
 
 
 def step_size(state: TrainState) -> float:
@@ -247,7 +292,8 @@ def run_affinity(
         spent["train"] += time.perf_counter() - started
         started = time.perf_counter()
         eta = step_size(state)
-        rows += measurer.measure(state.model, state.step, eta)
+        scale = adam_scale(state, measurer.names)
+        rows += measurer.measure(state.model, state.step, eta, scale)
         spent["measure"] += time.perf_counter() - started
     table = pd.DataFrame(rows, columns=COLUMNS)
     check_finite(table)

@@ -856,6 +856,7 @@ def _matrix_axes(ax, matrix: pd.DataFrame, cmap: str, norm, fmt: str):
 
 AFFINITY_LABELS = {
     "lookahead": "lookahead affinity Z = 1 − L_t(θ − η g_a) / L_t(θ)",
+    "lookahead-adam": "lookahead affinity with Adam's step η g_a / (√v̂ + ε)",
     "cosine": "gradient cosine cos(g_t, g_a)",
     "shift": "− feature shift between the tasks' inputs",
 }

@@ -937,6 +937,8 @@ class AffinityView(View):
             "lookahead": "Lookahead affinity Z = 1 − L_target(θ − η g_aux) / L_target(θ) per "
             "(target row, auxiliary column), mean over the measurements: > 0 (blue), a step "
             "on the auxiliary task lowered the target's held-out loss.",
+            "lookahead-adam": "The lookahead affinity with the step training takes: Adam's "
+            "preconditioned η g_aux / (√v̂ + ε) instead of a plain η g_aux.",
             "cosine": "Cosine of the target's and the auxiliary task's gradients on the shared "
             "parameters, mean over the measurements (blue: aligned).",
             "shift": "Minus the shift between the tasks' inputs in the backbone's features "

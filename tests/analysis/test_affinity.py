@@ -48,8 +48,9 @@ def _tiny():
     return model, data
 
 
-def _by_hand(model, data, i: str, j: str, eta: float) -> tuple[float, float]:
-    """Z_{i→j} and cos(g_i, g_j) with numpy: L = mean((h W x − y)²), ∂L/∂W = 2/N Σ r hᵀ xᵀ."""
+def _by_hand(model, data, i: str, j: str, eta: float, scale=1.0) -> tuple[float, float]:
+    """Z_{i→j} and cos(g_i, g_j) with numpy: L = mean((h W x − y)²), ∂L/∂W = 2/N Σ r hᵀ xᵀ;
+    the step η·g·scale (scale: a preconditioner, entry by entry)."""
     w = model.backbone.weight.detach().double().numpy()
     heads = {t: model.heads[model.head_index(t)].weight.detach().double().numpy()[0] for t in data}
 
@@ -62,7 +63,7 @@ def _by_hand(model, data, i: str, j: str, eta: float) -> tuple[float, float]:
         x, y = (a.double().numpy() for a in data[t].splits["val"])
         return float(np.mean((x @ weight.T @ heads[t] - y[:, 0]) ** 2))
 
-    z = 1 - val_loss(j, w - eta * grad(i)) / val_loss(j, w)
+    z = 1 - val_loss(j, w - eta * grad(i) * scale) / val_loss(j, w)
     gi, gj = grad(i).ravel(), grad(j).ravel()
     return z, float(gi @ gj / np.linalg.norm(gi) / np.linalg.norm(gj))
 
@@ -79,6 +80,13 @@ def test_the_lookahead_and_the_cosine_match_a_hand_computation():
         got = rows[(rows["target"] == target) & (rows["aux"] == aux)].set_index("predictor")
         assert got.loc["lookahead", "value"] == pytest.approx(want_z, rel=1e-4, abs=1e-6)
         assert got.loc["cosine", "value"] == pytest.approx(want_cos, rel=1e-5)
+        # without a preconditioner the optimiser's lookahead is the plain one
+        assert got.loc["lookahead-adam", "value"] == got.loc["lookahead", "value"]
+    scale = torch.tensor([[2.0, 0.5], [1.0, 3.0]])
+    rows = pd.DataFrame(m.measure(model, step=7, eta=0.1, precondition=[scale]))
+    got = rows[(rows["target"] == "b") & (rows["aux"] == "a")].set_index("predictor")
+    want_z, _ = _by_hand(model, data, "a", "b", 0.1, scale.double().numpy())
+    assert got.loc["lookahead-adam", "value"] == pytest.approx(want_z, rel=1e-4, abs=1e-6)
     assert af.lookahead_affinity(2.0, 1.5) == pytest.approx(0.25)
     assert af.lookahead_affinity(0.0, 1.0) == 0.0
 
@@ -168,5 +176,8 @@ def test_run_affinity_trains_ew_and_measures_every_pair(tiny_digits):
     # η is the rate of the step just taken: the last measurement of a cosine run still moves
     last = out.table[(out.table["step"] == 12) & (out.table["predictor"] == "lookahead")]
     assert (last["value"] != 0).all()
+    # Adam's step scale, read from the optimiser's moments: 1/(√v̂ + ε) per entry
+    values = {p: out.table[out.table["predictor"] == p]["value"].to_numpy() for p in af.PREDICTORS}
+    assert (abs(values["lookahead-adam"]) > abs(values["lookahead"])).mean() > 0.9
     lookahead = af.affinity_matrix(out.table, "lookahead")
     assert list(lookahead.index) == tasks and lookahead.isna().to_numpy().sum() == 3  # diagonal

@@ -47,14 +47,14 @@ def test_affinity_measures_every_pair_and_is_cached(tiny_digits, tmp_path):
     table = pd.read_csv(out / "affinity.csv")
     assert list(table.columns) == ["step", "target", "aux", "predictor", "value"]
     assert sorted(table["step"].unique()) == [4, 8]
-    assert set(table["predictor"]) == {"lookahead", "cosine", "shift"}
-    assert len(table) == 2 * 6 * 3  # measurements × ordered pairs × predictors
+    assert set(table["predictor"]) == {"lookahead", "lookahead-adam", "cosine", "shift"}
+    assert len(table) == 2 * 6 * 4  # measurements × ordered pairs × predictors
     r = read(out / "results.json")
     assert r["measurements"] == 2 and r["source"] == "run"
     assert set(r["predictors"]["lookahead"]["optdigits"]) == {"mnist", "syn"}
-    for p in ("lookahead", "cosine", "shift"):
+    for p in ("lookahead", "lookahead-adam", "cosine", "shift"):
         assert_figure(out / f"affinity_{p}.png")
-    check_report(out / "report.html", figures=3, texts=("Predictor: lookahead",))
+    check_report(out / "report.html", figures=4, texts=("Predictor: lookahead",))
     assert "lookahead: target \\ aux" in result.stdout
     again = invoke(*args, "--out", tmp_path / "b")
     assert again.exit_code == 0, again.output
@@ -71,7 +71,8 @@ def test_affinity_against_a_pairwise_run_scores_each_predictor(measured, tmp_pat
     assert result.exit_code == 0, result.output
     r = read(out / "results.json")["against"]
     assert r["cells"] == 6 and r["seeds"] == [0, 1]
-    assert set(r["scores"]) == {"lookahead", "cosine", "shift"} and r["best"] in r["scores"]
+    assert set(r["scores"]) == {"lookahead", "lookahead-adam", "cosine", "shift"}
+    assert r["best"] in r["scores"]
     for name, s in r["scores"].items():
         assert set(s["targets"]) == {"optdigits", "mnist", "syn"}
         assert (s["sign_share"] is None) == (name == "shift")
@@ -83,7 +84,7 @@ def test_affinity_against_a_pairwise_run_scores_each_predictor(measured, tmp_pat
     assert set(pd.read_csv(out / "scores.csv")["predictor"]) == set(r["scores"])
     assert_figure(out / "affinity_vs_measured.png")
     assert_figure(out / "affinity_scatter.png")
-    check_report(out / "report.html", figures=5, texts=("ranks first", "Spearman"))
+    check_report(out / "report.html", figures=6, texts=("ranks first", "Spearman"))
     assert "ceiling" in result.stdout
 
 

@@ -168,7 +168,7 @@ def test_affinity_on_dense_tasks_that_share_their_inputs(scenes, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(out / "affinity.csv")
-    assert set(table["target"]) == {"segment", "depth", "normal"} and len(table) == 2 * 6 * 3
+    assert set(table["target"]) == {"segment", "depth", "normal"} and len(table) == 2 * 6 * 4
     assert (table.loc[table["predictor"] == "shift", "value"] == 0).all()
     look = table[table["predictor"] == "lookahead"]["value"]
     assert look.notna().all() and (look != 0).any()
