@@ -25,15 +25,7 @@ from ntlab.runs import RunDir
 
 
 def _affinity_options(
-    domains: Annotated[
-        str,
-        typer.Option(
-            "--tasks",
-            "--domains",
-            help="The tasks (the domains of digits and image lists), comma-separated, or `all` "
-            "(every one of the benchmark).",
-        ),
-    ] = "all",
+    domains: opt.Tasks = "all",
     every: Annotated[
         int | None,
         typer.Option(help="Steps between measurements [default: --steps / 20: 20 over the run]."),
@@ -78,21 +70,13 @@ def affinity_command(ctx: typer.Context, values: dict) -> None:
     and the ceiling the map's own seed-to-seed correlation sets.
     """
     from ntlab.analysis import affinity as af
-    from ntlab.analysis.pairwise import check_domains
     from ntlab.core.runner import validate
 
     with guarded():
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
         tasks = bench.tasks()
-        text = opts["domains"].strip()
-        canonical = getattr(bench, "canonical", str)
-        domains = check_domains(
-            tasks
-            if text == "all"
-            else [canonical(d.strip()) for d in text.split(",") if d.strip()],
-            tasks,
-        )
+        domains = opt.task_list(opts["domains"], bench)
         cfg = opt.train_config(
             {**opts, "target": domains[0], "aux": ",".join(domains[1:])}, tasks, method="ew"
         )

@@ -298,15 +298,7 @@ def _print_sweep(summary: dict, cfg: TrainConfig, path: Path, quiet: bool) -> No
 
 
 def _pairwise_options(
-    domains: Annotated[
-        str,
-        typer.Option(
-            "--tasks",
-            "--domains",
-            help="The tasks (the domains of digits and image lists), comma-separated, or `all` "
-            "(every one of the benchmark).",
-        ),
-    ] = "all",
+    domains: opt.Tasks = "all",
     method: Annotated[
         str,
         typer.Option(
@@ -349,14 +341,7 @@ def pairwise_command(ctx: typer.Context, values: dict) -> None:
         opts = resolve_options(ctx, values)
         bench = opt.benchmark(opts)
         tasks = bench.tasks()
-        text = opts["domains"].strip()
-        canonical = getattr(bench, "canonical", str)
-        domains = pw.check_domains(
-            tasks
-            if text == "all"
-            else [canonical(d.strip()) for d in text.split(",") if d.strip()],
-            tasks,
-        )
+        domains = opt.task_list(opts["domains"], bench)
         methods = pw.check_methods([m.strip() for m in opts["method"].split(",") if m.strip()])
         seeds = parse_seeds(opts["seeds"])
         settings = opt.parallel_settings(opts)

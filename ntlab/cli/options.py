@@ -203,6 +203,30 @@ MergeHeads = Annotated[
 ]
 
 
+Tasks = Annotated[
+    str,
+    typer.Option(
+        "--tasks",
+        "--domains",
+        help="The tasks (the domains of digits and image lists), comma-separated, or `all` "
+        "(every one of the benchmark).",
+    ),
+]
+
+
+def task_list(text: str, bench: Any) -> list[str]:
+    """The tasks of `--tasks` (`all`: every task of the benchmark), checked against it."""
+    from ntlab.analysis.pairwise import check_domains
+
+    tasks = bench.tasks()
+    text = text.strip()
+    canonical = getattr(bench, "canonical", str)
+    wanted = (
+        tasks if text == "all" else [canonical(d.strip()) for d in text.split(",") if d.strip()]
+    )
+    return check_domains(wanted, tasks)
+
+
 MergeOpOption = Annotated[
     str,
     typer.Option(

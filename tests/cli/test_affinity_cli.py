@@ -1,14 +1,12 @@
 """`ntlab affinity` as a user drives it: the measurements, the cache, scoring against a
 pairwise run, the auxiliary-task selection, and bad input."""
 
-import json
-
-import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from ntlab.cli import app
+from tests.cli.test_maps_cli import assert_figure, read
 from tests.report_checks import check_report
 
 runner = CliRunner()
@@ -18,16 +16,6 @@ BUDGET = ["--steps", "8", "--batch-size", "8", "--eval-every", "4"]
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def read(path):
-    return json.loads(path.read_text())
-
-
-def assert_figure(path):
-    image = mpimg.imread(path)
-    assert image.shape[0] >= 200 and image.shape[1] >= 300
-    assert image[..., :3].std() > 0.01
 
 
 @pytest.fixture(scope="module")
