@@ -30,6 +30,12 @@ MERGE_OPS = ("average", "ties", "dare")
 AUX_KINDS = ("task", "weight-decay")
 PAIR_METHODS = ("ew", "forkmerge")
 FORMATS = ("png", "svg")
+# Speed on an accelerator (ntlab.core.speed): the training's arithmetic, the layout of image
+# tensors, torch.compile's mode, and how ForkMerge's branches share a device
+PRECISIONS = ("fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels-last")
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+BRANCH_EXEC = ("sequential", "concurrent")
 
 KINDS = ("static", "loss weighting", "gradient balancing", "auxiliary", "procedure")
 
@@ -155,6 +161,15 @@ METHOD_INFO: dict[str, MethodInfo] = {
 del _
 
 PROCEDURES = tuple(m for m, info in METHOD_INFO.items() if info.kind == "procedure")
+# Methods whose rule reads gradients (the Jacobian aggregators, GradNorm's norms, the
+# auxiliary-task methods' cosines and meta-gradients): they train in fp32 whatever
+# --precision says. fp16 needs loss scaling, which only a static weighted sum takes as is.
+FP32_METHODS = tuple(
+    m
+    for m, info in METHOD_INFO.items()
+    if info.kind in ("gradient balancing", "auxiliary") and m != "post-train" or m == "gradnorm"
+)
+FP16_METHODS = ("stl", "ew", "fixed", *PROCEDURES)
 
 
 def method_names() -> list[str]:

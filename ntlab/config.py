@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING
 from ntlab.catalog import (
     AUX_KINDS,
     BN_BATCHES,
+    COMPILE_MODES,
+    FP16_METHODS,
     LOSS_REDUCTIONS,
+    MEMORY_FORMATS,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     SELECTIONS,
 )
@@ -86,6 +90,11 @@ class TrainConfig:
     bn_batches: str = "pooled"  # pooled | per-term: how BatchNorm sees the terms' batches
     select: str = "last"  # last | best-val: which iterate is the trained model
     loss_reduction: str = "sum"  # sum: Σ ν_k L_k | mean: (Σ ν_k L_k)/K
+    # Speed on an accelerator (ntlab.core.speed): fp32 | bf16 | fp16 autocast; the layout of
+    # image tensors; torch.compile's mode for the training forward
+    precision: str = "fp32"
+    memory_format: str = "auto"
+    compile: str = "off"
 
     def optim(self) -> OptimConfig:
         from ntlab.core.state import OptimConfig
@@ -128,10 +137,15 @@ class ForkMergeOptions:
     merge_op: str = "average"  # or "ties", "dare" (ntlab.core.merge)
     ties_k: float = 0.2  # ties: the share of each branch's delta entries kept
     dare_p: float = 0.5  # dare: the share of each branch's delta entries dropped
+    # sequential | concurrent: the branches of a round one after the other, or at once (a
+    # thread and a CUDA stream each); the same numbers either way, so not in the cache key
+    branch_exec: str = "sequential"
 
     def key_fields(self) -> dict:
-        """The options as the cache keys them: an operator's parameter only with it."""
+        """The options as the cache keys them: an operator's parameter only with it, and
+        nothing of how the branches are scheduled."""
         fields = asdict(self)
+        fields.pop("branch_exec")
         if self.merge_op != "ties":
             fields.pop("ties_k")
         if self.merge_op != "dare":
@@ -243,9 +257,17 @@ def validate(cfg: TrainConfig) -> None:
         ("--bn-batches", cfg.bn_batches, BN_BATCHES),
         ("--select", cfg.select, SELECTIONS),
         ("--loss-reduction", cfg.loss_reduction, LOSS_REDUCTIONS),
+        ("--precision", cfg.precision, PRECISIONS),
+        ("--memory-format", cfg.memory_format, MEMORY_FORMATS),
+        ("--compile", cfg.compile, COMPILE_MODES),
     ):
         if value not in choices:
             raise unknown_name(option, value, choices)
+    if cfg.precision == "fp16" and cfg.method not in FP16_METHODS:
+        raise NtlabError(
+            f"--precision fp16 needs loss scaling, which ntlab applies to the static weightings "
+            f"({', '.join(FP16_METHODS)}), not to {cfg.method}; use --precision bf16"
+        )
 
 
 def check_cnn_width(width: int) -> None:

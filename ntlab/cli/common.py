@@ -791,7 +791,20 @@ def run_parallel(jobs: list[Any], settings: Any, progress: StepProgress) -> Para
 def run_record(opts: dict[str, Any], cfg: Any, bench: Any, **extra: Any) -> dict[str, Any]:
     """What a run's config.json records: the training, the command's own settings, the
     preset and the data fingerprint."""
-    return {"train": asdict(cfg), **extra, "preset": opts["preset"], "data": bench.fingerprint()}
+    return {
+        "train": train_record(cfg),
+        **extra,
+        "preset": opts["preset"],
+        "data": bench.fingerprint(),
+    }
+
+
+def train_record(cfg: Any) -> dict[str, Any]:
+    """A training's options as config.json records them: the speed settings as the training
+    runs them (`ntlab.core.speed.resolved_speed`: `auto` resolved for the device)."""
+    from ntlab.core.speed import resolved_speed
+
+    return {**asdict(cfg), **resolved_speed(cfg)}
 
 
 def results_table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:

@@ -25,6 +25,7 @@ from ntlab.cli.common import (
     run_parallel,
     score_headers,
     tg_cells,
+    train_record,
     with_delta_m,
 )
 from ntlab.config import ForkMergeOptions
@@ -101,6 +102,14 @@ def _forkmerge_options(
     merge_op: opt.MergeOpOption = ForkMergeOptions.merge_op,
     ties_k: opt.TiesK = ForkMergeOptions.ties_k,
     dare_p: opt.DareP = ForkMergeOptions.dare_p,
+    branch_exec: Annotated[
+        str,
+        typer.Option(
+            help="How a round's branches share the device: sequential (one after the other) "
+            "or concurrent (at once, a thread and on CUDA a stream each). The numbers are the "
+            "same either way."
+        ),
+    ] = ForkMergeOptions.branch_exec,
     resume: opt.Resume = False,
     dist_timeout: Annotated[
         float,
@@ -152,13 +161,14 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
             bn_recalibrate=opts["bn_recalibrate"],
             optimizer_state=opts["optimizer_state"],
             merge_heads=opts["merge_heads"],
+            branch_exec=opts["branch_exec"],
             **opt.merge_op_fields(opts),
         )
         validate_forkmerge(cfg, specs, fm)
         check_number("--dist-timeout", opts["dist_timeout"], low=1)
         bench.fingerprint()
         record = {
-            "train": asdict(cfg),
+            "train": train_record(cfg),
             "forkmerge": asdict(fm),
             "branches": [b.describe() for b in specs],
             "preset": opts["preset"],

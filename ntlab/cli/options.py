@@ -152,6 +152,31 @@ LossReduction = Annotated[
         "K terms: the authors' EW)."
     ),
 ]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="Arithmetic of the forward passes (torch.autocast): fp32, bf16, or fp16 (with a "
+        "gradient scaler; static weightings only). Parameters, optimiser and merges stay "
+        "fp32, and so do the methods that read gradients (the Jacobian aggregators, "
+        "GradNorm, the auxiliary-task methods). Recorded in config.json and the cache key."
+    ),
+]
+MemoryFormat = Annotated[
+    str,
+    typer.Option(
+        help="Layout of the backbone's images and weights: auto (channels-last for the ResNets "
+        "on CUDA, contiguous otherwise), contiguous or channels-last."
+    ),
+]
+Compile = Annotated[
+    str,
+    typer.Option(
+        help="torch.compile the backbone's training forward: off, default, or reduce-overhead "
+        "(CUDA graphs on a GPU). The first steps compile (tens of seconds); ForkMerge's "
+        "branches, rounds and merges reuse the graph. Numbers agree with off within float "
+        "tolerance, not bit for bit, so it is part of the cache key."
+    ),
+]
 Preset = Annotated[
     str | None, typer.Option(help="Option bundle (budget and optimiser) [default: default].")
 ]
@@ -338,6 +363,9 @@ def training_options(
     bn_batches: BnBatches = "pooled",
     select: Select = "last",
     loss_reduction: LossReduction = "sum",
+    precision: Precision = "fp32",
+    memory_format: MemoryFormat = "auto",
+    compile: Compile = "off",
 ) -> None:
     """What decides a training (the fields of TrainConfig, less target/method/aux/λ)."""
 
@@ -422,11 +450,12 @@ def run_options(
 # Help panels, by option name (a command's own options stay in its first panel, "Options",
 # unless listed here); the image-list options have their own panel, so a digits user can
 # skip it.
-DATA, IMAGES, MODEL, OPTIM, FORKMERGE, PARALLEL, OUTPUT = (
+DATA, IMAGES, MODEL, OPTIM, SPEED, FORKMERGE, PARALLEL, OUTPUT = (
     "Data",
     "Image lists (benchmarks imagelist, domainnet)",
     "Model",
     "Optimisation",
+    "Speed (mostly for GPUs)",
     "ForkMerge",
     "Parallel trainings",
     "Seeds and output",
@@ -452,6 +481,7 @@ PANELS = {
         ),
         OPTIM,
     ),  # fmt: skip
+    **dict.fromkeys(("precision", "memory_format", "compile", "branch_exec"), SPEED),
     **dict.fromkeys(
         (
             "merge_every",
@@ -490,6 +520,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preset": tuple(PRESETS),
     "format": catalog.FORMATS,
     "executor": catalog.EXECUTORS,
+    "precision": catalog.PRECISIONS,
+    "memory_format": catalog.MEMORY_FORMATS,
+    "compile": catalog.COMPILE_MODES,
+    "branch_exec": catalog.BRANCH_EXEC,
 }
 
 
@@ -526,7 +560,7 @@ def _dressed(p: inspect.Parameter, own: bool) -> inspect.Parameter:
     return p.replace(annotation=Annotated[base, info])
 
 
-PANEL_ORDER = (None, DATA, MODEL, OPTIM, FORKMERGE, PARALLEL, IMAGES, OUTPUT)
+PANEL_ORDER = (None, DATA, MODEL, OPTIM, SPEED, FORKMERGE, PARALLEL, IMAGES, OUTPUT)
 
 
 def _panel_rank(p: inspect.Parameter) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from ntlab.cli.common import (
     run_parallel,
     score_headers,
     tg_cells,
+    train_record,
     with_delta_m,
 )
 from ntlab.config import ForkMergeOptions
@@ -101,7 +101,8 @@ def train_command(ctx: typer.Context, values: dict) -> None:
         )
     with guarded(run):
         run.start(
-            "train", {"train": asdict(cfg), "preset": opts["preset"], "data": bench.fingerprint()}
+            "train",
+            {"train": train_record(cfg), "preset": opts["preset"], "data": bench.fingerprint()},
         )
         with StepProgress(opts["quiet"]) as progress:
             model, data, results, own_source = trained_model(
@@ -197,7 +198,7 @@ def _train_procedure(opts: dict, bench) -> None:
         run.start(
             "train",
             {
-                "train": {**asdict(cfg), "method": method},
+                "train": {**train_record(cfg), "method": method},
                 "preset": opts["preset"],
                 "data": bench.fingerprint(),
             },

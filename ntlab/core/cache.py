@@ -70,6 +70,7 @@ from ntlab.core.runner import (
     trained_tasks,
     validate,
 )
+from ntlab.core.speed import resolved_speed
 from ntlab.errors import NtlabError
 from ntlab.methods import get_method
 from ntlab.paths import runs_cache_dir
@@ -160,6 +161,7 @@ def cache_key(cfg: TrainConfig) -> str:
         "lam": cfg.lam if method.uses_lam else None,
         "device": resolve_device(cfg.device).type,
         "threads": resolved_threads(cfg),
+        **resolved_speed(cfg),
         "data": benchmark_of(cfg).fingerprint(),
         "weights_md5": _file_md5(cfg.weights) if cfg.weights else None,
         "code": code_digest(),
@@ -699,7 +701,7 @@ def forkmerge_cache_dir(
 
 def run_config(cfg: TrainConfig) -> dict:
     """What a training's config.json records (with the resolved thread count)."""
-    return {**asdict(cfg), "threads": resolved_threads(cfg)}
+    return {**asdict(cfg), "threads": resolved_threads(cfg), **resolved_speed(cfg)}
 
 
 def cached_results(cfg: TrainConfig) -> dict | None:

@@ -44,7 +44,9 @@ def for_each_chunk(
     head = model.head_index(task)
     try:
         for images, ys in labelled_chunks(x, y, chunk):
-            consume(model.logits(model.features(images), head), ys)
+            with model.autocast():
+                out = model.logits(model.features(images), head)
+            consume(out.float(), ys)  # metrics in fp32 (a no-op for fp32 models)
     finally:
         model.train(was_training)
 

@@ -29,14 +29,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ntlab.catalog import BRANCH_MODES, MERGE_HEADS, OPTIMIZER_STATES  # noqa: F401  (re-exported)
+from ntlab.catalog import (  # noqa: F401  (re-exported)
+    BRANCH_EXEC,
+    BRANCH_MODES,
+    MERGE_HEADS,
+    OPTIMIZER_STATES,
+)
 from ntlab.checks import MAX_STEPS, check_number
 from ntlab.config import ForkMergeOptions  # noqa: F401  (re-exported)
 from ntlab.core.evaluate import evaluate_on, score_fields, target_results
@@ -162,6 +168,8 @@ def validate_forkmerge(
         raise unknown_name("--optimizer-state", opts.optimizer_state, OPTIMIZER_STATES)
     if opts.merge_heads not in MERGE_HEADS:
         raise unknown_name("--merge-heads", opts.merge_heads, MERGE_HEADS)
+    if opts.branch_exec not in BRANCH_EXEC:
+        raise unknown_name("--branch-exec", opts.branch_exec, BRANCH_EXEC)
     check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
     merge_op(opts, cfg.seed)
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
@@ -280,12 +288,13 @@ def run_forkmerge(
         started = time.perf_counter()
         if world is not None:
             world.phase = f"the training of round {round_index + 1}"
-        for b in kept if world is None else [b for b in kept if world.owns(b)]:
+        mine = kept if world is None else [b for b in kept if world.owns(b)]
 
-            def log(s: int, losses: dict[str, float], b: int = b, rows: dict = rows) -> None:
+        def train_branch(b: int, rows: dict = rows, dt: int = dt) -> NonFiniteError | None:
+            def log(at: int, losses: dict[str, float]) -> None:
                 rows[b].extend(
                     {
-                        "step": s,
+                        "step": at,
                         "task": f"branch{b}/{name}",
                         "split": "train",
                         "metric": "loss",
@@ -305,10 +314,15 @@ def run_forkmerge(
                     bn_batches=cfg.bn_batches,
                     loss_reduction=cfg.loss_reduction,
                 )
-            except NonFiniteError as exc:
+            except NonFiniteError as diverged_loss:
+                return diverged_loss
+            return None
+
+        for b, exc in run_branches(train_branch, mine, opts.branch_exec, device):
+            if exc is not None:
                 if b == 0:
                     if world is None:
-                        raise
+                        raise exc
                     fatal = exc  # told to the other ranks first, then raised
                     break
                 diverged[b] = str(exc)
@@ -462,6 +476,43 @@ def run_forkmerge(
         **data_notes(bench),
     }
     return out
+
+
+def run_branches(
+    train_branch: Callable[[int], NonFiniteError | None],
+    branches: list[int],
+    mode: str,
+    device: torch.device,
+) -> Iterator[tuple[int, NonFiniteError | None]]:
+    """(branch, what its round's training raised) for each branch, in branch order.
+
+    `sequential`: one after the other, lazily (a caller that stops at a failed branch trains
+    no further one). `concurrent`: every branch at once, one thread each and, on CUDA, one
+    stream each, so the device overlaps their kernels; each branch's computation is the
+    sequential one, so the numbers are the same. Other exceptions propagate either way.
+    """
+    if mode == "sequential" or len(branches) < 2:
+        for b in branches:
+            yield b, train_branch(b)
+        return
+    streams = {}
+    if device.type == "cuda":
+        main = torch.cuda.current_stream(device)
+        for b in branches:
+            streams[b] = torch.cuda.Stream(device)
+            streams[b].wait_stream(main)  # the branches' tensors were made on `main`
+
+    def on_own_stream(b: int) -> NonFiniteError | None:
+        if b not in streams:
+            return train_branch(b)
+        with torch.cuda.stream(streams[b]):
+            outcome = train_branch(b)
+        streams[b].synchronize()
+        return outcome
+
+    with ThreadPoolExecutor(len(branches), thread_name_prefix="ntlab-branch") as pool:
+        outcomes = list(pool.map(on_own_stream, branches))
+    yield from zip(branches, outcomes)
 
 
 def _restore(

@@ -18,6 +18,7 @@ from ntlab.config import (  # noqa: F401  (re-exported: the validation lives wit
 )
 from ntlab.core.evaluate import evaluate_paired, pairing_fields, score, score_fields
 from ntlab.core.rules import Rule, RuleContext
+from ntlab.core.speed import configure, resolved_speed
 from ntlab.core.state import TrainState
 from ntlab.core.train import (
     LossTerm,
@@ -85,7 +86,8 @@ def build_model(
         image_size=x.shape[-1], width=cfg.width, weights=cfg.weights, input_shape=input_shape
     )
     specs = {name: task.spec for name, task in data.items()}
-    return MultiTaskModel(backbone, specs, input_shape).to(device)
+    model = MultiTaskModel(backbone, specs, input_shape).to(device)
+    return configure(model, **resolved_speed(cfg), compile_mode=cfg.compile)
 
 
 @dataclass

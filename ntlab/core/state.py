@@ -84,13 +84,17 @@ class TrainState:
     schedule: Schedule
     step: int = 0
     sources: dict[str, BatchSource] = field(default_factory=dict)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scale (ntlab.core.speed)
 
     @classmethod
     def create(cls, model: MultiTaskModel, optim: OptimConfig, total_steps: int) -> TrainState:
+        from ntlab.core.speed import grad_scaler
+
         optimizer = build_optimizer(model, optim)
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
-        state = cls(model, optimizer, Schedule(optim.schedule, total_steps))
+        scaler = grad_scaler(next(model.parameters()).device, model.precision)
+        state = cls(model, optimizer, Schedule(optim.schedule, total_steps), scaler=scaler)
         state.apply_schedule()
         return state
 
@@ -108,20 +112,29 @@ class TrainState:
         """
         model, optimizer = copy.deepcopy((self.model, self.optimizer))
         sources = {name: src.fork() for name, src in self.sources.items()}
-        return TrainState(model, optimizer, self.schedule, self.step, sources)
+        scaler = None
+        if self.scaler is not None:
+            scaler = torch.amp.GradScaler(self.scaler._device)
+            scaler.load_state_dict(self.scaler.state_dict())
+        return TrainState(model, optimizer, self.schedule, self.step, sources, scaler)
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "sources": {name: src.state_dict() for name, src in self.sources.items()},
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         for name, src_state in state["sources"].items():
             if name in self.sources:
                 self.sources[name].load_state_dict(src_state)

@@ -89,14 +89,15 @@ def term_losses(
     give the same losses. Either way the losses are computed from the one concatenated
     `features` tensor, which gradient-balancing rules differentiate through.
     """
-    if per_term and len(batches) > 1:
-        features = torch.cat([model.features(to_float(b[0])) for b in batches])
-    else:
-        x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
-        features = model.features(x)
-    parts = features.split([len(b[2]) for b in batches])
-    losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
-    return losses, features
+    with model.autocast():
+        if per_term and len(batches) > 1:
+            features = torch.cat([model.train_features(to_float(b[0])) for b in batches])
+        else:
+            x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
+            features = model.train_features(x)
+        parts = features.split([len(b[2]) for b in batches])
+        losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
+    return [loss.float() for loss in losses], features
 
 
 def train(
@@ -127,7 +128,7 @@ def train(
     missing = [t.name for t in terms if t.name not in state.sources]
     if missing:
         raise RuntimeError(f"no batch source for {missing}; call attach_sources first")
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
     sources = [state.sources[t.name] for t in terms]
     present = [[model.head_index(task) for task in t.tasks] for t in terms]
     device = next(model.parameters()).device
@@ -148,8 +149,14 @@ def train(
             losses, features = term_losses(model, batches, present, per_term)
             optimizer.zero_grad(set_to_none=True)
             objective = losses if scale == 1.0 else [loss * scale for loss in losses]
+            if scaler is not None:  # fp16: scaled losses; the step unscales, skips on inf
+                objective = [scaler.scale(loss) for loss in objective]
             weights = rule.backward(objective, features, state.step, batches)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             state.step += 1
             state.apply_schedule()
             running += torch.stack(losses).detach()

@@ -18,7 +18,15 @@ class MultiTaskModel(nn.Module):
     classes (a linear head and cross-entropy). `input_shape` is one input's shape (heads
     of dense tasks upsample to it); heads are built in task order after the backbone, so a
     seeded construction gives the same parameters wherever it runs.
+
+    `precision`, `channels_last` and `compile_mode` are set by `ntlab.core.speed.configure`:
+    the autocast of `autocast()`, the layout `features` gives its inputs, and whether
+    `train_features` runs the backbone compiled.
     """
+
+    precision = "fp32"
+    channels_last = False
+    compile_mode = "off"
 
     def __init__(
         self,
@@ -46,7 +54,36 @@ class MultiTaskModel(nn.Module):
         return self.specs[self.head_index(task)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        """The backbone's output, eager (evaluation, and the gradient measurements)."""
+        return self.backbone(self._layout(x))
+
+    def train_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's output in a training step: compiled under a compile mode."""
+        if self.compile_mode == "off":
+            return self.features(x)
+        backbone = self.__dict__.get("_compiled")
+        if backbone is None:
+            from ntlab.core.speed import compiled
+
+            backbone = self.__dict__["_compiled"] = compiled(self.backbone, self.compile_mode)
+        return backbone(self._layout(x))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        """The autocast context of the model's precision on its device (none for fp32)."""
+        from ntlab.core.speed import autocast
+
+        return autocast(next(self.parameters()).device, self.precision)
+
+    def __getstate__(self) -> dict:
+        # a copy (a fork, a pickle) compiles its own wrapper, which reuses the cached graph
+        state = super().__getstate__()
+        state.pop("_compiled", None)
+        return state
 
     def logits(self, features: torch.Tensor, head: int) -> torch.Tensor:
         """The output of head `head` (logits of a classifier, a dense task's maps)."""

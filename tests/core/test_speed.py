@@ -1,0 +1,145 @@
+"""Speed options on the CPU: precision (autocast, fp16's scaler), memory format, compiled
+backbones, and ForkMerge's concurrent branches (ntlab.core.speed)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from ntlab.core.cache import cache_key, run_config
+from ntlab.core.forkmerge import ForkMergeOptions, per_task_branches, run_forkmerge
+from ntlab.core.runner import TrainConfig, run_training
+from ntlab.core.speed import effective_memory_format, effective_precision, resolved_speed
+from ntlab.errors import NtlabError
+
+
+def cfg(**kw) -> TrainConfig:
+    base = {"target": "optdigits", "steps": 10, "batch_size": 16, "eval_every": 10}
+    return TrainConfig(**{**base, **kw})
+
+
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_settings_resolve_for_the_device_and_the_method():
+    assert effective_precision("bf16", "ew") == "bf16"
+    assert effective_precision("bf16", "mgda") == "fp32"  # a Jacobian method: fp32
+    assert effective_precision("fp16", "gcs") == "fp32"
+    assert effective_memory_format("auto", "cpu", "resnet50") == "contiguous"
+    assert effective_memory_format("auto", "cuda", "resnet50") == "channels-last"
+    assert effective_memory_format("auto", "cuda", "cnn") == "contiguous"
+    assert effective_memory_format("channels-last", "cpu", "cnn") == "channels-last"
+    c = cfg(precision="bf16", method="upgrad", aux=["mnist"])
+    assert resolved_speed(c) == {"precision": "fp32", "memory_format": "contiguous"}
+    assert run_config(c)["precision"] == "fp32"
+
+
+def test_precision_and_compile_are_in_the_cache_key(tiny_digits):
+    keys = {
+        cache_key(cfg()),
+        cache_key(cfg(precision="bf16")),
+        cache_key(cfg(compile="default")),
+        cache_key(cfg(memory_format="channels-last")),
+    }
+    assert len(keys) == 4
+    # auto resolves to contiguous on the CPU: the same training, the same key
+    assert cache_key(cfg(memory_format="auto")) == cache_key(cfg(memory_format="contiguous"))
+    # a Jacobian method computes in fp32 whatever --precision says: the same key
+    mgda = {"method": "mgda", "aux": ["mnist"]}
+    assert cache_key(cfg(precision="bf16", **mgda)) == cache_key(cfg(**mgda))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("precision", "fp8", "--precision"),
+        ("memory_format", "nhwc", "--memory-format"),
+        ("compile", "max", "--compile"),
+    ],
+)
+def test_unknown_settings_are_refused(tiny_digits, field, value, message):
+    with pytest.raises(NtlabError, match=message):
+        run_training(cfg(**{field: value}))
+
+
+def test_fp16_is_refused_where_no_loss_scaling_applies(tiny_digits):
+    with pytest.raises(NtlabError, match="needs loss scaling.*use --precision bf16"):
+        run_training(cfg(method="uw", aux=["mnist"], precision="fp16"))
+
+
+def test_fp32_is_the_default_and_bf16_trains_close_to_it(tiny_digits):
+    fp32 = run_training(cfg(method="ew", aux=["mnist"]))
+    again = run_training(cfg(method="ew", aux=["mnist"], precision="fp32"))
+    assert same_state(fp32.state.model, again.state.model)
+    bf16 = run_training(cfg(method="ew", aux=["mnist"], precision="bf16"))
+    assert bf16.state.model.precision == "bf16"
+    for p in bf16.state.model.parameters():  # the weights stay fp32; autocast is transient
+        assert p.dtype == torch.float32
+    assert not same_state(fp32.state.model, bf16.state.model)  # it did compute in bf16
+    w32 = torch.cat([p.flatten() for p in fp32.state.model.parameters()])
+    w16 = torch.cat([p.flatten() for p in bf16.state.model.parameters()])
+    assert torch.allclose(w32, w16, atol=0.05)  # 10 Adam steps of 1e-3 apart at most
+    assert 0 <= bf16.results["test_score"] <= 100
+
+
+def test_fp16_trains_with_a_loss_scaler_that_is_checkpointed(tiny_digits, tmp_path):
+    out = run_training(cfg(precision="fp16"), checkpoint=tmp_path / "ckpt.pt")
+    scaler = out.state.scaler
+    assert scaler is not None and scaler.get_scale() > 0
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert saved["scaler"]["scale"] == scaler.get_scale()
+    fork = out.state.fork()
+    assert fork.scaler is not scaler and fork.scaler.get_scale() == scaler.get_scale()
+    assert run_training(cfg()).state.scaler is None  # fp32: no scaler
+
+
+def test_channels_last_keeps_the_numbers_within_float_tolerance(tiny_digits):
+    plain = run_training(cfg())
+    nhwc = run_training(cfg(memory_format="channels-last"))
+    conv = nhwc.state.model.backbone[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    ours = nhwc.state.model.state_dict()
+    for name, value in plain.state.model.state_dict().items():
+        assert torch.allclose(value, ours[name], atol=1e-4), name
+
+
+def test_concurrent_branches_give_the_sequential_numbers(tiny_digits):
+    c = cfg(aux=["mnist", "syn"], steps=9, method="ew")
+    branches = per_task_branches(c.target, c.aux)
+    seq = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3))
+    con = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3, branch_exec="concurrent"))
+    assert same_state(seq.model, con.model)  # bit for bit on the CPU
+    assert seq.search == con.search and seq.merges == con.merges
+    assert sorted(map(str, seq.metrics)) == sorted(map(str, con.metrics))
+    assert seq.results["test_score"] == con.results["test_score"]
+    key = ForkMergeOptions(merge_every=3).key_fields()
+    assert key == ForkMergeOptions(merge_every=3, branch_exec="concurrent").key_fields()
+    with pytest.raises(NtlabError, match="--branch-exec"):
+        run_forkmerge(c, branches, ForkMergeOptions(merge_every=3, branch_exec="threads"))
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_forkmerge_compiles_once(tiny_digits):
+    """torch.compile (inductor on the CPU, tens of seconds): the trained weights agree with
+    eager within float tolerance, and ForkMerge's forks, rounds and merges add no graph
+    beyond one per batch shape (the target-alone branch's and the joint branches')."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = run_training(cfg(steps=6))
+    fast = run_training(cfg(steps=6, compile="default"))
+    assert counters["stats"]["unique_graphs"] == 1
+    a = torch.cat([p.flatten() for p in eager.state.model.parameters()])
+    b = torch.cat([p.flatten() for p in fast.state.model.parameters()])
+    assert torch.allclose(a, b, atol=1e-4)
+    c = cfg(aux=["mnist", "syn"], steps=8, method="ew", compile="default")
+    opts = ForkMergeOptions(merge_every=2)  # 4 rounds of 3 branches
+    run_forkmerge(c, per_task_branches(c.target, c.aux), opts)
+    # batch 16 (the target alone) was compiled above; the joint branches' 32 adds one graph
+    assert counters["stats"]["unique_graphs"] == 2
+    assert asdict(c)["compile"] == "default"
