@@ -14,7 +14,7 @@ BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2")
 BACKBONE_NAMES = (
     "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "fcn", "resnet50-dilated",
 )  # fmt: skip
-DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers")
+DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers", "decode")
 
 # Choices of options (each checked by the parser, and again by the core for --config values)
 OPTIMIZERS = ("adam", "sgd")
@@ -36,6 +36,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels-last")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 BRANCH_EXEC = ("sequential", "concurrent")
+DECODERS = ("cpu", "gpu")  # image lists: JPEGs decoded by the loader workers, or on the GPU
 
 KINDS = ("static", "loss weighting", "gradient balancing", "auxiliary", "procedure")
 

@@ -20,6 +20,7 @@ from ntlab.catalog import (
     AUX_KINDS,
     BN_BATCHES,
     COMPILE_MODES,
+    DECODERS,
     FP16_METHODS,
     LOSS_REDUCTIONS,
     MEMORY_FORMATS,
@@ -84,6 +85,7 @@ class TrainConfig:
     image_size: int | None = None
     skip_bad_images: bool = False
     workers: int | None = None
+    decode: str | None = None  # cpu (None: the loader workers decode) | gpu (nvJPEG)
     # The authors' choices (their DomainNet equal_weight.py: one forward per domain, the
     # losses divided by the number of domains, the best-validation checkpoint kept).
     threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's default)
@@ -114,6 +116,7 @@ class TrainConfig:
             "image_size": self.image_size,
             "skip_bad_images": self.skip_bad_images,
             "workers": self.workers,
+            "decode": self.decode,
         }
 
     def terms(self) -> list[LossTerm]:
@@ -251,6 +254,14 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise NtlabError(f"--weights file {cfg.weights} does not exist")
     resolve_device(cfg.device)
+    if cfg.decode is not None:
+        if cfg.decode not in DECODERS:
+            raise unknown_name("--decode", cfg.decode, DECODERS)
+        if cfg.decode == "gpu" and resolve_device(cfg.device).type != "cuda":
+            raise NtlabError(
+                "--decode gpu decodes the JPEGs on the training GPU, and this training runs on "
+                "the CPU; use --decode cpu (or --device cuda)"
+            )
     if cfg.threads is not None and cfg.threads <= 0:
         raise NtlabError(f"--threads must be a positive number of threads, got {cfg.threads}")
     for option, value, choices in (

@@ -100,6 +100,14 @@ Workers = Annotated[
     int | None,
     typer.Option(help="Image lists: loader processes decoding JPEGs [default: cores − 1, ≤ 8]."),
 ]
+Decode = Annotated[
+    str,
+    typer.Option(
+        help="Image lists: where the JPEGs are decoded: cpu (by the loader processes) or gpu "
+        "(the processes only read the files; the training GPU decodes them with nvJPEG and "
+        "crops there). Needs --device cuda."
+    ),
+]
 SkipBadImages = Annotated[
     bool,
     typer.Option(
@@ -287,6 +295,7 @@ def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
         "image_size": opts.get("image_size"),
         "skip_bad_images": bool(opts.get("skip_bad_images")),
         "workers": opts.get("workers"),
+        "decode": None if opts.get("decode") in (None, "cpu") else opts["decode"],
     }
     if "domains" not in accepted:  # e.g. domainnet: --domains only picks pairwise's domains
         values["domains"] = None
@@ -358,6 +367,7 @@ def training_options(
     domains: Domains = "all",
     image_size: ImageSize = None,
     workers: Workers = None,
+    decode: Decode = "cpu",
     skip_bad_images: SkipBadImages = False,
     threads: Threads = None,
     bn_batches: BnBatches = "pooled",
@@ -462,7 +472,7 @@ DATA, IMAGES, MODEL, OPTIM, SPEED, FORKMERGE, PARALLEL, OUTPUT = (
 )
 PANELS = {
     "benchmark": DATA,
-    **dict.fromkeys(("root", "image_size", "workers", "skip_bad_images"), IMAGES),
+    **dict.fromkeys(("root", "image_size", "workers", "decode", "skip_bad_images"), IMAGES),
     **dict.fromkeys(("backbone", "width", "weights", "bn_batches"), MODEL),
     **dict.fromkeys(
         (
@@ -524,6 +534,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_format": catalog.MEMORY_FORMATS,
     "compile": catalog.COMPILE_MODES,
     "branch_exec": catalog.BRANCH_EXEC,
+    "decode": catalog.DECODERS,
 }
 
 

@@ -14,6 +14,11 @@ there are.
 Transforms (paper App. C.3, as in the Transfer-Learning-Library the authors build on):
 train: resize to 256×256 → random-resized crop 224 (scale 0.08–1, ratio 3/4–4/3) → flip;
 eval: resize to 256×256 → centre crop 224. `size` scales both (resize = size·256/224).
+
+With `decoder="device"` (`--decode gpu`) the workers only read the files' bytes and draw
+each crop's box and flip (the same draws, in the same order); the training process decodes
+the batch on its device (nvJPEG on CUDA: `torchvision.io.decode_jpeg(..., device=)`) and
+applies the same transforms there. Files that are not JPEGs are decoded on the CPU.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class ImageFiles:
         size: int = DEFAULT_SIZE,
         workers: int = 0,
         log: SkipLog | None = None,
+        decoder: str = "workers",
     ) -> None:
         self.root = Path(root)
         self.paths = paths  # object array of paths relative to root
@@ -99,6 +105,7 @@ class ImageFiles:
         self.size = size
         self.workers = workers
         self.log = log if log is not None else SkipLog()
+        self.decoder = decoder  # workers: decoded by the loader | device: by the training device
         self._eval_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
@@ -119,7 +126,7 @@ class ImageFiles:
         pick = np.asarray(index.cpu(), dtype=np.int64)
         return ImageFiles(
             self.root, self.paths[pick], self.lists, self.list_id[pick], self.lines[pick],
-            self.size, self.workers, self.log,
+            self.size, self.workers, self.log, self.decoder,
         )  # fmt: skip
 
     @staticmethod
@@ -133,7 +140,7 @@ class ImageFiles:
             lists,
             np.concatenate([r[p.list_id] for r, p in zip(remap, parts)]),
             np.concatenate([p.lines for p in parts]),
-            first.size, first.workers, first.log,
+            first.size, first.workers, first.log, first.decoder,
         )  # fmt: skip
 
     def where(self, i: int) -> str:
@@ -141,10 +148,17 @@ class ImageFiles:
 
     # --- decoding ---------------------------------------------------------------------
 
+    @property
+    def resize(self) -> int:
+        return round(self.size * 256 / 224)
+
     def decode(self, index: torch.Tensor, augment: bool, seed: int) -> Decoded:
-        """Read, decode and transform the images at `index` (in this process)."""
+        """Read, decode and transform the images at `index` (in this process); with the
+        device decoder, read the bytes and draw the crops only (`finish` decodes)."""
+        if self.decoder == "device":
+            return self._read(index, augment, seed)
         gen = torch.Generator().manual_seed(seed)
-        resize = round(self.size * 256 / 224)
+        resize = self.resize
         images, ok, bad = [], [], []
         for pos, i in enumerate(index.tolist()):
             try:
@@ -160,6 +174,38 @@ class ImageFiles:
             else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         )
         return Decoded(x, torch.tensor(ok, dtype=torch.long), bad)
+
+    def _read(self, index: torch.Tensor, augment: bool, seed: int) -> Decoded:
+        """The files' bytes and each image's crop box and flip, drawn as `_transform` draws
+        them (a file that cannot be read is bad here; one that cannot be decoded, later)."""
+        gen = torch.Generator().manual_seed(seed)
+        raw, crops, ok, bad = [], [], [], []
+        for pos, i in enumerate(index.tolist()):
+            try:
+                data = (self.root / self.paths[i]).read_bytes()
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by path
+                bad.append((pos, _reason(exc)))
+                continue
+            raw.append(data)
+            ok.append(pos)
+            if augment:
+                box = crop_box(self.resize, self.resize, gen)
+                crops.append((*box, bool(torch.rand((), generator=gen) < 0.5)))
+        empty = torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        positions = torch.tensor(ok, dtype=torch.long)
+        joined = torch.frombuffer(bytearray(b"".join(raw)), dtype=torch.uint8)
+        encoded = Encoded(joined, [len(r) for r in raw], crops if augment else None)
+        return Decoded(empty, positions, bad, encoded)
+
+    def finish(self, out: Decoded, device: torch.device) -> Decoded:
+        """`out` with its images decoded and transformed on `device` (the device decoder's
+        second half; anything else is returned as it is)."""
+        if out.encoded is None:
+            return out
+        x, decoded, bad = decode_on(out.encoded, self.size, self.resize, device)
+        keep = torch.tensor(decoded, dtype=torch.long)
+        failed = [(int(out.ok[j]), reason) for j, reason in bad]
+        return Decoded(x, out.ok[keep] if len(keep) else keep, sorted(out.bad + failed))
 
     def loader(
         self,
@@ -194,13 +240,13 @@ class ImageFiles:
         self, chunk: int, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images on `device`, their positions) for every image, in order, with
-        the eval transform. Decoded crops are kept in memory for the next pass while all
+        the eval transform. Decoded crops are kept on `device` for the next pass while all
         kept crops of the process fit in NTLAB_EVAL_CACHE_MB (the merge search scores the
-        same validation split for every candidate)."""
+        same validation split for every candidate: on a GPU, from its own memory)."""
         global _eval_cache_bytes
         if self._eval_cache is not None:
             for x, ok in self._eval_cache:
-                yield normalise(x.to(device, non_blocking=True)), ok
+                yield normalise(x.to(device, non_blocking=True)), ok  # a no-op move, as a rule
             return
         budget = float(os.environ.get(EVAL_CACHE_ENV, "1024")) * 2**20
         size = len(self) * 3 * self.size**2
@@ -211,10 +257,12 @@ class ImageFiles:
             for s in range(0, len(self), chunk)
         ]
         for request, out in self.loader(requests, pin=device.type == "cuda"):
+            out = self.finish(out, device)
             ok = request[0][self.check(request, out)]
+            x = out.x.to(device, non_blocking=True)
             if keep:
-                cache.append((out.x, ok))
-            yield normalise(out.x.to(device, non_blocking=True)), ok
+                cache.append((x, ok))
+            yield normalise(x), ok
         if keep:
             self._eval_cache = cache
             _eval_cache_bytes += size
@@ -227,10 +275,72 @@ def _release_eval_cache(size: int) -> None:
 
 
 @dataclass
+class Encoded:
+    """What the device decoder's workers send: the bytes of the readable files, end to end
+    in one tensor (one shared-memory block per batch), and, for a training request, each
+    one's crop (top, left, height, width, flip)."""
+
+    data: torch.Tensor  # uint8: the files' contents, one after the other
+    sizes: list[int]  # bytes of each file
+    crops: list[tuple[int, int, int, int, bool]] | None  # None: the eval transform
+
+    @property
+    def raw(self) -> list[torch.Tensor]:
+        """Each file's bytes (views of `data`)."""
+        return list(self.data.split(self.sizes)) if self.sizes else []
+
+
+@dataclass
 class Decoded:
     x: torch.Tensor  # uint8 [n_ok, 3, size, size]
     ok: torch.Tensor  # positions in the request that decoded
     bad: list[tuple[int, str]]
+    encoded: Encoded | None = None  # the device decoder: not decoded yet (`finish`)
+
+
+def decode_on(
+    encoded: Encoded, size: int, resize: int, device: torch.device
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """(uint8 crops on `device`, the positions in `encoded.raw` that decoded, the others
+    with their reason): JPEGs decoded together on `device`, other formats on the CPU; then
+    per image the transforms of `_transform` (a loop of a few device kernels per image: the
+    images differ in size until they are resized)."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    images: dict[int, torch.Tensor] = {}
+    bad: list[tuple[int, str]] = []
+    raw = encoded.raw
+    jpegs = [j for j, data in enumerate(raw) if data[:2].tolist() == [0xFF, 0xD8]]
+    if jpegs:
+        try:
+            batch = decode_jpeg([raw[j] for j in jpegs], mode=ImageReadMode.RGB, device=device)
+            images.update(zip(jpegs, batch))
+        except Exception:  # noqa: BLE001 - one bad file fails the batch: find it alone
+            for j in jpegs:
+                try:
+                    images[j] = decode_jpeg(raw[j], mode=ImageReadMode.RGB, device=device)
+                except Exception as exc:  # noqa: BLE001
+                    bad.append((j, _reason(exc)))
+    for j in range(len(raw)):
+        if j in images or j in jpegs:
+            continue
+        try:
+            images[j] = decode_image(raw[j], mode=ImageReadMode.RGB).to(device)
+        except Exception as exc:  # noqa: BLE001
+            bad.append((j, _reason(exc)))
+    done = sorted(images)
+    crops = []
+    for j in done:
+        img = TF.resize(images[j], [resize, resize], antialias=True)
+        if encoded.crops is None:
+            crops.append(TF.center_crop(img, [size, size]))
+            continue
+        top, left, h, w, flip = encoded.crops[j]
+        img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+        crops.append(img.flip(-1) if flip else img)
+    x = torch.stack(crops) if crops else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return x.to(device), done, sorted(bad)
 
 
 class _Requests(torch.utils.data.Dataset):
@@ -355,7 +465,7 @@ def labelled_chunks(
 def take(x: Images, index: torch.Tensor, device: torch.device, seed: int = 0) -> torch.Tensor:
     """Float training images at `index` (files: decoded here, with the training transform)."""
     if isinstance(x, ImageFiles):
-        out = x.decode(index.cpu(), augment=True, seed=seed)
+        out = x.finish(x.decode(index.cpu(), augment=True, seed=seed), device)
         x.check((index.cpu(), True, seed), out)
         return normalise(out.x.to(device))
     return to_float(x[index.to(x.device)])

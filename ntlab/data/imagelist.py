@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ntlab.catalog import DECODERS
 from ntlab.data.benchmark import BENCHMARKS, TaskData
 from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers, given_root
 from ntlab.errors import NtlabError, unknown_name
@@ -171,6 +172,7 @@ class ImageListBenchmark:
         image_size: int | None = None,
         skip_bad_images: bool = False,
         workers: int | None = None,
+        decode: str | None = None,
     ) -> None:
         self._root_arg, self._domains_arg = root, domains
         self.image_size = image_size or DEFAULT_SIZE
@@ -180,6 +182,9 @@ class ImageListBenchmark:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise NtlabError(f"--workers must be ≥ 0, got {self.workers}")
+        if decode not in (None, *DECODERS):
+            raise unknown_name("--decode", decode, DECODERS)
+        self.decoder = "device" if decode == "gpu" else "workers"  # ImageFiles.decoder
         self._root: Path | None = None
         self._lists: dict[str, dict] = {}
 
@@ -269,6 +274,7 @@ class ImageListBenchmark:
                     self.image_size,
                     self.workers,
                     self.log,
+                    self.decoder,
                 )
                 splits[split] = (files, lst.labels.to(device, copy=True))  # the list is shared
             out[name] = TaskData(name, classes, splits)
@@ -303,7 +309,7 @@ class DomainNet(ImageListBenchmark):
     name = "domainnet"
     description = "DomainNet under --root or NTLAB_DOMAINNET (6 domains, 345 classes)"
     env = "NTLAB_DOMAINNET"
-    options = ("root", "image_size", "skip_bad_images", "workers")  # the six domains, always
+    options = ("root", "image_size", "skip_bad_images", "workers", "decode")  # six domains
     known_domains = DOMAINNET_DOMAINS
     classes = DOMAINNET_CLASSES
 

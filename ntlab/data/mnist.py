@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -145,3 +146,46 @@ def load_mnist(
     if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
         raise NtlabError("MNIST images and labels have different lengths")
     return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
+
+
+# --- stand-in files in MNIST's format (tests, and benchmarks on machines without MNIST) ----
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """`array` (uint8) as an IDX file; gzip-compressed when the name ends in .gz."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
+def write_stand_in_mnist(folder: Path, n_train: int = 700, n_test: int = 300) -> dict[str, str]:
+    """Four gzip IDX files in MNIST's names, made from scikit-learn's bundled 8×8 digits
+    (upscaled to 20×20 and padded to 28×28, as MNIST centres its strokes), so that small
+    models can learn them; returns their MD5 sums. Not MNIST: its sums do not verify."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float().div(16).unsqueeze(1)
+    x = F.pad(F.interpolate(x, size=(20, 20), mode="bilinear"), (4, 4, 4, 4))
+    images = (x.squeeze(1).clamp(0, 1) * 255).round().byte().numpy()
+    labels = bunch.target.astype(np.uint8)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(labels))
+    tr, te = order[:n_train], order[n_train : n_train + n_test]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "train-images-idx3-ubyte.gz": images[tr],
+        "train-labels-idx1-ubyte.gz": labels[tr],
+        "t10k-images-idx3-ubyte.gz": images[te],
+        "t10k-labels-idx1-ubyte.gz": labels[te],
+    }
+    sums = {}
+    for name, arr in parts.items():
+        write_idx(folder / name, arr)
+        sums[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    return sums

@@ -109,6 +109,7 @@ class BatchSource:
                 self._stream = self.x.loader(self._requests(), pin=pin, workers=self.workers)
                 self._stream_at = self.batches_drawn
             request, out = next(self._stream)
+            out = self.x.finish(out, self.y.device)  # the device decoder decodes here
             idx = self._advance()
             self._stream_at += 1
             ok = self.x.check(request, out).to(idx.device)
