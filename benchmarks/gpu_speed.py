@@ -1,7 +1,9 @@
 """ntlab's speed on one GPU, in one unattended run: every figure of the GPU targets.
 
 1. STL steps/s of the default digits model (cnn, width 16, 16 px, batch 64): eager, with
-   `--compile default`, and with `--compile reduce-overhead` (CUDA graphs; CUDA only);
+   `--compile default`, `--compile reduce-overhead` (the backbone's CUDA graphs) and
+   `--compile captured` (the whole step as one CUDA graph), the last two CUDA only; and how
+   far the captured training's weights are from the eager one's after the same steps;
 2. ForkMerge with 3 per-task branches (the target alone + one per auxiliary domain) over
    STL, wall time for the same steps, with `--branch-exec sequential` and `concurrent`;
    and the merge search's share of ForkMerge's wall time;
@@ -57,7 +59,7 @@ class Scale:
     images: int = 768
     loader_batches: int = 6
     workers: tuple[int, ...] = (1, 2, 4, 8)
-    compile_modes: tuple[str, ...] = ("default", "reduce-overhead")
+    compile_modes: tuple[str, ...] = ("default", "reduce-overhead", "captured")
 
 
 SMALL = Scale(
@@ -118,14 +120,24 @@ def stl_speed(device: str, scale: Scale) -> dict:
 
     base = TrainConfig(target="mnistm", steps=scale.stl_steps, device=device, eval_every=10**6)
     modes = {"eager": "off", **{f"compile {m}": m for m in scale.compile_modes}}
-    if not device.startswith("cuda"):
-        modes.pop("compile reduce-overhead", None)  # no CUDA graphs on the CPU
+    if not device.startswith("cuda"):  # no CUDA graphs on the CPU
+        modes = {k: v for k, v in modes.items() if v not in ("reduce-overhead", "captured")}
     out = {}
     for name, mode in modes.items():
         warmup = 20 if mode != "off" else 5
         rate, warm = train_rate(replace(base, compile=mode), scale.stl_steps, warmup)
         out[name] = {"steps_per_s": rate, "warmup_s": warm}
     return out
+
+
+def captured_agreement(device: str, steps: int = 100) -> float:
+    """max |θ_captured − θ_eager| after `steps` steps of the same STL training."""
+    from ntlab.core.runner import TrainConfig, run_training
+
+    cfg = TrainConfig(target="mnistm", steps=steps, device=device, eval_every=steps)
+    eager = run_training(cfg).state.model.state_dict()
+    captured = run_training(replace(cfg, compile="captured")).state.model.state_dict()
+    return max(float((eager[k].float() - captured[k].float()).abs().max()) for k in eager)
 
 
 def forkmerge_speed(device: str, scale: Scale, compile_mode: str) -> dict:
@@ -242,6 +254,11 @@ def report(figures: dict, device_name: str, scale: Scale) -> None:
     print("| measurement | value | target |")
     print("|---|---:|---|")
     best = max(v["steps_per_s"] for v in stl.values())
+    if "captured_max_diff" in figures:
+        print(
+            f"| captured vs eager, 100 STL steps: max abs weight difference | "
+            f"{figures['captured_max_diff']:.2e} | float tolerance |"
+        )
     for name, v in stl.items():
         extra = f" (warm-up {v['warmup_s']:.1f} s)" if name != "eager" else ""
         print(
@@ -268,9 +285,8 @@ def report(figures: dict, device_name: str, scale: Scale) -> None:
             f"| {scale.resnet} @ {scale.resnet_px} px, batch {scale.resnet_batch}, {name} | "
             f"{rn[name]['images_per_s']:.0f} images/s | |"
         )
-    print(
-        f"| bf16 + channels-last / fp32 | {rn['speedup']:.2f}× | {verdict(rn['speedup'], 1.5, True)} |"
-    )  # noqa: E501
+    speedup = rn["speedup"]
+    print(f"| bf16 + channels-last / fp32 | {speedup:.2f}× | {verdict(speedup, 1.5, True)} |")
     ld = figures["loader"]
     for decode in ("cpu", "gpu"):
         if decode not in ld:
@@ -310,6 +326,8 @@ def main() -> None:
         build_digits(Path(tmp) / "home")
         figures = {"device": name, "small": args.small}
         figures["stl"] = stl_speed(args.device, scale)
+        if args.device.startswith("cuda"):
+            figures["captured_max_diff"] = captured_agreement(args.device)
         figures["forkmerge"] = forkmerge_speed(args.device, scale, args.forkmerge_compile)
         figures["resnet"] = resnet_speed(args.device, scale)
         best_model = figures["resnet"]["bf16 + channels-last"]["images_per_s"]

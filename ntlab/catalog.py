@@ -34,7 +34,7 @@ FORMATS = ("png", "svg")
 # tensors, torch.compile's mode, and how ForkMerge's branches share a device
 PRECISIONS = ("fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels-last")
-COMPILE_MODES = ("off", "default", "reduce-overhead")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "captured")
 BRANCH_EXEC = ("sequential", "concurrent")
 DECODERS = ("cpu", "gpu")  # image lists: JPEGs decoded by the loader workers, or on the GPU
 

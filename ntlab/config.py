@@ -274,11 +274,30 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if value not in choices:
             raise unknown_name(option, value, choices)
+    if cfg.compile == "captured":
+        check_capturable(cfg)
     if cfg.precision == "fp16" and cfg.method not in FP16_METHODS:
         raise NtlabError(
             f"--precision fp16 needs loss scaling, which ntlab applies to the static weightings "
             f"({', '.join(FP16_METHODS)}), not to {cfg.method}; use --precision bf16"
         )
+
+
+def check_capturable(cfg: TrainConfig) -> None:
+    """What `--compile captured` needs that the config tells (`ntlab.core.captured`)."""
+    why = None
+    if resolve_device(cfg.device).type != "cuda":
+        why = "it records CUDA graphs, and this training runs on the CPU; use --compile default"
+    elif cfg.method not in FP16_METHODS:
+        why = f"{cfg.method} is not a static weighting (stl, ew, fixed, forkmerge)"
+    elif cfg.precision == "fp16":
+        why = "fp16's loss scaler checks for infinities on the host; use --precision bf16"
+    elif cfg.optimizer != "adam":
+        why = "only Adam's update is captured; use --optimizer adam"
+    elif cfg.benchmark in ("imagelist", "domainnet"):
+        why = "image files are decoded per batch; use --compile default"
+    if why:
+        raise NtlabError(f"--compile captured cannot run this training: {why}")
 
 
 def check_cnn_width(width: int) -> None:

@@ -180,9 +180,11 @@ Compile = Annotated[
     str,
     typer.Option(
         help="torch.compile the backbone's training forward: off, default, or reduce-overhead "
-        "(CUDA graphs on a GPU). The first steps compile (tens of seconds); ForkMerge's "
-        "branches, rounds and merges reuse the graph. Numbers agree with off within float "
-        "tolerance, not bit for bit, so it is part of the cache key."
+        "(CUDA graphs on a GPU); or captured: the whole step (forward, backward, Adam's "
+        "update) recorded as one CUDA graph and replayed (CUDA, Adam, the static weightings, "
+        "in-memory data). The first steps compile or record; ForkMerge's branches, rounds "
+        "and merges reuse the graph. Numbers agree with off within float tolerance, not bit "
+        "for bit, so it is part of the cache key."
     ),
 ]
 Preset = Annotated[

@@ -11,11 +11,12 @@ Three fields of `TrainConfig` decide them:
 - `memory_format` (auto | contiguous | channels-last): the layout of the backbone's
   4-D weights and inputs. `auto` is channels-last for torchvision's ResNets on CUDA and
   contiguous everywhere else.
-- `compile` (off | default | reduce-overhead): the backbone's training forward (and so its
-  backward) goes through `torch.compile` with static shapes; evaluation stays eager, so
-  validation chunks of other sizes compile nothing. A fork of a compiled model compiles
-  nothing either: the compiled graph is keyed by the backbone's code and shapes, not by
-  the instance, so ForkMerge's branches, rounds and merge candidates reuse it.
+- `compile` (off | default | reduce-overhead | captured): the backbone's training forward
+  (and so its backward) goes through `torch.compile` with static shapes; evaluation stays
+  eager, so validation chunks of other sizes compile nothing. A fork of a compiled model
+  compiles nothing either: the compiled graph is keyed by the backbone's code and shapes,
+  not by the instance, so ForkMerge's branches, rounds and merge candidates reuse it.
+  `captured` records the whole step as one CUDA graph instead (`ntlab.core.captured`).
 
 `resolved_speed(cfg)` is what config.json and the cache key record: the settings as the
 training really runs them on its device.
@@ -75,12 +76,13 @@ def configure(
     return model
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of `precision` on `device` (nothing for fp32)."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """The autocast context of `precision` on `device` (nothing for fp32); `cache=False`
+    inside a captured CUDA graph."""
     dtype = DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:

@@ -85,6 +85,7 @@ class TrainState:
     step: int = 0
     sources: dict[str, BatchSource] = field(default_factory=dict)
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scale (ntlab.core.speed)
+    captured: dict = field(default_factory=dict)  # --compile captured: its CUDA graphs
 
     @classmethod
     def create(cls, model: MultiTaskModel, optim: OptimConfig, total_steps: int) -> TrainState:
@@ -102,7 +103,10 @@ class TrainState:
         """Set the learning rate of the coming step."""
         factor = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            if isinstance(group["lr"], torch.Tensor):  # a captured step reads it on the device
+                group["lr"].fill_(group["initial_lr"] * factor)
+            else:
+                group["lr"] = group["initial_lr"] * factor
 
     def fork(self) -> TrainState:
         """An independent copy: own parameters, optimiser moments and sampler positions.

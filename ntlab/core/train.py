@@ -138,6 +138,17 @@ def train(
         raise NtlabError(f"unknown bn_batches {bn_batches!r} or loss_reduction {loss_reduction!r}")
     per_term = bn_batches == "per-term"
     scale = 1.0 / len(terms) if loss_reduction == "mean" else 1.0
+    captured = None
+    if model.compile_mode == "captured":
+        from ntlab.core.captured import CapturedStep, refusal
+
+        why = refusal(state, sources, static)
+        if why is not None:
+            raise NtlabError(f"--compile captured cannot run this training: {why}")
+        key = (tuple((t.name, t.weight) for t in terms), per_term, scale)
+        if key not in state.captured:
+            state.captured[key] = CapturedStep(state, present, per_term, scale, rule)
+        captured = state.captured[key]
     running = torch.zeros(len(terms), device=device)
     weight_sum = torch.zeros(len(terms), device=device)
     seen = weighed = 0
@@ -146,20 +157,24 @@ def train(
     try:
         for i in range(steps):
             batches = [src.next() for src in sources]
-            losses, features = term_losses(model, batches, present, per_term)
-            optimizer.zero_grad(set_to_none=True)
-            objective = losses if scale == 1.0 else [loss * scale for loss in losses]
-            if scaler is not None:  # fp16: scaled losses; the step unscales, skips on inf
-                objective = [scaler.scale(loss) for loss in objective]
-            weights = rule.backward(objective, features, state.step, batches)
-            if scaler is None:
-                optimizer.step()
+            if captured is not None:  # the whole step as one CUDA graph
+                step_losses, weights = captured.step(batches), None
             else:
-                scaler.step(optimizer)
-                scaler.update()
+                losses, features = term_losses(model, batches, present, per_term)
+                optimizer.zero_grad(set_to_none=True)
+                objective = losses if scale == 1.0 else [loss * scale for loss in losses]
+                if scaler is not None:  # fp16: scaled losses; the step unscales, skips on inf
+                    objective = [scaler.scale(loss) for loss in objective]
+                weights = rule.backward(objective, features, state.step, batches)
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                step_losses = torch.stack(losses).detach()
             state.step += 1
             state.apply_schedule()
-            running += torch.stack(losses).detach()
+            running += step_losses
             if weights is not None:
                 weight_sum += weights.detach().to(device)
                 weighed += 1

@@ -59,7 +59,7 @@ class MultiTaskModel(nn.Module):
 
     def train_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's output in a training step: compiled under a compile mode."""
-        if self.compile_mode == "off":
+        if self.compile_mode in ("off", "captured"):  # captured: eager ops in a CUDA graph
             return self.features(x)
         backbone = self.__dict__.get("_compiled")
         if backbone is None:
@@ -77,7 +77,9 @@ class MultiTaskModel(nn.Module):
         """The autocast context of the model's precision on its device (none for fp32)."""
         from ntlab.core.speed import autocast
 
-        return autocast(next(self.parameters()).device, self.precision)
+        # a CUDA graph must not capture autocast's cache of cast weights
+        cache = self.compile_mode != "captured"
+        return autocast(next(self.parameters()).device, self.precision, cache)
 
     def __getstate__(self) -> dict:
         # a copy (a fork, a pickle) compiles its own wrapper, which reuses the cached graph
@@ -107,16 +109,24 @@ class MultiTaskModel(nn.Module):
             weight = torch.cat([self.heads[h].weight for h in present])
             bias = torch.cat([self.heads[h].bias for h in present])
             out = (features @ weight.T + bias).view(len(y), len(present), -1)
-            lut = torch.full((len(self.heads),), -1, dtype=torch.long, device=y.device)
-            lut[torch.tensor(present, device=y.device)] = torch.arange(
-                len(present), device=y.device
-            )
+            lut = self._head_lut(tuple(present), y.device)
             return F.cross_entropy(out[torch.arange(len(y), device=y.device), lut[heads]], y)
         total = features.new_zeros(())
         for h in present:
             mask = heads == h
             total = total + F.cross_entropy(self.heads[h](features[mask]), y[mask], reduction="sum")
         return total / len(y)
+
+    def _head_lut(self, present: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """head index → its position in `present` (−1 elsewhere), made once per set of
+        heads: no host-to-device copy per step (which a captured CUDA graph forbids)."""
+        luts = self.__dict__.setdefault("_luts", {})
+        key = (present, str(device))
+        if key not in luts:
+            lut = torch.full((len(self.heads),), -1, dtype=torch.long, device=device)
+            lut[torch.tensor(present, device=device)] = torch.arange(len(present), device=device)
+            luts[key] = lut
+        return luts[key]
 
     def _mixed_loss(self, features, y, heads: torch.Tensor, present: list[int]) -> torch.Tensor:
         """Σ_h n_h · L_h / n over the tasks h of a mixed batch (L_h: task h's mean loss on

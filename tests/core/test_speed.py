@@ -143,3 +143,66 @@ def test_compiled_training_matches_eager_and_forkmerge_compiles_once(tiny_digits
     # batch 16 (the target alone) was compiled above; the joint branches' 32 adds one graph
     assert counters["stats"]["unique_graphs"] == 2
     assert asdict(c)["compile"] == "default"
+
+
+def test_captured_steps_are_refused_where_they_cannot_run(tiny_digits):
+    with pytest.raises(NtlabError, match="captured cannot run.*runs on the CPU"):
+        run_training(cfg(compile="captured", device="cpu"))
+    from ntlab.config import check_capturable
+
+    cuda = {"compile": "captured", "device": "cpu"}
+    for extra, reason in (
+        ({"method": "mgda", "aux": ["mnist"]}, "not a static weighting"),
+        ({"precision": "fp16"}, "fp16's loss scaler"),
+        ({"optimizer": "sgd"}, "only Adam"),
+        ({"benchmark": "imagelist"}, "image files"),
+    ):
+        c = cfg(**{**cuda, **extra})
+        with pytest.MonkeyPatch.context() as mp:  # as if a GPU were there
+            mp.setattr("ntlab.config.resolve_device", lambda _: torch.device("cuda"))
+            with pytest.raises(NtlabError, match=reason):
+                check_capturable(c)
+
+
+def test_a_learning_rate_held_as_a_tensor_follows_the_schedule_in_place(tiny_digits):
+    """What a captured step reads: the schedule fills the group's rate tensor, and the
+    rates equal those of the float path."""
+    from ntlab.core.state import OptimConfig, TrainState
+    from ntlab.models import BACKBONES, MultiTaskModel
+
+    def state():
+        torch.manual_seed(0)
+        model = MultiTaskModel(BACKBONES.get("cnn")(), {"t": 10})
+        return TrainState.create(model, OptimConfig(schedule="cosine"), 10)
+
+    plain, held = state(), state()
+    rate = torch.tensor(float(held.optimizer.param_groups[0]["lr"]))
+    held.optimizer.param_groups[0]["lr"] = rate
+    for step in range(11):
+        plain.step = held.step = step
+        plain.apply_schedule()
+        held.apply_schedule()
+        assert held.optimizer.param_groups[0]["lr"] is rate  # the same tensor, filled
+        assert float(rate) == pytest.approx(plain.optimizer.param_groups[0]["lr"], rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_training_matches_eager_on_cuda(tiny_digits):
+    eager = run_training(cfg(steps=12, device="cuda"))
+    captured = run_training(cfg(steps=12, device="cuda", compile="captured"))
+    a, b = eager.state.model.state_dict(), captured.state.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    steps = next(iter(captured.state.captured.values()))
+    assert steps.graph is not None  # replayed after its warm-up steps
+    c = cfg(aux=["mnist", "syn"], steps=12, method="ew", device="cuda", compile="captured")
+    eager_fm = run_forkmerge(replace_compile(c, "off"), per_task_branches(c.target, c.aux),
+                             ForkMergeOptions(merge_every=3))  # fmt: skip
+    fm = run_forkmerge(c, per_task_branches(c.target, c.aux), ForkMergeOptions(merge_every=3))
+    for k, v in eager_fm.model.state_dict().items():
+        assert torch.allclose(v, fm.model.state_dict()[k], atol=1e-3), k
+    for state in fm.branch_states:  # one graph per branch, captured once for all 4 rounds
+        assert [s.captures for s in state.captured.values()] == [1]
+
+
+def replace_compile(c: TrainConfig, mode: str) -> TrainConfig:
+    return TrainConfig(**{**asdict(c), "compile": mode})
