@@ -74,13 +74,18 @@ def method_jobs(
     from ntlab.core.executor import Job
 
     cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
-    jobs = [Job(stl_config(cfg), label=f"stl seed {seed}")]
+    jobs = [Job(stl_config(_as(cfg, method)), label=f"stl seed {seed}")]
     if method == "grid-search":
         return jobs + grid_jobs(cfg, lams, [seed])
     if method == "forkmerge":
         return jobs + forkmerge_jobs(cfg, [seed], fm)
     run_cfg = TrainConfig(**{**asdict(cfg), "method": method, "lam": base.lam})
     return jobs + [Job(run_cfg, label=f"{method} seed {seed}")]
+
+
+def _as(cfg: TrainConfig, method: str) -> TrainConfig:
+    """`cfg` with `method` when it is a training method (the procedures train EW's config)."""
+    return cfg if method in PROCEDURES else TrainConfig(**{**asdict(cfg), "method": method})
 
 
 def method_row(
@@ -93,7 +98,9 @@ def method_row(
 ) -> dict:
     """One method, one seed: val/test accuracy of the target and TG against STL."""
     cfg = TrainConfig(**{**asdict(base), "method": "ew", "lam": 1.0, "seed": seed})
-    stl, _ = cached_run(stl_config(cfg), on_run("stl", cfg) if on_run else None)
+    # the STL of the method's precision (fp32 for those that read gradients: --precision)
+    stl_cfg = stl_config(_as(cfg, method))
+    stl, _ = cached_run(stl_cfg, on_run("stl", stl_cfg) if on_run else None)
     extra: dict = {}
     if method == "grid-search":
         table = lambda_grid_table(cfg, lams, [seed], on_run)

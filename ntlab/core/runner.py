@@ -263,8 +263,15 @@ def __getattr__(name: str):
 
 def stl_config(cfg: TrainConfig) -> TrainConfig:
     """The single-task run with the same budget, optimiser, model and seed as `cfg`
-    (one term: its BatchNorm batches and loss reduction are the defaults' training)."""
-    single = {"bn_batches": "pooled", "loss_reduction": "sum"}
+    (one term: its BatchNorm batches and loss reduction are the defaults' training), in the
+    precision `cfg`'s method really trains in (fp32 for the methods that read gradients)."""
+    from ntlab.core.speed import effective_precision
+
+    single = {
+        "bn_batches": "pooled",
+        "loss_reduction": "sum",
+        "precision": effective_precision(cfg.precision, cfg.method),
+    }
     return TrainConfig(**{**asdict(cfg), "method": "stl", "aux": [], "lam": 1.0, **single})
 
 

@@ -206,3 +206,11 @@ def test_captured_training_matches_eager_on_cuda(tiny_digits):
 
 def replace_compile(c: TrainConfig, mode: str) -> TrainConfig:
     return TrainConfig(**{**asdict(c), "compile": mode})
+
+
+def test_the_stl_baseline_trains_in_the_methods_precision(tiny_digits):
+    from ntlab.core.runner import stl_config
+
+    assert stl_config(cfg(method="ew", aux=["mnist"], precision="bf16")).precision == "bf16"
+    # upgrad reads gradients: it trains in fp32, and its TG is against the fp32 STL run
+    assert stl_config(cfg(method="upgrad", aux=["mnist"], precision="bf16")).precision == "fp32"
