@@ -214,3 +214,14 @@ def test_the_stl_baseline_trains_in_the_methods_precision(tiny_digits):
     assert stl_config(cfg(method="ew", aux=["mnist"], precision="bf16")).precision == "bf16"
     # upgrad reads gradients: it trains in fp32, and its TG is against the fp32 STL run
     assert stl_config(cfg(method="upgrad", aux=["mnist"], precision="bf16")).precision == "fp32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams need a CUDA device")
+def test_concurrent_branches_on_cuda_streams_match_sequential(tiny_digits):
+    c = cfg(aux=["mnist", "syn"], steps=9, method="ew", device="cuda")
+    branches = per_task_branches(c.target, c.aux)
+    seq = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3))
+    con = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3, branch_exec="concurrent"))
+    a, b = seq.model.state_dict(), con.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert [m["lambda"] for m in seq.merges] == [m["lambda"] for m in con.merges]

@@ -89,3 +89,17 @@ def test_decode_gpu_needs_a_cuda_training_and_an_image_list(tiny_digits, tree: P
     with pytest.raises(NtlabError, match="--decode does not apply to digits"):
         get_benchmark("digits", decode="gpu")
     assert get_benchmark("imagelist", root=str(tree), decode="gpu").decoder == "device"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
+def test_nvjpeg_crops_are_close_to_the_workers(tree: Path):
+    """nvJPEG's IDCT and the GPU's resampling round differently from libjpeg on the CPU:
+    the crops agree to a few grey levels, and the draws (box, flip) are the same."""
+    index = torch.tensor([3, 0, 7, 12, 5])
+    for augment in (True, False):
+        plain = files(tree, "workers").decode(index, augment, seed=11)
+        x = files(tree, "device")
+        done = x.finish(x.decode(index, augment, seed=11), torch.device("cuda"))
+        assert done.x.device.type == "cuda" and done.x.shape == plain.x.shape
+        diff = (done.x.cpu().float() - plain.x.float()).abs()
+        assert diff.mean() < 3 and torch.equal(done.ok, plain.ok)
