@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def stl_speed(device: str, scale: Scale) -> dict:
     out = {}
     for name, mode in modes.items():
         warmup = 20 if mode != "off" else 5
-        rate, warm = train_rate(replace(base, compile=mode), scale.stl_steps, warmup)
-        out[name] = {"steps_per_s": rate, "warmup_s": warm}
+        timing = attempt(train_rate, replace(base, compile=mode), scale.stl_steps, warmup)
+        out[name] = timing if failed(timing) else dict(zip(("steps_per_s", "warmup_s"), timing))
     return out
 
 
@@ -155,6 +156,9 @@ def forkmerge_speed(device: str, scale: Scale, compile_mode: str) -> dict:
     run_training(replace(stl, steps=max(2, steps // 10)))  # warm-up (and any compiling)
     out = {"stl_s": min(timed(lambda: run_training(stl), dev) for _ in range(2))}
     for mode in ("sequential", "concurrent"):
+        if mode == "concurrent" and compile_mode in ("default", "reduce-overhead"):
+            out[mode] = {"failed": "torch.compile is not thread-safe: refused by ntlab"}
+            continue
         opts = ForkMergeOptions(merge_every=max(1, steps // 4), branch_exec=mode)
         outcomes: list = []
 
@@ -246,40 +250,70 @@ def verdict(value: float | None, target: float, at_least: bool) -> str:
     return f"{'meets' if met else 'misses'} {'≥' if at_least else '≤'} {target:g}"
 
 
-def report(figures: dict, device_name: str, scale: Scale) -> None:
+def attempt(fn, *args) -> dict | float:
+    """`fn(*args)`, or {"failed": the reason} (its traceback on stderr): one failing part
+    must not cost the others' figures."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, and in the exit code
+        traceback.print_exc()
+        return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+
+
+def failed(part) -> str | None:
+    return part.get("failed") if isinstance(part, dict) else None
+
+
+def report_stl(figures: dict) -> None:
     stl = figures["stl"]
-    eager = stl["eager"]["steps_per_s"]
-    print(f"# ntlab GPU speed — {device_name}, torch {torch.__version__}")
-    print()
-    print("| measurement | value | target |")
-    print("|---|---:|---|")
-    best = max(v["steps_per_s"] for v in stl.values())
-    if "captured_max_diff" in figures:
-        print(
-            f"| captured vs eager, 100 STL steps: max abs weight difference | "
-            f"{figures['captured_max_diff']:.2e} | float tolerance |"
-        )
+    rates = {k: v["steps_per_s"] for k, v in stl.items() if not failed(v)}
+    eager = rates.get("eager")
+    agreement = figures.get("captured_max_diff")
+    if agreement is not None:
+        value = failed(agreement) or f"{agreement:.2e}"
+        print(f"| captured vs eager, 100 STL steps: max abs weight difference | {value} | |")
     for name, v in stl.items():
+        if failed(v):
+            print(f"| STL steps/s, digits cnn, batch 64, {name} | failed: {failed(v)} | |")
+            continue
         extra = f" (warm-up {v['warmup_s']:.1f} s)" if name != "eager" else ""
+        ratio = f" ({v['steps_per_s'] / eager:.2f}× eager)" if eager else ""
+        rate = f"{v['steps_per_s']:.0f}{ratio}"
+        print(f"| STL steps/s, digits cnn, batch 64, {name}{extra} | {rate} | |")
+    if eager and rates:
+        best = max(rates.values())
         print(
-            f"| STL steps/s, digits cnn, batch 64, {name}{extra} | {v['steps_per_s']:.0f} "
-            f"({v['steps_per_s'] / eager:.2f}× eager) | |"
+            f"| STL best / eager | {best / eager:.2f}× | {verdict(best / eager, 4, True)}; "
+            f"{best:.0f} steps/s {verdict(best, 800, True)} |"
         )
-    print(
-        f"| STL best / eager | {best / eager:.2f}× | {verdict(best / eager, 4, True)}; "
-        f"{best:.0f} steps/s {verdict(best, 800, True)} |"
-    )
-    fm = figures["forkmerge"]
+
+
+def report_forkmerge(fm: dict, scale: Scale) -> None:
+    if failed(fm):
+        print(f"| ForkMerge, 3 per-task branches / STL | failed: {failed(fm)} | |")
+        return
     print(f"| STL, {scale.fm_steps} steps (with evaluation) | {fm['stl_s']:.2f} s | |")
+    shares = []
     for mode in ("sequential", "concurrent"):
         f = fm[mode]
+        if failed(f):
+            print(f"| ForkMerge, 3 per-task branches, {mode} / STL | failed: {failed(f)} | |")
+            continue
+        shares.append(f["search_share"])
         print(
             f"| ForkMerge, 3 per-task branches, {mode} / STL | {f['over_stl']:.2f}× "
             f"({f['wall_s']:.2f} s) | {verdict(f['over_stl'], 1.5, False)} |"
         )
-    share = min(fm[m]["search_share"] for m in ("sequential", "concurrent"))
-    print(f"| merge search / ForkMerge wall time | {share:.1%} | {verdict(share, 0.05, False)} |")
-    rn = figures["resnet"]
+    if shares:
+        share = min(shares)
+        judged = verdict(share, 0.05, False)
+        print(f"| merge search / ForkMerge wall time | {share:.1%} | {judged} |")
+
+
+def report_resnet(rn: dict, scale: Scale) -> None:
+    if failed(rn):
+        print(f"| {scale.resnet} fp32 vs bf16 + channels-last | failed: {failed(rn)} | |")
+        return
     for name in ("fp32", "bf16 + channels-last"):
         print(
             f"| {scale.resnet} @ {scale.resnet_px} px, batch {scale.resnet_batch}, {name} | "
@@ -287,10 +321,18 @@ def report(figures: dict, device_name: str, scale: Scale) -> None:
         )
     speedup = rn["speedup"]
     print(f"| bf16 + channels-last / fp32 | {speedup:.2f}× | {verdict(speedup, 1.5, True)} |")
-    ld = figures["loader"]
+
+
+def report_loader(ld: dict) -> None:
+    if failed(ld):
+        print(f"| loader images/s | failed: {failed(ld)} | |")
+        return
     for decode in ("cpu", "gpu"):
         if decode not in ld:
             print("| loader, GPU decoding | not measured (no CUDA device) | |")
+            continue
+        if failed(ld[decode]):
+            print(f"| loader, {decode} decoding | failed: {failed(ld[decode])} | |")
             continue
         rates = ld[decode]["images_per_s"]
         line = ", ".join(f"{w}: {r:.0f}" for w, r in rates.items())
@@ -301,6 +343,17 @@ def report(figures: dict, device_name: str, scale: Scale) -> None:
             f"{'never reaches the model' if needed is None else f'{needed} processes'} "
             f"{target} |"
         )
+
+
+def report(figures: dict, device_name: str, scale: Scale) -> None:
+    print(f"# ntlab GPU speed — {device_name}, torch {torch.__version__}")
+    print()
+    print("| measurement | value | target |")
+    print("|---|---:|---|")
+    report_stl(figures)
+    report_forkmerge(figures["forkmerge"], scale)
+    report_resnet(figures["resnet"], scale)
+    report_loader(figures["loader"])
 
 
 def main() -> None:
@@ -327,17 +380,23 @@ def main() -> None:
         figures = {"device": name, "small": args.small}
         figures["stl"] = stl_speed(args.device, scale)
         if args.device.startswith("cuda"):
-            figures["captured_max_diff"] = captured_agreement(args.device)
-        figures["forkmerge"] = forkmerge_speed(args.device, scale, args.forkmerge_compile)
-        figures["resnet"] = resnet_speed(args.device, scale)
-        best_model = figures["resnet"]["bf16 + channels-last"]["images_per_s"]
-        best_model = max(best_model, figures["resnet"]["fp32"]["images_per_s"])
-        figures["loader"] = loader_speed(args.device, scale, Path(tmp) / "images", best_model)
+            figures["captured_max_diff"] = attempt(captured_agreement, args.device)
+        figures["forkmerge"] = attempt(forkmerge_speed, args.device, scale, args.forkmerge_compile)
+        figures["resnet"] = rn = attempt(resnet_speed, args.device, scale)
+        best_model = 0.0 if failed(rn) else max(v["images_per_s"] for k, v in rn.items()
+                                                 if k != "speedup")  # fmt: skip
+        figures["loader"] = attempt(
+            loader_speed, args.device, scale, Path(tmp) / "images", best_model
+        )
     figures["seconds"] = time.perf_counter() - started
     report(figures, name, scale)
     print(f"\n{figures['seconds']:.0f} s in all")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
+    broken = json.dumps(figures, default=str).count('"failed"')
+    if broken:
+        print(f"{broken} part(s) failed; their tracebacks are above", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

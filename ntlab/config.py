@@ -98,6 +98,10 @@ class TrainConfig:
     memory_format: str = "auto"
     compile: str = "off"
 
+    def __post_init__(self) -> None:
+        if self.decode == "cpu":  # the loader processes decode: the default, one cache key
+            self.decode = None
+
     def optim(self) -> OptimConfig:
         from ntlab.core.state import OptimConfig
 

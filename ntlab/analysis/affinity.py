@@ -188,7 +188,7 @@ class Measurer:
         grads = []
         with frozen_batchnorm_statistics(model):
             for src, h in zip(self.sources, self.heads):
-                loss = term_losses(model, [src.next()], [[h]])[0][0]
+                loss = term_losses(model, [src.next()], [[h]], amp=False)[0][0]
                 flat = torch.autograd.grad(loss, shared, allow_unused=True)
                 grads.append(
                     [torch.zeros_like(p) if g is None else g for g, p in zip(flat, shared)]

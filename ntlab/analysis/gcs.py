@@ -119,10 +119,10 @@ def gcs_table(
     model.train()  # the gradients of training steps; θ_T's BatchNorm buffers stay as trained
     with frozen_batchnorm_statistics(model):
         for b in range(opts.batches):
-            tgt_loss = term_losses(model, [target_batches.next()], [[head]])[0][0]
+            tgt_loss = term_losses(model, [target_batches.next()], [[head]], amp=False)[0][0]
             g_tgt = _grads(model, tgt_loss, updated)
             if aux_batches is not None:
-                aux_loss = term_losses(model, [aux_batches.next()], [aux_heads])[0][0]
+                aux_loss = term_losses(model, [aux_batches.next()], [aux_heads], amp=False)[0][0]
                 g_aux = _grads(model, aux_loss, shared)
                 g_aux.update({n: torch.zeros_like(params[n]) for n in updated if n not in shared})
             else:  # the regulariser ½‖θ‖²: its gradient is θ itself

@@ -429,9 +429,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def check_resumable(path: Path | None, checkpoint: Path, record: dict, command: str) -> None:
+def check_resumable(
+    path: Path | None, checkpoint: Path, record: dict, command: str, free: tuple[str, ...] = ()
+) -> None:
     """--resume needs an unfinished run of `command` in `path` (--out), with its checkpoint,
-    started with the same options (`record`, as config.json holds it)."""
+    started with the same options (`record`, as config.json holds it; the keys in `free`,
+    which do not change the numbers, may differ)."""
     if path is None:
         raise NtlabError("--resume needs --out FOLDER, the run directory of the run to continue")
     path = Path(path)
@@ -449,7 +452,7 @@ def check_resumable(path: Path | None, checkpoint: Path, record: dict, command: 
             "missing); run without --resume"
         )
     wanted = json.loads(json.dumps({"command": command, **record}, default=str))
-    differ = [k for k, v in wanted.items() if saved.get(k) != v]
+    differ = [k for k, v in wanted.items() if k not in free and saved.get(k) != v]
     if differ:
         raise NtlabError(
             f"--resume with other options than the run in {path} (they differ in "

@@ -106,8 +106,9 @@ def _forkmerge_options(
         str,
         typer.Option(
             help="How a round's branches share the device: sequential (one after the other) "
-            "or concurrent (at once, a thread and on CUDA a stream each). The numbers are the "
-            "same either way."
+            "or concurrent (at once, a thread and on CUDA a stream each; not with --compile "
+            "default or reduce-overhead, which are not thread-safe). The numbers are the same "
+            "either way (bit for bit on the CPU), and a resumed run may change it."
         ),
     ] = ForkMergeOptions.branch_exec,
     resume: opt.Resume = False,
@@ -167,9 +168,11 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
         validate_forkmerge(cfg, specs, fm)
         check_number("--dist-timeout", opts["dist_timeout"], low=1)
         bench.fingerprint()
+        numbers = {k: v for k, v in asdict(fm).items() if k != "branch_exec"}
         record = {
             "train": train_record(cfg),
-            "forkmerge": asdict(fm),
+            "forkmerge": numbers,  # what decides the numbers: a resume must match it
+            "branch_exec": fm.branch_exec,  # how the branches were scheduled: free to change
             "branches": [b.describe() for b in specs],
             "preset": opts["preset"],
             "data": bench.fingerprint(),
@@ -179,7 +182,9 @@ def forkmerge_train(ctx: typer.Context, values: dict) -> None:
 
         def claim() -> RunDir:
             if opts["resume"]:
-                check_resumable(opts["out"], CHECKPOINT, record, "forkmerge train")
+                check_resumable(
+                    opts["out"], CHECKPOINT, record, "forkmerge train", free=("branch_exec",)
+                )
             return RunDir(path, overwrite=opts["overwrite"], resume=opts["resume"])
 
         try:

@@ -24,12 +24,17 @@ moments reset), which `signature` detects.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ntlab.data.files import ImageFiles
 from ntlab.errors import NtlabError
 
 WARMUP = 3  # eager steps before the capture (CUDA graphs need a warmed-up allocator)
+# One capture at a time in the process (CUDA's rule; torch's graph context synchronises the
+# device and empties the cache on entry): concurrent ForkMerge branches take turns recording.
+CAPTURE_LOCK = threading.Lock()
 
 
 def refusal(state, sources, static: bool) -> str | None:
@@ -43,11 +48,17 @@ def refusal(state, sources, static: bool) -> str | None:
         return "fp16's loss scaler checks for infinities on the host; use bf16"
     if not isinstance(state.optimizer, torch.optim.Adam):
         return "only Adam's update is captured; use --optimizer adam"
+    model = state.model
     for src in sources:
         if isinstance(src.x, ImageFiles):
             return "image files are decoded per batch; use --compile default"
         if src.parts is not None:
             return "a mixture of dense tasks gives batches of varying shapes"
+        heads = src.head.unique().tolist()
+        if len(heads) > 1 and not (
+            model._linear_ce and len({model.heads[h].out_features for h in heads}) == 1
+        ):  # routed by boolean masks, whose sizes the host must read
+            return "a mixture of tasks with different heads is routed by masks of varying size"
     return None
 
 
@@ -58,6 +69,8 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
         group["capturable"] = True
         if not isinstance(group["lr"], torch.Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        elif group["lr"].device != device:  # e.g. restored from a checkpoint on the CPU
+            group["lr"] = group["lr"].to(device)
         for p in group["params"]:
             st = optimizer.state.get(p)
             if st and "step" in st and st["step"].device != device:
@@ -125,8 +138,11 @@ class CapturedStep:
             make_capturable(self.state.optimizer, self.device)
             self.graph = torch.cuda.CUDAGraph()
             self.state.optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self._body()
+            # on the training's own device (cuda:N) and a capture stream of its own
+            with CAPTURE_LOCK, torch.cuda.device(self.device):
+                stream = torch.cuda.Stream(self.device)
+                with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
+                    self._body()
             self.signature = self.tensors()
             self.captures += 1
         if self.graph is not None:

@@ -170,6 +170,12 @@ def validate_forkmerge(
         raise unknown_name("--merge-heads", opts.merge_heads, MERGE_HEADS)
     if opts.branch_exec not in BRANCH_EXEC:
         raise unknown_name("--branch-exec", opts.branch_exec, BRANCH_EXEC)
+    if opts.branch_exec == "concurrent" and cfg.compile in ("default", "reduce-overhead"):
+        raise NtlabError(
+            f"--branch-exec concurrent with --compile {cfg.compile}: torch.compile is not "
+            "thread-safe (its graphs would be compiled again, and the numbers move); use "
+            "--compile captured or off with concurrent branches, or sequential ones"
+        )
     check_number("--merge-margin", opts.merge_margin, low=0, why="accuracy points")
     merge_op(opts, cfg.seed)
     if branches[0].terms != (LossTerm(cfg.target, (cfg.target,), 1.0),):
@@ -290,7 +296,11 @@ def run_forkmerge(
             world.phase = f"the training of round {round_index + 1}"
         mine = kept if world is None else [b for b in kept if world.owns(b)]
 
-        def train_branch(b: int, rows: dict = rows, dt: int = dt) -> NonFiniteError | None:
+        at_once = len(mine) if opts.branch_exec == "concurrent" else 1
+
+        def train_branch(
+            b: int, rows: dict = rows, dt: int = dt, at_once: int = at_once
+        ) -> NonFiniteError | None:
             def log(at: int, losses: dict[str, float]) -> None:
                 rows[b].extend(
                     {
@@ -313,6 +323,7 @@ def run_forkmerge(
                     on_step=on_step,
                     bn_batches=cfg.bn_batches,
                     loss_reduction=cfg.loss_reduction,
+                    concurrent=at_once,
                 )
             except NonFiniteError as diverged_loss:
                 return diverged_loss
@@ -555,7 +566,13 @@ def _save_shared(
     from ntlab.core.distributed import to_cpu
 
     mine = {
-        b: to_cpu({"optimizer": s.optimizer.state_dict(), "sources": s.state_dict()["sources"]})
+        b: to_cpu(
+            {
+                "optimizer": s.optimizer.state_dict(),
+                "sources": s.state_dict()["sources"],
+                **({"scaler": s.scaler.state_dict()} if s.scaler is not None else {}),
+            }
+        )
         for b in kept
         if world.owns(b) and not world.is_root
         for s in [states[b]]

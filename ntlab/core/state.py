@@ -118,7 +118,7 @@ class TrainState:
         sources = {name: src.fork() for name, src in self.sources.items()}
         scaler = None
         if self.scaler is not None:
-            scaler = torch.amp.GradScaler(self.scaler._device)
+            scaler = torch.amp.GradScaler(next(model.parameters()).device.type)
             scaler.load_state_dict(self.scaler.state_dict())
         return TrainState(model, optimizer, self.schedule, self.step, sources, scaler)
 

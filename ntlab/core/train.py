@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,9 +79,16 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head 
 
 
 def term_losses(
-    model: MultiTaskModel, batches: list[Batch], heads: list[list[int]], per_term: bool = False
+    model: MultiTaskModel,
+    batches: list[Batch],
+    heads: list[list[int]],
+    per_term: bool = False,
+    amp: bool = True,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One loss per term, and the backbone features they share (concatenated in term order).
+
+    Under the model's precision (`ntlab.core.speed`); `amp=False` computes in fp32 whatever
+    it is (the gradient measurements of gcs and affinity).
 
     Pooled (default): a single backbone pass over all terms' batches concatenated, so a
     BatchNorm backbone normalises the terms' batches together. `per_term`: one backbone pass
@@ -89,7 +97,7 @@ def term_losses(
     give the same losses. Either way the losses are computed from the one concatenated
     `features` tensor, which gradient-balancing rules differentiate through.
     """
-    with model.autocast():
+    with model.autocast() if amp else contextlib.nullcontext():
         if per_term and len(batches) > 1:
             features = torch.cat([model.train_features(to_float(b[0])) for b in batches])
         else:
@@ -111,6 +119,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     bn_batches: str = "pooled",
     loss_reduction: str = "sum",
+    concurrent: int = 1,
 ) -> TrainState:
     """Take `steps` optimiser steps from `state` (in place) and return it.
 
@@ -121,6 +130,7 @@ def train(
     over the last `log_every` steps, and, for rules that weigh terms, their mean weight (as
     `<term>:weight`). A mean loss that is not finite stops the training with a
     NonFiniteLossError (checked once per `log_every` steps, where the means are read anyway).
+    `concurrent` trainings running at once share the image loader's processes.
     """
     terms = active_terms(terms)
     if not terms:
@@ -153,7 +163,7 @@ def train(
     weight_sum = torch.zeros(len(terms), device=device)
     seen = weighed = 0
     model.train()
-    share_workers(sources)
+    share_workers(sources, concurrent)
     try:
         for i in range(steps):
             batches = [src.next() for src in sources]

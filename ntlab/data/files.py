@@ -240,9 +240,10 @@ class ImageFiles:
         self, chunk: int, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images on `device`, their positions) for every image, in order, with
-        the eval transform. Decoded crops are kept on `device` for the next pass while all
-        kept crops of the process fit in NTLAB_EVAL_CACHE_MB (the merge search scores the
-        same validation split for every candidate: on a GPU, from its own memory)."""
+        the eval transform. Decoded crops are kept for the next pass while all kept crops of
+        the process fit in NTLAB_EVAL_CACHE_MB (the merge search scores the same validation
+        split for every candidate): in host memory, or, with the device decoder, on the
+        device that decoded them."""
         global _eval_cache_bytes
         if self._eval_cache is not None:
             for x, ok in self._eval_cache:
@@ -260,8 +261,8 @@ class ImageFiles:
             out = self.finish(out, device)
             ok = request[0][self.check(request, out)]
             x = out.x.to(device, non_blocking=True)
-            if keep:
-                cache.append((x, ok))
+            if keep:  # on the device only where it decodes: else in host memory, as it came
+                cache.append((x if self.decoder == "device" else out.x, ok))
             yield normalise(x), ok
         if keep:
             self._eval_cache = cache
@@ -302,9 +303,27 @@ def decode_on(
     encoded: Encoded, size: int, resize: int, device: torch.device
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """(uint8 crops on `device`, the positions in `encoded.raw` that decoded, the others
-    with their reason): JPEGs decoded together on `device`, other formats on the CPU; then
-    per image the transforms of `_transform` (a loop of a few device kernels per image: the
-    images differ in size until they are resized)."""
+    with their reason): JPEGs decoded together on `device`, other formats (and JPEGs the
+    device's decoder refuses) on the CPU; then per image the transforms of `_transform` (a
+    loop of a few device kernels per image: the images differ in size until resized)."""
+    if device.type != "cuda":
+        return _decode_on(encoded, size, resize, device)
+    # nvJPEG writes its output on a stream of its own that does not wait for the training's:
+    # decode on a side stream that waits for it, so no output lands in memory that the
+    # previous step's kernels still read; the training's stream then waits for the decode
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        x, done, bad = _decode_on(encoded, size, resize, device)
+    current.wait_stream(side)
+    x.record_stream(current)
+    return x, done, bad
+
+
+def _decode_on(
+    encoded: Encoded, size: int, resize: int, device: torch.device
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
@@ -316,16 +335,16 @@ def decode_on(
         try:
             batch = decode_jpeg([raw[j] for j in jpegs], mode=ImageReadMode.RGB, device=device)
             images.update(zip(jpegs, batch))
-        except Exception:  # noqa: BLE001 - one bad file fails the batch: find it alone
+        except Exception:  # noqa: BLE001 - one file fails the batch: the others alone
             for j in jpegs:
                 try:
                     images[j] = decode_jpeg(raw[j], mode=ImageReadMode.RGB, device=device)
-                except Exception as exc:  # noqa: BLE001
-                    bad.append((j, _reason(exc)))
+                except Exception:  # noqa: BLE001 - e.g. a CMYK JPEG nvJPEG refuses: the CPU's turn
+                    pass
     for j in range(len(raw)):
-        if j in images or j in jpegs:
+        if j in images:
             continue
-        try:
+        try:  # other formats, and JPEGs the device's decoder refused
             images[j] = decode_image(raw[j], mode=ImageReadMode.RGB).to(device)
         except Exception as exc:  # noqa: BLE001
             bad.append((j, _reason(exc)))

@@ -147,13 +147,14 @@ class BatchSource:
         self._stream, self._stream_at = None, -1
 
 
-def share_workers(sources: list[BatchSource]) -> None:
+def share_workers(sources: list[BatchSource], trainings: int = 1) -> None:
     """Sources that train together split the --workers processes between them (at least one
-    each), so that a step of K image-list terms runs about --workers decoders, not K times."""
+    each), so that a step of K image-list terms runs about --workers decoders, not K times;
+    `trainings` running at once (ForkMerge's concurrent branches) split them too."""
     decoded = [s for s in sources if isinstance(s.x, ImageFiles)]
     for src in decoded:
         total = src.x.workers
-        share = max(1, total // len(decoded)) if total else 0
+        share = max(1, total // (len(decoded) * trainings)) if total else 0
         if src.workers != share:
             src.workers = share
             src.release()

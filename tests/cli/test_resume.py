@@ -201,6 +201,24 @@ def test_forkmerge_resume_and_without_checkpoint(tiny_digits, tmp_path):
     assert "nothing to resume" in one_line(result)
 
 
+def test_forkmerge_resumes_with_other_branch_scheduling(tiny_digits, tmp_path):
+    """--branch-exec does not change the numbers: a run started sequential may be resumed
+    concurrent (the other options must still match)."""
+    out = tmp_path / "f"
+    args = ["forkmerge", "train", "--target", "optdigits", "--aux", "mnist,syn", *BUDGET]
+    args += ["--no-baselines", "--merge-every", "2", "--out", out]
+    assert invoke(*args).exit_code == 0
+    finished = read(out / "results.json")
+    (out / "results.json").unlink()  # as if killed after its last checkpoint
+    again = invoke(*args, "--resume", "--branch-exec", "concurrent")
+    assert again.exit_code == 0, again.output
+    assert read(out / "results.json")["test_score"] == finished["test_score"]
+    assert read(out / "config.json")["branch_exec"] == "concurrent"
+    (out / "results.json").unlink()
+    other = invoke(*args, "--resume", "--merge-every", "3")
+    assert other.exit_code == 2 and "differ in forkmerge" in one_line(other)
+
+
 # --- one run per folder (item 16) ---------------------------------------------------------
 
 
