@@ -294,3 +294,15 @@ def test_concurrent_trainings_share_the_loader_processes():
     share_workers(alone)
     share_workers(together, trainings=3)
     assert [s.workers for s in alone] == [3, 3] and [s.workers for s in together] == [1, 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_concurrent_branches_record_their_graphs_in_turn_on_cuda(tiny_digits):
+    c = cfg(aux=["mnist", "syn"], steps=12, method="ew", device="cuda", compile="captured")
+    branches = per_task_branches(c.target, c.aux)
+    seq = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3))
+    con = run_forkmerge(c, branches, ForkMergeOptions(merge_every=3, branch_exec="concurrent"))
+    a, b = seq.model.state_dict(), con.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    for state in con.branch_states:
+        assert [s.captures for s in state.captured.values()] == [1]
