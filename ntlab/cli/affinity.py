@@ -108,7 +108,7 @@ def affinity_command(ctx: typer.Context, values: dict) -> None:
                 **metric_fields(cfg),
                 **measured,
                 "source": source,
-                "predictors": {p: af.matrix_dict(table, p) for p in af.PREDICTORS},
+                "predictors": {p: af.matrix_dict(table, p) for p in af.predictors_of(table)},
                 "compute_s": round(measured["train_s"] + measured["measure_s"], 1),
             }
             best = "lookahead"
