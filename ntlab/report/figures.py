@@ -868,7 +868,7 @@ def affinity_figure(table: pd.DataFrame, predictor: str) -> Figure:
     `affinity.csv`: diverging colours centred on 0 for the signed predictors."""
     from matplotlib.colors import Normalize, TwoSlopeNorm
 
-    from ntlab.analysis.affinity import SIGNED, affinity_matrix
+    from ntlab.analysis.affinity import DERIVED, SIGNED, affinity_matrix
 
     matrix = affinity_matrix(table, predictor)
     n = len(matrix)
@@ -884,7 +884,8 @@ def affinity_figure(table: pd.DataFrame, predictor: str) -> Figure:
         norm, cmap = Normalize(min(low, -1e-12), high), "viridis"
     image = _matrix_axes(ax, matrix, cmap, norm, ".2g")
     steps = table["step"].nunique()
-    ax.set_title(f"{predictor}: mean over {steps} measurements", fontsize=10)
+    how = "from the means over" if predictor in DERIVED else "mean over"
+    ax.set_title(f"{predictor}: {how} {steps} measurements", fontsize=10)
     fig.colorbar(image, ax=ax, label=AFFINITY_LABELS.get(predictor, predictor), shrink=0.85)
     return fig
 
