@@ -24,6 +24,11 @@ tasks i → j:
 A predictor averaged over the measurements is a target × auxiliary matrix: the value of
 i → j sits in row j (the target), column i (the auxiliary task), the layout of `pairwise`.
 
+One predictor is derived from those matrices rather than measured (`DERIVED`):
+`two-level`, the target's mean gradient cosine with the other tasks standardised over the
+targets (which target can share the others' steps), plus the shift standardised within the
+target's row (which auxiliary task's inputs are closest), with equal weights.
+
 Gradients are taken in train mode with frozen BatchNorm statistics and losses in eval
 mode, in fp32; nothing the measurement does changes the training's parameters, optimiser
 or batches, so the trained model is the EW model of the same config.
@@ -63,6 +68,8 @@ from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
 PREDICTORS = ("lookahead", "lookahead-adam", "cosine", "shift")
 # predictors whose sign predicts help (> 0) or harm (< 0)
 SIGNED = ("lookahead", "lookahead-adam", "cosine")
+# computed from the measured predictors' matrices, not measured: name → the ones it needs
+DERIVED = {"two-level": ("cosine", "shift")}
 MEASUREMENTS = 20  # default: measurements over the run
 COLUMNS = ["step", "target", "aux", "predictor", "value"]
 
@@ -322,8 +329,40 @@ def check_finite(table: pd.DataFrame) -> None:
         )
 
 
+def predictors_of(table: pd.DataFrame) -> list[str]:
+    """The measured predictors of `table`, then each derived one whose inputs it holds."""
+    measured = list(dict.fromkeys(table["predictor"]))
+    return measured + [d for d, needs in DERIVED.items() if set(needs) <= set(measured)]
+
+
+def _standard(values: pd.Series) -> pd.Series:
+    """(v − mean) / std over the values given (the population std); 0 where all are equal."""
+    spread = float(values.std(ddof=0)) if len(values) else 0.0
+    return (values - values.mean()) / spread if spread > 0 else values * 0.0
+
+
+def two_level_matrix(cosine: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
+    """`two-level`: a target term plus an auxiliary term, each standardised, equal weights.
+
+    - the target term, the same in a whole row: the target's mean gradient cosine with the
+      other tasks (its row mean), standardised over the targets: which target shares the
+      direction of the others' gradients, and so can share their steps;
+    - the auxiliary term: the shift predictor standardised within the target's row: which
+      auxiliary task's inputs are closest to the target's.
+
+    `cosine`, `shift`: target × auxiliary matrices (means over the measurements), NaN
+    diagonal. No weight is fitted to a measured map. Without a shift (tasks that share
+    their inputs) the auxiliary term is 0 and only the targets are ordered."""
+    target = _standard(cosine.mean(axis=1))
+    within = shift.apply(lambda row: _standard(row.dropna()).reindex(row.index), axis=1)
+    return within.add(target.reindex(within.index), axis=0)
+
+
 def affinity_matrix(table: pd.DataFrame, predictor: str) -> pd.DataFrame:
-    """Targets as rows, auxiliary tasks as columns: the predictor's mean over measurements."""
+    """Targets as rows, auxiliary tasks as columns: the predictor's mean over measurements
+    (a derived predictor: computed from those of the measured ones it needs)."""
+    if predictor in DERIVED:
+        return two_level_matrix(*(affinity_matrix(table, p) for p in DERIVED[predictor]))
     part = table[table["predictor"] == predictor]
     order = list(dict.fromkeys([*part["target"], *part["aux"]]))
     matrix = part.pivot_table(index="target", columns="aux", values="value", aggfunc="mean")
@@ -378,7 +417,7 @@ def score_predictors(table: pd.DataFrame, cells: pd.DataFrame) -> dict:
     target the measured TG of the auxiliary task it ranks first against the row's best and
     mean (regret = best − chosen)."""
     out = {}
-    for predictor in table["predictor"].unique():
+    for predictor in predictors_of(table):
         matrix = affinity_matrix(table, predictor)
         pred = cells.apply(lambda r, m=matrix: m.loc[r["target"], r["aux"]], axis=1)
         merged = cells.assign(pred=pred.astype(float))

@@ -63,7 +63,8 @@ def affinity_command(ctx: typer.Context, values: dict) -> None:
     Trains EW on every task together (the preset's budget, cached) and every --every steps
     measures, for each ordered pair i → j on the shared parameters: the lookahead affinity
     Z = 1 − L_j(θ − η g_i)/L_j(θ) (TAG), the gradient cosine cos(g_i, g_j), and the feature
-    shift between the tasks' inputs. Writes affinity.csv (step, target, aux, predictor,
+    shift between the tasks' inputs; two-level is derived from the cosine (which target) and
+    the shift (which auxiliary task). Writes affinity.csv (step, target, aux, predictor,
     value), a heatmap per predictor in pairwise's layout and results.json; with --against a
     pairwise run, each predictor's Spearman correlation with the measured TG (all cells and
     per target), its sign share, each target's top-ranked auxiliary task against the best,
@@ -108,7 +109,7 @@ def affinity_command(ctx: typer.Context, values: dict) -> None:
                 **metric_fields(cfg),
                 **measured,
                 "source": source,
-                "predictors": {p: af.matrix_dict(table, p) for p in af.PREDICTORS},
+                "predictors": {p: af.matrix_dict(table, p) for p in af.predictors_of(table)},
                 "compute_s": round(measured["train_s"] + measured["measure_s"], 1),
             }
             best = "lookahead"

@@ -859,6 +859,7 @@ AFFINITY_LABELS = {
     "lookahead-adam": "lookahead affinity with Adam's step η g_a / (√v̂ + ε)",
     "cosine": "gradient cosine cos(g_t, g_a)",
     "shift": "− feature shift between the tasks' inputs",
+    "two-level": "z(target's mean cosine) + z(− shift within the target's row)",
 }
 
 
@@ -867,7 +868,7 @@ def affinity_figure(table: pd.DataFrame, predictor: str) -> Figure:
     `affinity.csv`: diverging colours centred on 0 for the signed predictors."""
     from matplotlib.colors import Normalize, TwoSlopeNorm
 
-    from ntlab.analysis.affinity import SIGNED, affinity_matrix
+    from ntlab.analysis.affinity import DERIVED, SIGNED, affinity_matrix
 
     matrix = affinity_matrix(table, predictor)
     n = len(matrix)
@@ -879,10 +880,12 @@ def affinity_figure(table: pd.DataFrame, predictor: str) -> Figure:
         norm, cmap = TwoSlopeNorm(0.0, -limit, limit), "RdBu"
     else:
         low = float(finite.min()) if finite.size else -1.0
-        norm, cmap = Normalize(min(low, -1e-12), 0.0), "viridis"
+        high = max(float(finite.max()) if finite.size else 0.0, 0.0)
+        norm, cmap = Normalize(min(low, -1e-12), high), "viridis"
     image = _matrix_axes(ax, matrix, cmap, norm, ".2g")
     steps = table["step"].nunique()
-    ax.set_title(f"{predictor}: mean over {steps} measurements", fontsize=10)
+    how = "from the means over" if predictor in DERIVED else "mean over"
+    ax.set_title(f"{predictor}: {how} {steps} measurements", fontsize=10)
     fig.colorbar(image, ax=ax, label=AFFINITY_LABELS.get(predictor, predictor), shrink=0.85)
     return fig
 
@@ -926,9 +929,9 @@ def affinity_scatter_figure(
 ) -> Figure:
     """One panel per predictor: every cell's predicted value against its measured TG (seed
     mean, ± the seed std where there are several seeds), with the Spearman correlation."""
-    from ntlab.analysis.affinity import _spearman, affinity_matrix
+    from ntlab.analysis.affinity import _spearman, affinity_matrix, predictors_of
 
-    predictors = list(dict.fromkeys(table["predictor"]))
+    predictors = predictors_of(table)
     fig, axes = plt.subplots(
         1, len(predictors), figsize=(3.6 * len(predictors) + 0.6, 3.4), layout="constrained",
         squeeze=False,

@@ -930,6 +930,8 @@ class AffinityView(View):
         }
 
     def figures(self, run: Run) -> list[FigureSpec]:
+        from ntlab.analysis.affinity import predictors_of
+
         table = run.table("affinity.csv")
         if table is None:
             return []
@@ -944,6 +946,9 @@ class AffinityView(View):
             "shift": "Minus the shift between the tasks' inputs in the backbone's features "
             "(squared distance of the means over their average spread): closer to 0, more "
             "alike. Tasks that share their inputs have none.",
+            "two-level": "Derived from the cosine and the shift, not measured: the target's "
+            "mean gradient cosine with the other tasks, standardised over the targets (the "
+            "same in a whole row), plus the shift standardised within the target's row.",
         }
         specs = [
             FigureSpec(
@@ -952,7 +957,7 @@ class AffinityView(View):
                 captions.get(p, p),
                 lambda p=p: fig.affinity_figure(table, p),
             )
-            for p in table["predictor"].drop_duplicates()
+            for p in predictors_of(table)
         ]
         measured = run.table("measured.csv")
         against = (run.results or {}).get("against")

@@ -159,6 +159,57 @@ def test_a_signed_predictor_scores_the_share_of_signs_it_gets_right():
     assert af.score_predictors(table, cells)["cosine"]["sign_share"] == 0.75
 
 
+def _cosine_and_shift() -> pd.DataFrame:
+    """Two measurements of three tasks: the cosine (symmetric) and the shift, by cell."""
+    cosine = {("a", "b"): (0.1, 0.3), ("a", "c"): (0.0, 0.2), ("b", "c"): (0.5, 0.3)}
+    shift = {("a", "b"): -0.1, ("a", "c"): -0.3, ("b", "a"): -0.1, ("b", "c"): -0.2,
+             ("c", "a"): -0.3, ("c", "b"): -0.2}  # fmt: skip
+    rows = []
+    for k, step in enumerate((5, 10)):
+        for (t, a), values in cosine.items():
+            for target, aux in ((t, a), (a, t)):
+                rows.append({"step": step, "target": target, "aux": aux, "predictor": "cosine",
+                             "value": values[k]})  # fmt: skip
+        for (t, a), value in shift.items():
+            rows.append({"step": step, "target": t, "aux": a, "predictor": "shift",
+                         "value": value + 0.01 * k})  # fmt: skip
+    return pd.DataFrame(rows, columns=af.COLUMNS)
+
+
+def test_the_two_level_predictor_matches_a_hand_computation():
+    table = _cosine_and_shift()
+    assert af.predictors_of(table) == ["cosine", "shift", "two-level"]
+    assert af.predictors_of(table[table["predictor"] == "cosine"]) == ["cosine"]
+    got = af.affinity_matrix(table, "two-level")
+    # mean cosines 0.2 (a, b), 0.1 (a, c), 0.4 (b, c): the targets' row means 0.15, 0.3,
+    # 0.25, standardised over the targets (population std); the shift within each row of
+    # two cells standardises to ±1 (the closer inputs +1)
+    means = np.array([0.15, 0.3, 0.25])
+    target = dict(zip("abc", (means - means.mean()) / means.std()))
+    within = {("a", "b"): 1, ("a", "c"): -1, ("b", "a"): 1, ("b", "c"): -1,
+              ("c", "a"): -1, ("c", "b"): 1}  # fmt: skip
+    for (t, a), w in within.items():
+        assert got.loc[t, a] == pytest.approx(target[t] + w)
+    assert got.loc["a", "c"] == pytest.approx(-2.3363, abs=1e-4)  # −1.3363 − 1
+    assert got.isna().to_numpy().sum() == 3  # the diagonal
+    # the measured predictors are read as before
+    cos = af.affinity_matrix(table, "cosine")
+    assert cos.loc["a", "b"] == pytest.approx(0.2) and cos.loc["b", "a"] == pytest.approx(0.2)
+    # no shift (tasks sharing their inputs): only the targets are ordered
+    flat = table.assign(value=table["value"].where(table["predictor"] == "cosine", 0.0))
+    rows = af.affinity_matrix(flat, "two-level")
+    for t in "abc":
+        assert rows.loc[t].dropna().to_numpy() == pytest.approx([target[t], target[t]])
+    # scored like any predictor, with no sign share (its 0 means nothing)
+    cells = pd.DataFrame({"target": ["a", "a", "b", "b", "c", "c"],
+                          "aux": ["b", "c", "a", "c", "a", "b"],
+                          "tg": [-1.0, -2.0, 2.0, 0.5, -1.5, 1.0]})  # fmt: skip
+    scores = af.score_predictors(table, cells)
+    assert set(scores) == {"cosine", "shift", "two-level"}
+    assert scores["two-level"]["sign_share"] is None
+    assert scores["two-level"]["spearman"] == pytest.approx(1.0)
+
+
 def test_run_affinity_trains_ew_and_measures_every_pair(tiny_digits):
     from ntlab.core.runner import TrainConfig, run_training
 

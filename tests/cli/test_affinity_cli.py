@@ -40,9 +40,10 @@ def test_affinity_measures_every_pair_and_is_cached(tiny_digits, tmp_path):
     r = read(out / "results.json")
     assert r["measurements"] == 2 and r["source"] == "run"
     assert set(r["predictors"]["lookahead"]["optdigits"]) == {"mnist", "syn"}
-    for p in ("lookahead", "lookahead-adam", "cosine", "shift"):
+    assert list(r["predictors"]) == ["lookahead", "lookahead-adam", "cosine", "shift", "two-level"]
+    for p in r["predictors"]:
         assert_figure(out / f"affinity_{p}.png")
-    check_report(out / "report.html", figures=4, texts=("Predictor: lookahead",))
+    check_report(out / "report.html", figures=5, texts=("Predictor: lookahead", "two-level"))
     assert "lookahead: target \\ aux" in result.stdout
     again = invoke(*args, "--out", tmp_path / "b")
     assert again.exit_code == 0, again.output
@@ -59,11 +60,11 @@ def test_affinity_against_a_pairwise_run_scores_each_predictor(measured, tmp_pat
     assert result.exit_code == 0, result.output
     r = read(out / "results.json")["against"]
     assert r["cells"] == 6 and r["seeds"] == [0, 1]
-    assert set(r["scores"]) == {"lookahead", "lookahead-adam", "cosine", "shift"}
+    assert set(r["scores"]) == {"lookahead", "lookahead-adam", "cosine", "shift", "two-level"}
     assert r["best"] in r["scores"]
     for name, s in r["scores"].items():
         assert set(s["targets"]) == {"optdigits", "mnist", "syn"}
-        assert (s["sign_share"] is None) == (name == "shift")
+        assert (s["sign_share"] is None) == (name in ("shift", "two-level"))
     cells = pd.read_csv(out / "measured.csv")
     pw = pd.read_csv(measured / "pairwise.csv")
     want = pw.groupby(["target", "aux"])["tg"].mean()
@@ -72,7 +73,7 @@ def test_affinity_against_a_pairwise_run_scores_each_predictor(measured, tmp_pat
     assert set(pd.read_csv(out / "scores.csv")["predictor"]) == set(r["scores"])
     assert_figure(out / "affinity_vs_measured.png")
     assert_figure(out / "affinity_scatter.png")
-    check_report(out / "report.html", figures=6, texts=("ranks first", "Spearman"))
+    check_report(out / "report.html", figures=7, texts=("ranks first", "Spearman"))
     assert "ceiling" in result.stdout
 
 
