@@ -116,11 +116,17 @@ def orient(value: float, higher_is_better: bool) -> float:
 
 def build_head(spec: TaskSpec, backbone: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """The task's head on `backbone`: its own factory, else the backbone's default head
-    for `spec.outputs` (a linear layer on a feature vector; a dense backbone's
+    for `spec.outputs` (a backbone's own `task_head(outputs)` where it has one, e.g. a
+    recommendation model's towers; a linear layer on a feature vector; a dense backbone's
     `dense_head(in_channels, outputs, (H, W))` on a feature map)."""
     features = backbone.out_features
     if spec.head is not None:
         return spec.head(features, tuple(input_shape))
+    own = getattr(backbone, "task_head", None)  # a backbone whose heads are its own kind
+    if own is not None and spec.kind != DENSE:
+        if spec.outputs is None:
+            raise NtlabError("a task without a head needs `outputs` (its classes or channels)")
+        return own(spec.outputs)
     if spec.outputs is None:
         raise NtlabError("a task without a head needs `outputs` (its classes or channels)")
     dense = getattr(backbone, "dense_head", None)

@@ -80,10 +80,15 @@ def build_model(
 ) -> MultiTaskModel:
     """Backbone then heads (target first), seeded: STL and joint runs start from the same θ_0."""
     torch.manual_seed(cfg.seed)
-    x = next(iter(data.values())).x("train")
+    first = next(iter(data.values()))
+    x = first.x("train")
     input_shape = tuple(x.shape[1:])  # tensors and ImageFiles
     backbone = BACKBONES.get(cfg.backbone)(
-        image_size=x.shape[-1], width=cfg.width, weights=cfg.weights, input_shape=input_shape
+        image_size=x.shape[-1],
+        width=cfg.width,
+        weights=cfg.weights,
+        input_shape=input_shape,
+        inputs=first.inputs,
     )
     specs = {name: task.spec for name, task in data.items()}
     model = MultiTaskModel(backbone, specs, input_shape).to(device)

@@ -31,6 +31,9 @@ class TaskData:
     num_classes: int | None
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     spec: TaskSpec | None = field(default=None, repr=False)
+    # what a backbone must know of the inputs beyond their shape (e.g. a tabular
+    # benchmark's vocabulary size per categorical field); given to the backbone's factory
+    inputs: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.spec is None:

@@ -37,12 +37,22 @@ class SmallCNN(nn.Sequential):
 
 @BACKBONES.register("cnn")
 def small_cnn(
-    image_size: int = 16, width: int = 16, weights: Path | None = None, **_: object
+    image_size: int = 16,
+    width: int = 16,
+    weights: Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    **_: object,
 ) -> nn.Module:
-    """The default backbone (~16k parameters at width 16 and 16×16 images)."""
+    """The default backbone (~16k parameters at width 16 and 16×16 images); as many input
+    channels as the images have (3 where the shape is not given)."""
     if image_size < 8:
         raise NtlabError(f"the cnn backbone needs images of at least 8×8, got {image_size}")
-    model = SmallCNN(width=width, image_size=image_size)
+    if input_shape is not None and len(input_shape) < 3:
+        raise NtlabError(
+            f"the cnn backbone needs images [C, H, W]; these inputs are {list(input_shape)}"
+        )
+    channels = int(input_shape[-3]) if input_shape else 3
+    model = SmallCNN(in_channels=channels, width=width, image_size=image_size)
     if weights is not None:
         load_weights(model, weights)
     return model
