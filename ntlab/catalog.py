@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2")
+BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2", "ssl")
 BACKBONE_NAMES = (
     "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "fcn", "resnet50-dilated",
 )  # fmt: skip
-DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers", "decode")
+DATA_OPTIONS = (
+    "root", "domains", "image_size", "skip_bad_images", "workers", "decode", "base", "labels",
+)  # fmt: skip
 
 # Choices of options (each checked by the parser, and again by the core for --config values)
 OPTIMIZERS = ("adam", "sgd")

@@ -86,6 +86,9 @@ class TrainConfig:
     skip_bad_images: bool = False
     workers: int | None = None
     decode: str | None = None  # cpu (None: the loader workers decode) | gpu (nvJPEG)
+    # ssl: the image set (fashion | mnist) and how many training images keep their labels
+    base: str | None = None
+    labels: int | None = None
     # The authors' choices (their DomainNet equal_weight.py: one forward per domain, the
     # losses divided by the number of domains, the best-validation checkpoint kept).
     threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's default)
@@ -121,6 +124,8 @@ class TrainConfig:
             "skip_bad_images": self.skip_bad_images,
             "workers": self.workers,
             "decode": self.decode,
+            "base": self.base,
+            "labels": self.labels,
         }
 
     def terms(self) -> list[LossTerm]:

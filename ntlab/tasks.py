@@ -83,8 +83,14 @@ class TaskSpec:
     outputs: int | None = None  # what the default head outputs (classes, channels)
     description: str = ""
     delta_m_metrics: tuple[str, ...] | None = None  # what Δm averages (None: every metric)
+    # Views per sample: >1 means each input is [views, C, H, W] (e.g. augmented copies of
+    # one image); the backbone sees the views as samples of their own, the head's output
+    # per sample is [views, ...] and the loss and evaluator read it so (`flat_views`)
+    views: int = 1
 
     def __post_init__(self) -> None:
+        if self.views < 1:
+            raise NtlabError(f"a task has at least 1 view per sample, got {self.views}")
         for name in self.delta_m_metrics or ():
             if name not in self.metrics:
                 raise NtlabError(f"Δm metric {name!r} is not among the task's metrics")
@@ -107,6 +113,12 @@ class TaskSpec:
     @property
     def is_classification(self) -> bool:
         return self.kind == CLASSIFICATION
+
+
+def flat_views(x: torch.Tensor) -> torch.Tensor:
+    """Inputs with views ([B, V, C, H, W]) as the backbone takes them: [B·V, C, H, W] (the
+    views of a sample adjacent); other inputs unchanged."""
+    return x.flatten(0, 1) if x.dim() == 5 else x
 
 
 def orient(value: float, higher_is_better: bool) -> float:

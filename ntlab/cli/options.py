@@ -108,6 +108,19 @@ Decode = Annotated[
         "crops there). Needs --device cuda."
     ),
 ]
+Base = Annotated[
+    str | None,
+    typer.Option(
+        help="ssl: the image set, fashion (Fashion-MNIST, Debian's dataset-fashion-mnist) or "
+        "mnist [default: fashion]."
+    ),
+]
+Labels = Annotated[
+    int | None,
+    typer.Option(
+        help="ssl: training images that keep their labels (class balanced) [default: 250]."
+    ),
+]
 SkipBadImages = Annotated[
     bool,
     typer.Option(
@@ -298,6 +311,8 @@ def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
         "skip_bad_images": bool(opts.get("skip_bad_images")),
         "workers": opts.get("workers"),
         "decode": None if opts.get("decode") in (None, "cpu") else opts["decode"],
+        "base": opts.get("base"),
+        "labels": opts.get("labels"),
     }
     if "domains" not in accepted:  # e.g. domainnet: --domains only picks pairwise's domains
         values["domains"] = None
@@ -371,6 +386,8 @@ def training_options(
     workers: Workers = None,
     decode: Decode = "cpu",
     skip_bad_images: SkipBadImages = False,
+    base: Base = None,
+    labels: Labels = None,
     threads: Threads = None,
     bn_batches: BnBatches = "pooled",
     select: Select = "last",
@@ -474,6 +491,7 @@ DATA, IMAGES, MODEL, OPTIM, SPEED, FORKMERGE, PARALLEL, OUTPUT = (
 )
 PANELS = {
     "benchmark": DATA,
+    **dict.fromkeys(("base", "labels"), DATA),
     **dict.fromkeys(("root", "image_size", "workers", "decode", "skip_bad_images"), IMAGES),
     **dict.fromkeys(("backbone", "width", "weights", "bn_batches"), MODEL),
     **dict.fromkeys(

@@ -53,7 +53,7 @@ def refusal(state, sources, static: bool) -> str | None:
         if isinstance(src.x, ImageFiles):
             return "image files are decoded per batch; use --compile default"
         if src.parts is not None:
-            return "a mixture of dense tasks gives batches of varying shapes"
+            return "a mixture of tasks whose inputs or targets differ in shape has varying shapes"
         heads = src.head.unique().tolist()
         if len(heads) > 1 and not (
             model._linear_ce and len({model.heads[h].out_features for h in heads}) == 1

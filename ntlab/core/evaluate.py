@@ -46,6 +46,8 @@ def for_each_chunk(
         for images, ys in labelled_chunks(x, y, chunk):
             with model.autocast():
                 out = model.logits(model.features(images), head)
+            if images.dim() == 5:  # views: each sample's outputs together, [b, V, ...]
+                out = out.view(len(images), images.shape[1], *out.shape[1:])
             consume(out.float(), ys)  # metrics in fp32 (a no-op for fp32 models)
     finally:
         model.train(was_training)

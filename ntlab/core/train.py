@@ -17,6 +17,7 @@ from ntlab.data.files import to_float
 from ntlab.data.sampler import BatchSource, seeded_generator, share_workers
 from ntlab.errors import NonFiniteError, NtlabError
 from ntlab.models.multitask import MultiTaskModel
+from ntlab.tasks import flat_views
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,15 @@ def attach_sources(
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
 
 
+def batch_inputs(x) -> torch.Tensor:
+    """A batch's inputs as one tensor of backbone samples: views flattened ([B, V, C, H, W]
+    → [B·V, C, H, W]), and a mixture of tasks whose inputs differ in shape (a tuple, task
+    by task) concatenated so."""
+    if isinstance(x, tuple):
+        return torch.cat([flat_views(part) for part in x])
+    return flat_views(x)
+
+
 def term_losses(
     model: MultiTaskModel,
     batches: list[Batch],
@@ -97,13 +107,14 @@ def term_losses(
     give the same losses. Either way the losses are computed from the one concatenated
     `features` tensor, which gradient-balancing rules differentiate through.
     """
+    inputs = [batch_inputs(b[0]) for b in batches]
     with model.autocast() if amp else contextlib.nullcontext():
         if per_term and len(batches) > 1:
-            features = torch.cat([model.train_features(to_float(b[0])) for b in batches])
+            features = torch.cat([model.train_features(to_float(x)) for x in inputs])
         else:
-            x = to_float(torch.cat([b[0] for b in batches]) if len(batches) > 1 else batches[0][0])
+            x = to_float(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
             features = model.train_features(x)
-        parts = features.split([len(b[2]) for b in batches])
+        parts = features.split([len(x) for x in inputs])
         losses = [model.routed_loss(f, b[1], b[2], h) for f, b, h in zip(parts, batches, heads)]
     return [loss.float() for loss in losses], features
 

@@ -34,16 +34,20 @@ class BatchSource:
         generator: torch.Generator,
         augment: bool = True,
     ) -> None:
-        self.x = (
-            cat_images([t.x("train") for t in tasks]) if len(tasks) > 1 else tasks[0].x("train")
-        )
+        inputs = [t.x("train") for t in tasks]
         targets = [t.y("train") for t in tasks]
-        # Tasks whose targets stack (class labels) share one tensor; others (a mixture of
-        # dense tasks) keep one tensor each, and a batch is ordered task by task.
-        stack = all(y.shape[1:] == targets[0].shape[1:] and y.dtype == targets[0].dtype
-                    for y in targets)  # fmt: skip
-        self.y = torch.cat(targets) if len(tasks) > 1 and stack else targets[0]
-        self.parts = None if stack else targets
+        # Tasks whose inputs and targets stack (images and class labels) share one tensor
+        # of each; others (a mixture of dense tasks, or of tasks whose inputs differ, e.g.
+        # one with views) keep one tensor each, and a batch is ordered task by task.
+        same_y = all(y.shape[1:] == targets[0].shape[1:] and y.dtype == targets[0].dtype
+                     for y in targets)  # fmt: skip
+        same_x = all(
+            isinstance(x, ImageFiles) or x.shape[1:] == inputs[0].shape[1:] for x in inputs
+        )
+        self.x = cat_images(inputs) if len(tasks) > 1 and same_x else inputs[0]
+        self.y = torch.cat(targets) if len(tasks) > 1 and same_y and same_x else targets[0]
+        self.parts = None if same_y and same_x else targets
+        self.xparts = None if same_x else inputs
         self.n = sum(len(y) for y in targets)
         device = self.y.device
         self.offsets = torch.tensor([0] + [len(y) for y in targets], device=device).cumsum(0)
@@ -88,11 +92,13 @@ class BatchSource:
         idx = idx.sort().values
         head = self.head[idx]
         bounds = torch.searchsorted(idx, self.offsets).tolist()
-        ys = tuple(
-            y[idx[lo:hi] - off]
-            for y, lo, hi, off in zip(self.parts, bounds, bounds[1:], self.offsets.tolist())
-        )
-        return self.x[idx], ys, head
+        local = [
+            idx[lo:hi] - off for lo, hi, off in zip(bounds, bounds[1:], self.offsets.tolist())
+        ]
+        ys = tuple(y[i] for y, i in zip(self.parts, local))
+        if self.xparts is None:
+            return self.x[idx], ys, head
+        return tuple(x[i] for x, i in zip(self.xparts, local)), ys, head
 
     def _requests(self):
         """The coming batch requests, from a copy of this source (the source itself only

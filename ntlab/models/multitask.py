@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntlab.tasks import TaskSpec, build_head, classification_task
+from ntlab.tasks import TaskSpec, build_head, classification_task, flat_views
 
 
 class MultiTaskModel(nn.Module):
@@ -69,6 +69,7 @@ class MultiTaskModel(nn.Module):
         return backbone(self._layout(x))
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        x = flat_views(x)
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -135,16 +136,18 @@ class MultiTaskModel(nn.Module):
         if isinstance(y, torch.Tensor):
             parts = [(h, heads == h) for h in present]
             pieces = [(h, features[m], y[m]) for h, m in parts]
-        else:  # ordered task by task: contiguous pieces
+        else:  # ordered task by task: contiguous pieces (a task with views: V rows each)
             counts = [
-                int(c)
-                for c in (heads[:, None] == torch.tensor(present, device=heads.device)).sum(0)
+                int(c) * self.specs[h].views
+                for h, c in zip(
+                    present, (heads[:, None] == torch.tensor(present, device=heads.device)).sum(0)
+                )
             ]
             pieces = list(zip(present, features.split(counts), y))
         total = features.new_zeros(())
         for h, f, t in pieces:
-            if len(f):
-                total = total + self.specs[h].loss(self.heads[h](f), t) * len(f)
+            if len(t):
+                total = total + self.specs[h].loss(self.heads[h](f), t) * len(t)
         return total / n
 
 
