@@ -316,7 +316,7 @@ def tg_sentence(subject: str, fields: Mapping[str, Any], metric: str = "acc") ->
 # table the tasks (ntlab.tasks), ntlab.dense_metrics and the reports read; a user's task
 # declares its own (TaskSpec.metrics).
 METRIC_DIRECTIONS: dict[str, bool] = {
-    "acc": True, "loss": False, "confidence": True, "csd": False,
+    "acc": True, "error": False, "loss": False, "confidence": True, "csd": False,
     "miou": True, "pixel_acc": True, "abs_err": False, "rel_err": False,
     "mean_angle": False, "median_angle": False,
     "within_11.25": True, "within_22.5": True, "within_30": True,
@@ -330,12 +330,12 @@ def directions(*names: str) -> dict[str, bool]:
 
 # How the metrics of ntlab's tasks are shown: name → label; the percentages' TGs are points.
 METRIC_LABELS = {
-    "acc": "acc", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
+    "acc": "acc", "error": "error", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
     "rel_err": "rel err", "mean_angle": "mean angle", "median_angle": "median angle",
     "within_11.25": "≤ 11.25°", "within_22.5": "≤ 22.5°", "within_30": "≤ 30°",
 }  # fmt: skip
 PERCENT_METRICS = frozenset(
-    {"acc", "miou", "pixel_acc", "within_11.25", "within_22.5", "within_30"}
+    {"acc", "error", "miou", "pixel_acc", "within_11.25", "within_22.5", "within_30"}
 )
 
 

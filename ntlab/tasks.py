@@ -152,16 +152,23 @@ def build_head(spec: TaskSpec, backbone: nn.Module, input_shape: tuple[int, ...]
     return nn.Linear(features, spec.outputs)
 
 
-def classification_task(num_classes: int) -> TaskSpec:
+def classification_task(num_classes: int, primary: str = "acc") -> TaskSpec:
     """A linear head, cross-entropy, and accuracy (percentage points) as the primary metric;
-    evaluation also reports the loss, the mean confidence and the CSD (Eq. 4)."""
+    evaluation also reports the loss, the mean confidence and the CSD (Eq. 4).
+
+    `primary="error"`: the test error (100 − accuracy, lower is better) is the primary
+    metric instead, as semi-supervised papers report it; the TG and its paired SE are the
+    same numbers either way."""
+    if primary not in ("acc", "error"):
+        raise NtlabError(f"a classification's primary metric is acc or error, not {primary!r}")
+    names = ("error", "acc") if primary == "error" else ("acc",)
     return TaskSpec(
         kind=CLASSIFICATION,
         head=None,
         loss=F.cross_entropy,
-        metrics=directions("acc", "loss", "confidence", "csd"),
-        primary="acc",
-        delta_m_metrics=("acc",),  # the others are diagnostics
+        metrics=directions(*names, "loss", "confidence", "csd"),
+        primary=primary,
+        delta_m_metrics=(primary,),  # the others are diagnostics
         num_classes=num_classes,
         outputs=num_classes,
         description=f"{num_classes}-way classification",

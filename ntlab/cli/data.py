@@ -62,6 +62,12 @@ def prepare(
         help="scenes: label `segment` on only this many training images (depth and normal "
         "keep all) \\[default: 200].",
     ),
+    base: str | None = typer.Option(
+        None, help="ssl: the image set to check, fashion or mnist \\[default: fashion]."
+    ),
+    root: Path | None = typer.Option(
+        None, help="ssl: the folder with the base set's four IDX files."
+    ),
     verify: bool = typer.Option(True, help="Check the MNIST files against the published MD5 sums."),
     force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the data folder."),
@@ -71,13 +77,19 @@ def prepare(
     digits: five digit domains at --size pixels. scenes: dense tasks on 32×32 canvases of
     MNIST digits (--seed and --mnist-dir apply; --train, --val, --test count canvases,
     default 4000 / 500 / 1000; `segment` is labelled on the first --segment-labels training
-    canvases, default 200)."""
+    canvases, default 200). ssl: installs nothing; checks that the image set's files are
+    there and readable (Fashion-MNIST: `apt-get install dataset-fashion-mnist`)."""
     from ntlab.data import get_benchmark
     from ntlab.data.digits import prepare_digits
 
     with guarded():
         get_benchmark(benchmark)
         check_seed("--seed", seed)
+        if benchmark == "ssl":
+            _check_ssl(base, root, quiet)
+            return
+        if base is not None or root is not None:
+            raise NtlabError(f"--base and --root apply to ssl only, not to {benchmark}")
         if benchmark == "scenes":
             _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, force, quiet)
             return
@@ -96,6 +108,23 @@ def prepare(
             console.print(str(root))
         else:
             console.print(f"{'built' if built else 'already prepared, identical'}: {root}")
+
+
+def _check_ssl(base: str | None, root: Path | None, quiet: bool) -> None:
+    """ssl builds its tasks from the image set's files at each load: check they are there."""
+    from ntlab.data.ssl import DEFAULT_BASE, base_files, read_base
+
+    base = base or DEFAULT_BASE
+    files = base_files(base, None if root is None else str(root))
+    x_train, _, x_test, _ = read_base(files)
+    folder = files["train-images"].parent
+    if quiet:
+        console.print(str(folder))
+    else:
+        console.print(
+            f"ready: {base} at {folder} ({len(x_train):,} training and {len(x_test):,} test "
+            "images); the ssl tasks are built from them at each load"
+        )
 
 
 def _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, force, quiet):

@@ -82,11 +82,13 @@ def evaluate_on(
     folds, e.g. for a merge search's candidates)."""
     if spec.is_classification:
         logits, labels = predict(model, task, x, y)
+        acc = accuracy(logits, labels)
         if not pair:  # a search's candidate: only the primary metric
-            return {"acc": accuracy(logits, labels)}, {}
+            return {spec.primary: 100.0 - acc if spec.primary == "error" else acc}, {}
         csd = confidence_score_discrepancy(logits.softmax(1))
         values = {
-            "acc": accuracy(logits, labels),
+            **({"error": 100.0 - acc} if "error" in spec.metrics else {}),
+            "acc": acc,
             "loss": F.cross_entropy(logits, labels).item(),
             "confidence": 1.0 - csd,
             "csd": csd,

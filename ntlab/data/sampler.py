@@ -92,9 +92,7 @@ class BatchSource:
         idx = idx.sort().values
         head = self.head[idx]
         bounds = torch.searchsorted(idx, self.offsets).tolist()
-        local = [
-            idx[lo:hi] - off for lo, hi, off in zip(bounds, bounds[1:], self.offsets.tolist())
-        ]
+        local = [idx[lo:hi] - off for lo, hi, off in zip(bounds, bounds[1:], self.offsets.tolist())]
         ys = tuple(y[i] for y, i in zip(self.parts, local))
         if self.xparts is None:
             return self.x[idx], ys, head

@@ -65,6 +65,12 @@ def _torchvision_backbone(
     state-dict file loaded (its classifier `head` ignored), then the classifier removed."""
     import torchvision.models as tvm
 
+    shape = kwargs.pop("input_shape", None)
+    if shape is not None and (len(shape) < 3 or shape[-3] != 3):
+        raise NtlabError(
+            f"{name} takes RGB images [3, H, W]; these inputs are {list(shape)} "
+            "(for grey images use --backbone cnn or wrn-28-2)"
+        )
     model = getattr(tvm, name)(weights=None, **kwargs)
     if weights is not None:
         load_weights(model, weights, ignore_prefixes=(f"{head}.",))
@@ -75,21 +81,21 @@ def _torchvision_backbone(
 
 
 @BACKBONES.register("resnet18")
-def resnet18(weights: Path | None = None, **_: object) -> nn.Module:
+def resnet18(weights: Path | None = None, input_shape=None, **_: object) -> nn.Module:
     """torchvision's ResNet-18 (512 features); `weights` is a local state-dict file."""
-    return _torchvision_backbone("resnet18", 512, "fc", weights)
+    return _torchvision_backbone("resnet18", 512, "fc", weights, input_shape=input_shape)
 
 
 @BACKBONES.register("resnet50")
-def resnet50(weights: Path | None = None, **_: object) -> nn.Module:
+def resnet50(weights: Path | None = None, input_shape=None, **_: object) -> nn.Module:
     """torchvision's ResNet-50 (2048 features): the paper's DomainNet backbone."""
-    return _torchvision_backbone("resnet50", 2048, "fc", weights)
+    return _torchvision_backbone("resnet50", 2048, "fc", weights, input_shape=input_shape)
 
 
 @BACKBONES.register("resnet101")
-def resnet101(weights: Path | None = None, **_: object) -> nn.Module:
+def resnet101(weights: Path | None = None, input_shape=None, **_: object) -> nn.Module:
     """torchvision's ResNet-101 (2048 features)."""
-    return _torchvision_backbone("resnet101", 2048, "fc", weights)
+    return _torchvision_backbone("resnet101", 2048, "fc", weights, input_shape=input_shape)
 
 
 @BACKBONES.register("vit_b_16")
@@ -98,6 +104,64 @@ def vit_b_16(weights: Path | None = None, image_size: int = 224, **_: object) ->
     if image_size % 16:
         raise NtlabError(f"vit_b_16 needs --image-size a multiple of 16, got {image_size}")
     return _torchvision_backbone("vit_b_16", 768, "heads.head", weights, image_size=image_size)
+
+
+class _WideBlock(nn.Module):
+    """A pre-activation wide residual block: BN → ReLU → conv3×3 (stride) → BN → ReLU →
+    conv3×3, plus the input (through a 1×1 conv where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = torch.relu(self.bn1(x))
+        y = self.conv2(torch.relu(self.bn2(self.conv1(o))))
+        return y + (x if self.shortcut is None else self.shortcut(o))
+
+
+class WideResNet(nn.Sequential):
+    """WRN-depth-k (Zagoruyko & Komodakis, 2016): a 3×3 conv to 16 channels, three groups of
+    (depth − 4)/6 wide blocks at 16k, 32k and 64k channels (strides 1, 2, 2), BN → ReLU →
+    global average pooling. WRN-28-2 (1.5 M parameters, 128 features) is S4L's and the
+    paper's semi-supervised backbone."""
+
+    def __init__(self, depth: int = 28, k: int = 2, in_channels: int = 3) -> None:
+        if (depth - 4) % 6:
+            raise NtlabError(f"a wide ResNet's depth is 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * k, 32 * k, 64 * k]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
+        for group, stride in zip(range(3), (1, 2, 2)):
+            c_in, c_out = widths[group], widths[group + 1]
+            layers += [_WideBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1)
+                       for i in range(n)]  # fmt: skip
+        layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        super().__init__(*layers)
+        self.out_features = widths[3]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+@BACKBONES.register("wrn-28-2")
+def wrn_28_2(
+    weights: Path | None = None, input_shape: tuple[int, ...] | None = None, **_: object
+) -> nn.Module:
+    """WRN-28-2 (128 features), as many input channels as the images have; the paper's
+    backbone for the semi-supervised benchmark (`ssl`)."""
+    if input_shape is not None and len(input_shape) < 3:
+        raise NtlabError(f"wrn-28-2 needs images [C, H, W]; these inputs are {list(input_shape)}")
+    model = WideResNet(28, 2, int(input_shape[-3]) if input_shape else 3)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
 
 
 def load_weights(model: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] = ()) -> None:

@@ -1,0 +1,117 @@
+"""`--benchmark ssl` end to end through the CLI, on stand-in IDX files in MNIST's names (700
+training and 300 test images made from scikit-learn's digits), and its bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from ntlab.cli import app
+from ntlab.data.mnist import write_stand_in_mnist
+from tests.cli.test_imagelist_cli import one_line_error
+
+runner = CliRunner()
+TINY = ["--steps", "4", "--batch-size", "8", "--eval-every", "2", "--width", "8"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def idx(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fashion")
+    write_stand_in_mnist(folder, n_train=700, n_test=300)
+    return folder
+
+
+def test_compare_runs_stl_ew_and_forkmerge_and_reports_test_error(idx, tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke(
+        "compare", "--benchmark", "ssl", "--root", idx, "--labels", "100", "--target",
+        "labels", "--methods", "stl,ew,forkmerge", *TINY, "--merge-every", "2", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "error" in result.stdout
+    rows = json.loads((out / "results.json").read_text())
+    text = json.dumps(rows)
+    assert '"metric": "error"' in text and '"higher_is_better": false' in text
+    runs = list((out).rglob("results.json"))
+    assert runs
+
+
+def test_ew_trains_every_task_and_reports_each_task_s_metrics(idx, tmp_path):
+    out = tmp_path / "ew"
+    result = invoke(
+        "train", "--benchmark", "ssl", "--root", idx, "--labels", "100", "--target", "labels",
+        "--method", "ew", *TINY, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "results.json").read_text())
+    assert r["aux"] == ["rotation", "exemplar"]
+    assert r["metric"] == "error" and r["tg_se_kind"] == "paired"
+    assert r["target_metrics"]["test"]["error"] == pytest.approx(
+        100 - r["target_metrics"]["test"]["acc"]
+    )
+    assert set(r["tasks"]["exemplar"]["test"]) == {"top1", "loss"}
+    assert r["tasks"]["rotation"]["metric"] == "acc"
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["labels"] == 100 and config["train"]["root"] == str(idx)
+    assert config["data"]["labels"] == 100 and config["data"]["base"] == "fashion"
+    line = config["environment"]["command_line"]
+    assert line[line.index("--labels") + 1] == "100"  # the command that reproduces the run
+
+
+def test_data_prepare_ssl_checks_the_files_and_installs_nothing(idx, tmp_path):
+    result = invoke("data", "prepare", "ssl", "--root", idx)
+    assert result.exit_code == 0, result.output
+    assert "ready" in result.stdout and "700 training" in result.stdout
+    missing = invoke("data", "prepare", "ssl", "--root", tmp_path / "none")
+    one_line_error(missing, "apt-get install dataset-fashion-mnist")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--labels", "5"], "--labels must be a whole number of labelled images from 10"),
+        (["--labels", "400"], "need 900 training images; the files have 700"),
+        (["--base", "cifar"], "--base"),
+        (["--root", "{tmp}/none"], "apt-get install dataset-fashion-mnist"),
+        (["--root", "{tmp}/none", "--base", "mnist"], "pass --root DIR with the four MNIST"),
+        (["--backbone", "resnet18", "--labels", "100"], "resnet18 takes RGB images"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(idx, tmp_path, args, fragment):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    root = [] if "--root" in args else ["--root", idx]
+    result = invoke(
+        "train", "--benchmark", "ssl", *root, *args, "--target", "labels", *TINY,
+        "--out", tmp_path / "run",
+    )  # fmt: skip
+    one_line_error(result, fragment)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_damaged_and_mismatched_files_are_named(idx, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(idx, bad)
+    data = (bad / "train-images-idx3-ubyte.gz").read_bytes()
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    result = invoke("train", "--benchmark", "ssl", "--root", bad, "-t", "labels", *TINY)
+    one_line_error(result, "train-images-idx3-ubyte.gz", "damaged")
+    labels = bad / "train-labels-idx1-ubyte.gz"
+    shutil.copy(idx / "train-images-idx3-ubyte.gz", bad / "train-images-idx3-ubyte.gz")
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8 + 3] = 12  # a label above 9
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    result = invoke("train", "--benchmark", "ssl", "--root", bad, "-t", "labels", *TINY)
+    one_line_error(result, "train-labels-idx1-ubyte.gz", "label above 9")
+
+
+def test_ssl_options_do_not_apply_to_other_benchmarks(tiny_digits, tmp_path):
+    result = invoke("train", "-t", "mnist", "--labels", "100", *TINY)
+    one_line_error(result, "--labels does not apply to digits")
