@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2", "ssl")
 BACKBONE_NAMES = (
-    "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "fcn", "resnet50-dilated", "wrn-28-2",
+    "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "wrn-28-2", "fcn", "resnet50-dilated",
 )  # fmt: skip
 DATA_OPTIONS = (
     "root", "domains", "image_size", "skip_bad_images", "workers", "decode", "base", "labels",

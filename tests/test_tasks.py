@@ -190,9 +190,11 @@ def test_the_built_in_tasks_and_the_reports_share_one_table_of_directions():
     from ntlab.metrics import METRIC_DIRECTIONS
     from ntlab.tasks import classification_task, depth_task, normal_task, segmentation_task
 
-    specs = [classification_task(10), segmentation_task(11), depth_task(), normal_task()]
+    specs = [classification_task(10), classification_task(10, "error")]
+    specs += [segmentation_task(11), depth_task(), normal_task()]
     for spec in specs:
         assert spec.metrics == {m: METRIC_DIRECTIONS[m] for m in spec.metrics}
-    assert set(HIGHER_IS_BETTER) | {"acc", "loss", "confidence", "csd"} == set(METRIC_DIRECTIONS)
+    classification = {"acc", "error", "loss", "confidence", "csd"}
+    assert set(HIGHER_IS_BETTER) | classification == set(METRIC_DIRECTIONS)
     lower = {m for m, up in METRIC_DIRECTIONS.items() if not up}
-    assert lower == {"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"}
+    assert lower == {"error", "loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"}
