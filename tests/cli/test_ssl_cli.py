@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from ntlab.cli import app
 from ntlab.data.mnist import write_stand_in_mnist
+from ntlab.data.ssl import FASHION_DIR
 from tests.cli.test_imagelist_cli import one_line_error
 
 runner = CliRunner()
@@ -115,3 +116,12 @@ def test_damaged_and_mismatched_files_are_named(idx, tmp_path):
 def test_ssl_options_do_not_apply_to_other_benchmarks(tiny_digits, tmp_path):
     result = invoke("train", "-t", "mnist", "--labels", "100", *TINY)
     one_line_error(result, "--labels does not apply to digits")
+
+
+@pytest.mark.skipif(
+    not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)"
+)
+def test_the_real_fashion_mnist_is_found_where_debian_puts_it():
+    result = invoke("data", "prepare", "ssl")
+    assert result.exit_code == 0, result.output
+    assert "60,000 training and 10,000 test images" in " ".join(result.stdout.split())
