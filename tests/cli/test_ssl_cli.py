@@ -8,19 +8,13 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
-from ntlab.cli import app
 from ntlab.data.mnist import write_stand_in_mnist
 from ntlab.data.ssl import FASHION_DIR
+from tests.cli.test_dense_cli import invoke
 from tests.cli.test_imagelist_cli import one_line_error
 
-runner = CliRunner()
 TINY = ["--steps", "4", "--batch-size", "8", "--eval-every", "2", "--width", "8"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
