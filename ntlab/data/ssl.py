@@ -282,38 +282,45 @@ def exemplar_task():
 def build_ssl(
     base: str, n_labels: int, root: str | None, tasks: list[str]
 ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The wanted tasks' splits, {task: {split: (inputs, targets)}}, on the CPU."""
+    """The wanted tasks' splits, {task: {split: (inputs, targets)}}, on the CPU.
+
+    Built once per process for the same files and labels (`compare` and `sweep` train many
+    models on them): the tensors are shared, and no training writes to its inputs."""
     files = base_files(base, root)
-    x_train, y_train, x_test, y_test = read_base(files)
-    idx = split_indices(y_train, n_labels)
+    key = (base, n_labels, files_digest(files), tuple(str(files[p]) for p in MNIST_PARTS))
+    return {task: _task_splits(key, task) for task in tasks}
+
+
+@functools.lru_cache(maxsize=2)
+def _base_arrays(key: tuple) -> tuple:
+    """The files read and split once: (images, labels, test images, test labels, indices)."""
+    base, n_labels, _, paths = key
+    x_train, y_train, x_test, y_test = read_base(dict(zip(MNIST_PARTS, map(Path, paths))))
+    idx = {k: torch.from_numpy(v) for k, v in split_indices(y_train, n_labels).items()}
     images = torch.from_numpy(x_train.copy())[:, None]  # [N, 1, 28, 28]
     test = torch.from_numpy(x_test.copy())[:, None]
-    labels_train, labels_test = torch.from_numpy(y_train), torch.from_numpy(y_test)
-    val = torch.from_numpy(idx["val"])
-    unl = torch.from_numpy(idx["unlabelled"])
-    aux_test = test[:AUX_TEST]
-    out: dict[str, dict] = {}
-    if "labels" in tasks:
-        lab = torch.from_numpy(idx["labelled"])
-        out["labels"] = {
+    return images, torch.from_numpy(y_train), test, torch.from_numpy(y_test), idx
+
+
+@functools.lru_cache(maxsize=6)
+def _task_splits(key: tuple, task: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    images, labels_train, test, labels_test, idx = _base_arrays(key)
+    val, unl = idx["val"], idx["unlabelled"]
+    aux = (("train", images[unl]), ("val", images[val]), ("test", test[:AUX_TEST]))
+    if task == "labels":
+        lab = idx["labelled"]
+        return {
             "train": (images[lab], labels_train[lab]),
             "val": (images[val], labels_train[val]),
             "test": (test, labels_test),
         }
-    if "rotation" in tasks:
-        out["rotation"] = {
-            split: rotations(x) for split, x in
-            (("train", images[unl]), ("val", images[val]), ("test", aux_test))
-        }  # fmt: skip
-    if "exemplar" in tasks:
-        flip = base == "fashion"  # a mirrored digit is another symbol
-        out["exemplar"] = {
-            split: (augmented_views(x, VIEWS, flip, DATA_SEED * 7919 + i), torch.arange(len(x)))
-            for i, (split, x) in enumerate(
-                (("train", images[unl]), ("val", images[val]), ("test", aux_test))
-            )
-        }
-    return out
+    if task == "rotation":
+        return {split: rotations(x) for split, x in aux}
+    flip = key[0] == "fashion"  # a mirrored digit is another symbol
+    return {
+        split: (augmented_views(x, VIEWS, flip, DATA_SEED * 7919 + i), torch.arange(len(x)))
+        for i, (split, x) in enumerate(aux)
+    }
 
 
 # --- the benchmark ----------------------------------------------------------------------
