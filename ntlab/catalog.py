@@ -20,7 +20,8 @@ DATA_OPTIONS = (
 
 # Choices of options (each checked by the parser, and again by the core for --config values)
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine", "step")  # step: ×0.5 from half the budget on
+SCHEDULES = ("constant", "cosine", "step", "late-step")
+# step: ×0.5 from half the budget on; late-step: ×0.2 from 80% of it (the paper's SSL: 160K of 200K)
 BN_BATCHES = ("pooled", "per-term")
 LOSS_REDUCTIONS = ("sum", "mean")
 SELECTIONS = ("last", "best-val")

@@ -67,6 +67,22 @@ PRESETS: dict[str, dict[str, object]] = {
         "batches": 200,
         "backbone": "resnet50-dilated",
     },
+    # The paper's semi-supervised settings (Table 6, as S4L trains it): WRN-28-2, Adam 5e-3,
+    # 200K iterations with the rate ×0.2 at 160K, Δt = 10K. The batch size is not given: 64
+    # images per loss term, as the other presets.
+    "ssl-paper": {
+        "steps": 200_000,
+        "batch_size": 64,
+        "lr": 5e-3,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "schedule": "late-step",
+        "backbone_lr_scale": 1.0,
+        "eval_every": 10_000,
+        "merge_fraction": 0.05,  # Δt = 10K of 200K
+        "batches": 200,
+        "backbone": "wrn-28-2",
+    },
 }
 ALIASES = {"pretrain_steps": "steps"}  # an option that falls back to another preset key
 DEFAULT_PRESET = "default"

@@ -42,7 +42,7 @@ def test_help_lists_every_train_option_with_its_default():
         "--config",
     ):
         assert option in text
-    steps = "quick: 300, default: 500, paper: 50000, nyuv2-paper: 16000"
+    steps = "quick: 300, default: 500, paper: 50000, nyuv2-paper: 16000, ssl-paper: 200000"
     assert f"default: from --preset ({steps})" in text
     assert "`ntlab methods`" in text and "stl, ew, fixed" in text
 

@@ -79,13 +79,13 @@ def test_pairwise_keeps_its_own_domains_option_in_its_first_panel():
     ("option", "shown"),
     [
         ("--optimizer", "[adam|sgd]"),
-        ("--schedule", "[constant|cosine|step]"),
+        ("--schedule", "[constant|cosine|step|late-step]"),
         ("--bn-batches", "[pooled|per-term]"),
         ("--select", "[last|best-val]"),
         ("--loss-reduction", "[sum|mean]"),
         ("--merge-heads", "[all|shared]"),
         ("--benchmark", "[digits|imagelist|domainnet|scenes|nyuv2|ssl]"),
-        ("--preset", "[quick|default|paper|nyuv2-paper]"),
+        ("--preset", "[quick|default|paper|nyuv2-paper|ssl-paper]"),
         ("--format", "[png|svg]"),
         ("--method -m", "METHOD"),
     ],
@@ -105,7 +105,7 @@ def test_placeholders_render_as_written():
     text = flat(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).stdout)
     assert "[default: cores − 1, ≤ 8]" in text
     assert "cuda[:N]" in text
-    steps = "quick: 300, default: 500, paper: 50000, nyuv2-paper: 16000"
+    steps = "quick: 300, default: 500, paper: 50000, nyuv2-paper: 16000, ssl-paper: 200000"
     assert f"[default: from --preset ({steps})]" in text
     report = flat(runner.invoke(app, ["report", "--help"], env={"COLUMNS": "250"}).stdout)
     assert "reports/<run>.html" in report

@@ -79,3 +79,10 @@ def test_step_schedule_halves_the_rate_from_half_the_budget_on(tiny_digits):
     lrs = []
     train(state, TERMS[:1], 10, on_step=lambda s: lrs.append(state.optimizer.param_groups[0]["lr"]))
     assert lrs[:4] == [0.1] * 4 and lrs[4:] == [0.05] * 6  # the rate of steps 6…10 is halved
+
+
+def test_late_step_schedule_is_a_fifth_from_80_percent_of_the_budget():
+    from ntlab.core.state import Schedule
+
+    rates = [Schedule("late-step", 200_000)(s) for s in (0, 159_999, 160_000, 199_999)]
+    assert rates == [1.0, 1.0, 0.2, 0.2]  # the paper's SSL: ×0.2 at 160K of 200K
