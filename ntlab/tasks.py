@@ -121,6 +121,12 @@ def flat_views(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1) if x.dim() == 5 else x
 
 
+def per_sample(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Outputs of `flat_views(x)` regrouped per sample: [B·V, ...] → [B, V, ...] where `x`
+    has views; unchanged otherwise (what a task's evaluator reads)."""
+    return out.view(len(x), x.shape[1], *out.shape[1:]) if x.dim() == 5 else out
+
+
 def orient(value: float, higher_is_better: bool) -> float:
     """`value` turned so that larger is better (exact: x or −x)."""
     return value if higher_is_better else -value

@@ -64,6 +64,7 @@ from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.metrics import gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
+from ntlab.tasks import flat_views
 
 PREDICTORS = ("lookahead", "lookahead-adam", "cosine", "shift")
 # predictors whose sign predicts help (> 0) or harm (< 0)
@@ -168,6 +169,7 @@ class Measurer:
         `backbone` (names without the `backbone.` prefix) when given."""
         out = []
         for (x, y), h, spec in zip(self.held, self.heads, self.specs):
+            x = flat_views(x)  # a task with views: its loss reads the [n·V] outputs
             feats = model.backbone(x) if backbone is None else functional_call(
                 model.backbone, backbone, (x,), strict=False
             )  # fmt: skip
@@ -176,7 +178,7 @@ class Measurer:
 
     @torch.no_grad()
     def _features(self, model: MultiTaskModel) -> list[torch.Tensor]:
-        return [_pooled(model.backbone(x)).double() for x, _ in self.held]
+        return [_pooled(model.backbone(flat_views(x))).double() for x, _ in self.held]
 
     def measure(
         self,

@@ -38,6 +38,7 @@ from ntlab.data.sampler import BatchSource, seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.metrics import gain_effect, gradient_cosine
 from ntlab.models.multitask import MultiTaskModel, frozen_batchnorm_statistics
+from ntlab.tasks import flat_views, per_sample
 
 GCS_SE_KIND = "batch pairs + validation images"
 
@@ -258,9 +259,11 @@ def one_step_scores(
         for i in range(n_models):
             backbone, head_params = _split_params(stacked, prefix, i)
             out = functional_call(
-                model.heads[head], head_params, (functional_call(model.backbone, backbone, (xs,)),)
+                model.heads[head],
+                head_params,
+                (functional_call(model.backbone, backbone, (flat_views(xs),)),),
             )
-            meters[i].update(out, ys)
+            meters[i].update(per_sample(out, xs), ys)
             totals[i] += float(spec.loss(out, ys)) * len(ys)
     model.train(was_training)
     return [m.compute()[spec.primary] for m in meters], [t / len(y) for t in totals]

@@ -75,6 +75,26 @@ def _need_classification(cfg: TrainConfig, command: str, what: str) -> None:
         )
 
 
+def _need_same_classes(bench, cfg: TrainConfig) -> None:
+    """tsne draws the auxiliary tasks' images among the target's, coloured by class: each
+    auxiliary task must classify the target's classes (domains do; `ssl`'s rotation and
+    exemplar do not)."""
+    specs = getattr(bench, "specs", None)
+    if specs is None:  # digits and image lists: every domain has the target's classes
+        return
+    table = specs()
+    target = table[cfg.target]
+    for name in cfg.aux:
+        spec = table[name]
+        if not spec.is_classification or spec.num_classes != target.num_classes:
+            raise NtlabError(
+                f"tsne draws the auxiliary tasks' images among the target's, coloured by "
+                f"class; {name} is a {spec.description or 'task of another kind'}, not the "
+                f"{target.num_classes} classes of {cfg.target}: pass --aux with tasks that "
+                "share them, or use gcs, sweep or pairwise"
+            )
+
+
 def _open_run(opts: dict, command: str, cfg: TrainConfig) -> RunDir:
     return RunDir(
         opts["out"] or default_out(command, cfg.target),
@@ -366,6 +386,7 @@ def tsne_command(ctx: typer.Context, values: dict) -> None:
     with guarded():
         opts, cfg, bench = _start(ctx, values)
         _need_classification(cfg, "tsne", "one feature vector per image, coloured by its class")
+        _need_same_classes(bench, cfg)
         lams = _lams(opts["lams"])
         tsne_analysis.check_tsne_options(opts["max_points"], opts["perplexity"])
         num_classes = bench.load([cfg.target])[cfg.target].num_classes

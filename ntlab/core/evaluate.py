@@ -16,7 +16,7 @@ from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, labelled_chunks
 from ntlab.metrics import accuracy, confidence_score_discrepancy, pack_correct
 from ntlab.models.multitask import MultiTaskModel
-from ntlab.tasks import FOLDS, FoldedEvaluator, TaskSpec, orient
+from ntlab.tasks import FOLDS, FoldedEvaluator, TaskSpec, orient, per_sample
 
 CHUNK = 4096  # inputs per forward pass (classification)
 DENSE_CHUNK = 256
@@ -46,9 +46,9 @@ def for_each_chunk(
         for images, ys in labelled_chunks(x, y, chunk):
             with model.autocast():
                 out = model.logits(model.features(images), head)
-            if images.dim() == 5:  # views: each sample's outputs together, [b, V, ...]
-                out = out.view(len(images), images.shape[1], *out.shape[1:])
-            consume(out.float(), ys)  # metrics in fp32 (a no-op for fp32 models)
+            consume(
+                per_sample(out, images).float(), ys
+            )  # views: [b, V, ...]  # metrics in fp32 (a no-op for fp32 models)
     finally:
         model.train(was_training)
 

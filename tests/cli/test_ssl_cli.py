@@ -119,3 +119,20 @@ def test_the_real_fashion_mnist_is_found_where_debian_puts_it():
     result = invoke("data", "prepare", "ssl")
     assert result.exit_code == 0, result.output
     assert "60,000 training and 10,000 test images" in " ".join(result.stdout.split())
+
+
+def test_the_analyses_take_tasks_with_views_or_say_why_not(idx, tmp_path):
+    data = ["--benchmark", "ssl", "--root", idx, "--labels", "100", "--width", "8"]
+    small = ["--batch-size", "8", "--eval-every", "2"]
+    result = invoke(
+        "affinity", "--tasks", "labels,exemplar", *data, *small, "--steps", "2", "--every", "2",
+        "--held-out", "16", "--out", tmp_path / "aff",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # exemplar's held-out copies measured
+    result = invoke(
+        "gcs", "--target", "exemplar", "--aux", "rotation", *data, "--batch-size", "8",
+        "--batches", "2", "--probe-steps", "2", "--pretrain-steps", "2", "--out", tmp_path / "g",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # a target with views, evaluated per sample
+    tsne = invoke("tsne", "--target", "labels", *data, *small, "--steps", "2")
+    one_line_error(tsne, "rotation is a 4-way classification")
