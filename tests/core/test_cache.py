@@ -252,3 +252,34 @@ def test_a_run_whose_status_is_not_an_object_is_named(tmp_path):
     (tmp_path / "status.json").write_text("[]")
     with pytest.raises(DamagedFileError, match=r"status\.json is damaged .*not an object"):
         runner.load_model(tmp_path)
+
+
+def test_the_code_digest_covers_every_built_in_task_s_loss_head_and_metrics():
+    """A change to what trains or scores a task must retire its cached trainings: the
+    sources of the built-in tasks' losses, heads and evaluators are all in CODE_PARTS."""
+    import inspect
+    from pathlib import Path
+
+    import ntlab
+    from ntlab.core.cache import CODE_PARTS
+    from ntlab.data import BENCHMARKS
+
+    package = Path(ntlab.__file__).parent
+    covered = [package / part for part in CODE_PARTS]
+    seen = 0
+    for name in BENCHMARKS:
+        cls = BENCHMARKS.get(name)
+        if not hasattr(cls, "specs"):
+            continue
+        bench = object.__new__(cls)  # specs() reads no data
+        for spec in bench.specs().values():
+            built = spec.evaluator() if spec.evaluator else None
+            for thing in (spec.loss, spec.head, type(built) if built else None):
+                source = inspect.getsourcefile(thing) if thing is not None else None
+                if source is None or package not in Path(source).parents:
+                    continue  # torch's own (cross-entropy) or none
+                seen += 1
+                assert any(p == Path(source) or p in Path(source).parents for p in covered), (
+                    f"{name}: {source} is not in the code digest"
+                )
+    assert seen >= 5
