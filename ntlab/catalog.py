@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2")
+BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2", "markets", "aliexpress")
 BACKBONE_NAMES = (
     "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "fcn", "resnet50-dilated",
+    "esmm", "mmoe",
 )  # fmt: skip
+# the backbones of the tabular recommendation benchmarks (markets, aliexpress), and theirs only
+TABULAR_BACKBONES = ("esmm", "mmoe")
 DATA_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers", "decode")
 
 # Choices of options (each checked by the parser, and again by the core for --config values)

@@ -235,6 +235,7 @@ def validate(cfg: TrainConfig) -> None:
 
     get_method(cfg.method)
     BACKBONES.get(cfg.backbone)
+    check_backbone_kind(cfg.benchmark, cfg.backbone)
     check_steps("--steps", cfg.steps)
     check_number("--batch-size", cfg.batch_size, low=1, integer=True)
     check_number("--lr", cfg.lr, low=0, low_open=True)
@@ -302,6 +303,24 @@ def check_capturable(cfg: TrainConfig) -> None:
         why = "image files are decoded per batch; use --compile default"
     if why:
         raise NtlabError(f"--compile captured cannot run this training: {why}")
+
+
+def check_backbone_kind(benchmark: str, backbone: str) -> None:
+    """Tabular benchmarks (markets, aliexpress) take the tabular backbones, and only they."""
+    from ntlab.catalog import TABULAR_BACKBONES
+    from ntlab.data import BENCHMARKS
+
+    tabular = bool(getattr(BENCHMARKS.get(benchmark), "tabular", False))
+    if tabular and backbone not in TABULAR_BACKBONES:
+        raise NtlabError(
+            f"{benchmark} needs a tabular backbone: {' or '.join(TABULAR_BACKBONES)} "
+            f"(--backbone {backbone} is for images)"
+        )
+    if not tabular and backbone in TABULAR_BACKBONES:
+        raise NtlabError(
+            f"--backbone {backbone} is for the tabular recommendation benchmarks (markets, "
+            f"aliexpress); {benchmark} has images: e.g. --backbone cnn"
+        )
 
 
 def check_cnn_width(width: int) -> None:
