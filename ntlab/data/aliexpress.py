@@ -111,8 +111,13 @@ def _header(path: Path) -> list[str]:
 
 def _first_bad(path: Path) -> NtlabError:
     """The earliest bad value of a file the typed parse refused, read again as text."""
+    wanted = set(COLUMNS[1:])
     text = pd.read_csv(
-        path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=COLUMNS[1:]
+        path,
+        dtype=str,
+        keep_default_na=False,
+        skip_blank_lines=False,
+        usecols=lambda c: str(c).strip() in wanted,
     )
     text.columns = [str(c).strip() for c in text.columns]
     found: list[tuple[int, int, str]] = []  # (row, column order, message)
@@ -160,14 +165,8 @@ def read_market_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cat = frame[list(CATEGORICAL)].to_numpy(np.int64)
     num = frame[list(NUMERICAL)].to_numpy(np.float64)
     labels = frame[list(LABELS)].to_numpy(np.float64)
-    bad = ~np.isfinite(num)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise _fail(path, row + 2, f"{NUMERICAL[col]} is {num[row, col]}, not a finite number")
-    bad = ~np.isin(labels, (0.0, 1.0))
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise _fail(path, row + 2, f"{LABELS[col]} is {labels[row, col]:g}, not 0 or 1")
+    if not (np.isfinite(num).all() and np.isin(labels, (0.0, 1.0)).all()):
+        raise _first_bad(path)  # read again as text, to quote the value as written
     bad = (labels[:, 1] > labels[:, 0]).nonzero()[0]
     if len(bad):
         raise _fail(path, bad[0] + 2, "a conversion without a click (conversion 1, click 0)")
