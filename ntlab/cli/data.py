@@ -85,6 +85,8 @@ def prepare(
         if segment_labels is not None:
             raise NtlabError(f"--segment-labels applies to scenes only, not to {benchmark}")
         if benchmark == "markets":
+            if train is not None or train_size or mnist_dir is not None:
+                raise NtlabError("markets takes --seed and --force only (its size is fixed)")
             _prepare_markets(seed, force, quiet)
             return
         if benchmark != "digits":
