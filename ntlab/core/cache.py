@@ -85,7 +85,7 @@ if TYPE_CHECKING:
 
 # The sources whose content can change a trained number (the CLI, the report, presets —
 # which resolve into the config — and the paths do not).
-CODE_PARTS = ("core", "methods", "models", "data", "analysis", "metrics.py", "config.py")
+CODE_PARTS = ("core", "methods", "models", "data", "analysis", "metrics.py", "config.py", "ctr.py")
 ENTRY_FILES = ("results.json", "config.json", "model.pt")
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights
 METRICS_FILE = "metrics.csv"
