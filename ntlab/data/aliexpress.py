@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ LABELS = ("click", "conversion")
 COLUMNS = ("search_id", *CATEGORICAL, *NUMERICAL, *LABELS)
 SPLITS = ("train", "val", "test")
 SHARE = 20  # val and test get round(n / SHARE) rows each: 90/5/5
+MIN_ROWS = 10  # the fewest rows a country can have: round(10/20) = 1 each to val and test
 LOADER_VERSION = 1  # part of the cache key and the benchmarks' fingerprints
 MAX_INDEX = 2**24  # float32 holds every integer up to here exactly
 WHERE = (
@@ -100,10 +102,11 @@ def _header(path: Path) -> list[str]:
     if not path.is_file():
         raise _fail(path, None, f"missing; {WHERE}")
     try:
-        columns = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+        columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         raise _fail(path, 1, "no header row of column names") from None
-    missing = [c for c in COLUMNS if c not in columns]
+    names = {c.strip() for c in columns}
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise _fail(path, 1, f"no column {missing[0]!r}{more}; {WHERE}")
@@ -138,7 +141,8 @@ def _first_bad(path: Path) -> NtlabError:
         rows = np.flatnonzero(np.asarray(bad))
         if len(rows):
             value = values.iloc[rows[0]]
-            found.append((int(rows[0]), order, f"{col} is {value or 'empty'!r}, {why}"))
+            shown = repr(value) if value else "empty"
+            found.append((int(rows[0]), order, f"{col} is {shown}, {why}"))
     if not found:  # pragma: no cover - the typed parse failed for a reason not seen here
         return _fail(path, None, "cannot be read as MTReclib's AliExpress format")
     row, _, what = min(found)
@@ -155,9 +159,13 @@ def read_market_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dtypes = {c: "int64" for c in CATEGORICAL} | {c: "float64" for c in (*NUMERICAL, *LABELS)}
     named = {c: dtypes[c.strip()] for c in columns if c.strip() in dtypes}
     try:
-        frame = pd.read_csv(
-            path, dtype=named, usecols=list(named), skip_blank_lines=False, engine="c"
-        )
+        with warnings.catch_warnings():  # a first row longer than the header: an error
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path, dtype=named, index_col=False, skip_blank_lines=False, engine="c"
+            )
+    except pd.errors.ParserWarning:
+        raise _fail(path, 2, f"more fields than the header's {len(columns)}") from None
     except pd.errors.ParserError as exc:
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if match:
@@ -276,6 +284,12 @@ def load_market_tree(root: Path, cache: bool = True) -> MarketData:
     for cc in COUNTRIES:
         read = [read_market_file(folder(root, cc) / name) for name in FILES]
         parts[cc] = tuple(np.concatenate(arrays) for arrays in zip(*read))
+        n = len(parts[cc][0])
+        if n < MIN_ROWS:
+            raise NtlabError(
+                f"{folder(root, cc)}: {n} rows in train.csv and test.csv together, too few to "
+                f"split 90/5/5 (at least {MIN_ROWS})"
+            )
     data = encode(parts)
     if cache:
         _save_cache(path, data)

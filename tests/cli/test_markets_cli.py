@@ -82,24 +82,40 @@ def _edit(path, change):
     frame.to_csv(path, index=False)
 
 
+def _table(change):
+    """A damage that edits the file as a table (every value kept as written)."""
+    return lambda path: _edit(path, change)
+
+
 def _set(column, row, value):
     def change(frame):
         frame.loc[row, column] = value
 
-    return change
+    return _table(change)
 
 
 def _both(row):
     def change(frame):
         frame.loc[row, "click"], frame.loc[row, "conversion"] = "0", "1"
 
-    return change
+    return _table(change)
+
+
+def _line(number, change):
+    """Edit line `number` (1: the header) of the file's text."""
+
+    def damage(path):
+        lines = path.read_text().splitlines()
+        lines[number - 1] = change(lines[number - 1])
+        path.write_text("\n".join(lines) + "\n")
+
+    return damage
 
 
 # case → (country, file, how the file is damaged, the line named, the message)
 BAD = {
     "missing file": ("FR", "test.csv", None, None, "missing"),
-    "missing column": ("NL", "train.csv", lambda f: f.pop("numerical_7"),
+    "missing column": ("NL", "train.csv", _table(lambda f: f.pop("numerical_7")),
                        1, "no column 'numerical_7'"),
     "non-integer categorical": ("ES", "train.csv", _set("categorical_3", 5, "abc"), 7,
                                 "categorical_3 is 'abc', not an integer"),
@@ -113,6 +129,10 @@ BAD = {
                        "numerical_2 is 'n/a', not a finite number"),
     "label 2": ("FR", "train.csv", _set("click", 3, "2"), 5, "click is '2', not 0 or 1"),
     "conversion without click": ("NL", "train.csv", _both(4), 6, "conversion without a click"),
+    "extra field": ("US", "train.csv", _line(8, lambda t: t + ",7"), 8,
+                    "83 fields, the header has 82"),
+    "short row": ("ES", "test.csv", _line(3, lambda t: ",".join(t.split(",")[:40])), 3,
+                  "numerical_24 is empty, not a finite number"),
 }  # fmt: skip
 
 
@@ -124,7 +144,7 @@ def test_bad_input_ends_the_command_with_one_line_naming_file_and_line(case, tmp
     if damage is None:
         path.unlink()
     else:
-        _edit(path, damage)
+        damage(path)
     result = invoke(
         "train", "--benchmark", "aliexpress", "--root", root, "--target", "us_ctr", *TINY,
         "--out", tmp_path / "run",
