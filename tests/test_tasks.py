@@ -186,13 +186,17 @@ def test_delta_m_leaves_out_a_metric_whose_baseline_is_zero():
 
 
 def test_the_built_in_tasks_and_the_reports_share_one_table_of_directions():
+    from ntlab.ctr import ctcvr_task, ctr_task
     from ntlab.dense_metrics import HIGHER_IS_BETTER
     from ntlab.metrics import METRIC_DIRECTIONS
     from ntlab.tasks import classification_task, depth_task, normal_task, segmentation_task
 
     specs = [classification_task(10), segmentation_task(11), depth_task(), normal_task()]
+    specs += [ctr_task(), ctcvr_task()]
     for spec in specs:
         assert spec.metrics == {m: METRIC_DIRECTIONS[m] for m in spec.metrics}
-    assert set(HIGHER_IS_BETTER) | {"acc", "loss", "confidence", "csd"} == set(METRIC_DIRECTIONS)
+    classification = {"acc", "loss", "confidence", "csd"}
+    recommendation = {"auc", "logloss", "ctr_auc"}
+    assert set(HIGHER_IS_BETTER) | classification | recommendation == set(METRIC_DIRECTIONS)
     lower = {m for m, up in METRIC_DIRECTIONS.items() if not up}
-    assert lower == {"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"}
+    assert lower == {"loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle", "logloss"}

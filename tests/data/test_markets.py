@@ -163,3 +163,19 @@ def test_prepare_markets_writes_mtreclib_csvs_reproducibly(ntlab_home):
         json.loads((again / "manifest.json").read_text())["fingerprint"]
         == (json.loads(first)["fingerprint"])
     )
+
+
+def test_the_recommendation_losses_are_part_of_the_code_digest(tmp_path):
+    """ntlab/ctr.py decides trained numbers: an edit retires the cached trainings."""
+    import shutil
+    from pathlib import Path
+
+    from ntlab.core import cache
+
+    package = Path(cache.__file__).resolve().parents[1]
+    copy = tmp_path / "ntlab"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cache.source_digest(copy)
+    path = copy / "ctr.py"
+    path.write_text(path.read_text().replace("return ctr + _bce_log", "return 2 * ctr + _bce_log"))
+    assert cache.source_digest(copy) != before
