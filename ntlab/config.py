@@ -306,12 +306,13 @@ def check_capturable(cfg: TrainConfig) -> None:
 
 
 def check_backbone_kind(benchmark: str, backbone: str) -> None:
-    """Tabular benchmarks (markets, aliexpress) take the tabular backbones, and only they."""
-    from ntlab.catalog import TABULAR_BACKBONES
+    """The tabular benchmarks (markets, aliexpress) refuse ntlab's image backbones, and the
+    other benchmarks its tabular ones (a backbone of the Python API's may take either)."""
+    from ntlab.catalog import BACKBONE_NAMES, TABULAR_BACKBONES
     from ntlab.data import BENCHMARKS
 
     tabular = bool(getattr(BENCHMARKS.get(benchmark), "tabular", False))
-    if tabular and backbone not in TABULAR_BACKBONES:
+    if tabular and backbone in BACKBONE_NAMES and backbone not in TABULAR_BACKBONES:
         raise NtlabError(
             f"{benchmark} needs a tabular backbone: {' or '.join(TABULAR_BACKBONES)} "
             f"(--backbone {backbone} is for images)"
