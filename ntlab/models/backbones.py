@@ -171,9 +171,10 @@ _register_dense()
 def _register_tabular() -> None:
     """`esmm` and `mmoe`: embeddings of categorical and numerical columns; each carries the
     towers its tasks get (`task_head(outputs)`)."""
-    from ntlab.models.tabular import TABULAR, build_tabular
+    from ntlab.catalog import TABULAR_BACKBONES
+    from ntlab.models.tabular import build_tabular
 
-    for name in TABULAR:
+    for name in TABULAR_BACKBONES:
 
         def build(name=name, **kwargs: object) -> nn.Module:
             return build_tabular(name, **kwargs)

@@ -32,7 +32,6 @@ BOTTOM = (512, 256)
 TOWER = (128, 64)
 DROPOUT = 0.2
 EXPERTS = 8
-TABULAR = ("esmm", "mmoe")
 TABULAR_BENCHMARKS = "markets, aliexpress"
 
 
