@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BENCHMARK_NAMES = ("digits", "imagelist", "domainnet", "scenes", "nyuv2", "ssl")
+BENCHMARK_NAMES = (
+    "digits", "imagelist", "domainnet", "scenes", "nyuv2", "ssl", "markets", "aliexpress",
+)  # fmt: skip
 BACKBONE_NAMES = (
     "cnn", "resnet18", "resnet50", "resnet101", "vit_b_16", "wrn-28-2", "fcn", "resnet50-dilated",
+    "esmm", "mmoe",
 )  # fmt: skip
+# the backbones of the tabular recommendation benchmarks (markets, aliexpress), and theirs only
+TABULAR_BACKBONES = ("esmm", "mmoe")
 DATA_OPTIONS = (
     "root", "domains", "image_size", "skip_bad_images", "workers", "decode", "base", "labels",
 )  # fmt: skip

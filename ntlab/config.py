@@ -240,6 +240,7 @@ def validate(cfg: TrainConfig) -> None:
 
     get_method(cfg.method)
     BACKBONES.get(cfg.backbone)
+    check_backbone_kind(cfg.benchmark, cfg.backbone)
     check_steps("--steps", cfg.steps)
     check_number("--batch-size", cfg.batch_size, low=1, integer=True)
     check_number("--lr", cfg.lr, low=0, low_open=True)
@@ -307,6 +308,25 @@ def check_capturable(cfg: TrainConfig) -> None:
         why = "image files are decoded per batch; use --compile default"
     if why:
         raise NtlabError(f"--compile captured cannot run this training: {why}")
+
+
+def check_backbone_kind(benchmark: str, backbone: str) -> None:
+    """The tabular benchmarks (markets, aliexpress) refuse ntlab's image backbones, and the
+    other benchmarks its tabular ones (a backbone of the Python API's may take either)."""
+    from ntlab.catalog import BACKBONE_NAMES, TABULAR_BACKBONES
+    from ntlab.data import BENCHMARKS
+
+    tabular = bool(getattr(BENCHMARKS.get(benchmark), "tabular", False))
+    if tabular and backbone in BACKBONE_NAMES and backbone not in TABULAR_BACKBONES:
+        raise NtlabError(
+            f"{benchmark} needs a tabular backbone: {' or '.join(TABULAR_BACKBONES)} "
+            f"(--backbone {backbone} is for images)"
+        )
+    if not tabular and backbone in TABULAR_BACKBONES:
+        raise NtlabError(
+            f"--backbone {backbone} is for the tabular recommendation benchmarks (markets, "
+            f"aliexpress); {benchmark} has images: e.g. --backbone cnn"
+        )
 
 
 def check_cnn_width(width: int) -> None:

@@ -320,6 +320,7 @@ METRIC_DIRECTIONS: dict[str, bool] = {
     "miou": True, "pixel_acc": True, "abs_err": False, "rel_err": False,
     "mean_angle": False, "median_angle": False,
     "within_11.25": True, "within_22.5": True, "within_30": True,
+    "auc": True, "logloss": False, "ctr_auc": True,
 }  # fmt: skip
 
 
@@ -333,9 +334,20 @@ METRIC_LABELS = {
     "acc": "acc", "error": "error", "miou": "mIoU", "pixel_acc": "pixel acc", "abs_err": "abs err",
     "rel_err": "rel err", "mean_angle": "mean angle", "median_angle": "median angle",
     "within_11.25": "≤ 11.25°", "within_22.5": "≤ 22.5°", "within_30": "≤ 30°",
+    "auc": "AUC", "logloss": "logloss", "ctr_auc": "CTR AUC",
 }  # fmt: skip
 PERCENT_METRICS = frozenset(
-    {"acc", "error", "miou", "pixel_acc", "within_11.25", "within_22.5", "within_30"}
+    {
+        "acc",
+        "error",
+        "miou",
+        "pixel_acc",
+        "within_11.25",
+        "within_22.5",
+        "within_30",
+        "auc",
+        "ctr_auc",
+    }  # fmt: skip
 )
 
 

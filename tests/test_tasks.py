@@ -186,15 +186,19 @@ def test_delta_m_leaves_out_a_metric_whose_baseline_is_zero():
 
 
 def test_the_built_in_tasks_and_the_reports_share_one_table_of_directions():
+    from ntlab.ctr import ctcvr_task, ctr_task
     from ntlab.dense_metrics import HIGHER_IS_BETTER
     from ntlab.metrics import METRIC_DIRECTIONS
     from ntlab.tasks import classification_task, depth_task, normal_task, segmentation_task
 
     specs = [classification_task(10), classification_task(10, "error")]
-    specs += [segmentation_task(11), depth_task(), normal_task()]
+    specs += [segmentation_task(11), depth_task(), normal_task(), ctr_task(), ctcvr_task()]
     for spec in specs:
         assert spec.metrics == {m: METRIC_DIRECTIONS[m] for m in spec.metrics}
     classification = {"acc", "error", "loss", "confidence", "csd"}
-    assert set(HIGHER_IS_BETTER) | classification == set(METRIC_DIRECTIONS)
+    recommendation = {"auc", "logloss", "ctr_auc"}
+    assert set(HIGHER_IS_BETTER) | classification | recommendation == set(METRIC_DIRECTIONS)
     lower = {m for m, up in METRIC_DIRECTIONS.items() if not up}
-    assert lower == {"error", "loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle"}
+    assert lower == {
+        "error", "loss", "csd", "abs_err", "rel_err", "mean_angle", "median_angle", "logloss",
+    }  # fmt: skip

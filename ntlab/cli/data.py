@@ -78,7 +78,8 @@ def prepare(
     MNIST digits (--seed and --mnist-dir apply; --train, --val, --test count canvases,
     default 4000 / 500 / 1000; `segment` is labelled on the first --segment-labels training
     canvases, default 200). ssl: installs nothing; checks that the image set's files are
-    there and readable (Fashion-MNIST: `apt-get install dataset-fashion-mnist`)."""
+    there and readable (Fashion-MNIST: `apt-get install dataset-fashion-mnist`). markets: four
+    GENERATED countries of impressions in AliExpress's CSV format (--seed applies)."""
     from ntlab.data import get_benchmark
     from ntlab.data.digits import prepare_digits
 
@@ -95,6 +96,11 @@ def prepare(
             return
         if segment_labels is not None:
             raise NtlabError(f"--segment-labels applies to scenes only, not to {benchmark}")
+        if benchmark == "markets":
+            if train is not None or train_size or mnist_dir is not None:
+                raise NtlabError("markets takes --seed and --force only (its size is fixed)")
+            _prepare_markets(seed, force, quiet)
+            return
         if benchmark != "digits":
             raise NtlabError(f"{benchmark} has no builder; its data is read from where you keep it")
         cfg = DigitsConfig(
@@ -147,6 +153,25 @@ def _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, f
         )
     root = prepare_scenes(cfg, mnist_dir, verify, force)
     after = read_scenes_manifest(root)
+    same = before is not None and after is not None and before.get("built") == after.get("built")
+    if quiet:
+        console.print(str(root))
+    else:
+        console.print(f"{'already prepared, identical' if same else 'built'}: {root}")
+
+
+def _prepare_markets(seed: int, force: bool, quiet: bool) -> None:
+    from ntlab.data.markets import MarketsConfig, prepare_markets, read_markets_manifest
+
+    cfg = MarketsConfig(seed=seed)
+    before = read_markets_manifest()
+    if not quiet:
+        console.print(
+            f"generating [bold]markets[/] (seed {seed}, {cfg.rows} impressions in each of "
+            "4 synthetic countries)…"
+        )
+    root = prepare_markets(cfg, force)
+    after = read_markets_manifest(root)
     same = before is not None and after is not None and before.get("built") == after.get("built")
     if quiet:
         console.print(str(root))

@@ -64,9 +64,10 @@ Backbone = Annotated[
     str | None,
     typer.Option(
         help="Backbone (cnn: small, fast on CPU; fcn: its fully-convolutional form for dense "
-        "tasks; resnet50-dilated: the paper's NYUv2 backbone; the others: torchvision's; all "
-        "trained from scratch unless --weights) [default: the benchmark's: fcn for scenes and "
-        "nyuv2, cnn otherwise]."
+        "tasks; resnet50-dilated: the paper's NYUv2 backbone; esmm, mmoe: tabular "
+        "recommendation models for markets and aliexpress, and only for them; the others: "
+        "torchvision's; all trained from scratch unless --weights) [default: the benchmark's: "
+        "fcn for scenes and nyuv2, esmm for markets and aliexpress, cnn otherwise]."
     ),
 ]
 BackboneLrScale = Annotated[
@@ -78,8 +79,9 @@ BackboneLrScale = Annotated[
 Root = Annotated[
     Path | None,
     typer.Option(
-        help="Image-list data root (domainnet: else $NTLAB_DOMAINNET; imagelist: else "
-        "$NTLAB_IMAGELIST) with image_list/<domain>_<split>.txt."
+        help="Data root of a benchmark on disk: image lists (domainnet: else $NTLAB_DOMAINNET; "
+        "imagelist: else $NTLAB_IMAGELIST) with image_list/<domain>_<split>.txt; nyuv2 (else "
+        "$NTLAB_NYUV2); aliexpress (else $NTLAB_ALIEXPRESS) with AliExpress_<CC>/{train,test}.csv."
     ),
 ]
 Domains = Annotated[
@@ -128,7 +130,13 @@ SkipBadImages = Annotated[
         "instead of failing the run."
     ),
 ]
-Width = Annotated[int, typer.Option(help="Channels of the cnn backbone's first layer.")]
+Width = Annotated[
+    int,
+    typer.Option(
+        help="Channels of the cnn backbone's first layer; esmm, mmoe: the embedding dimension "
+        "of each field (MTReclib's is 128)."
+    ),
+]
 Weights = Annotated[
     Path | None, typer.Option(help="A local state-dict file for the backbone (no download).")
 ]

@@ -87,7 +87,7 @@ if TYPE_CHECKING:
 # which resolve into the config — and the paths do not).
 CODE_PARTS = (
     "core", "methods", "models", "data", "analysis", "metrics.py", "config.py", "tasks.py",
-    "dense_metrics.py",
+    "dense_metrics.py", "ctr.py",
 )  # fmt: skip
 ENTRY_FILES = ("results.json", "config.json", "model.pt")
 NOT_IN_KEY = {"eval_every", "workers"}  # options that never change the trained weights

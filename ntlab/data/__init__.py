@@ -18,5 +18,6 @@ def __getattr__(name: str) -> Any:
     from ntlab.data import benchmark, digits, imagelist  # noqa: F401, I001  (registers them)
     from ntlab.data import dense  # noqa: F401  (after them: `data list` shows digits first)
     from ntlab.data import ssl  # noqa: F401
+    from ntlab.data import markets  # noqa: F401  (the tabular benchmarks, last)
 
     return getattr(benchmark, name)

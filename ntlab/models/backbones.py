@@ -227,3 +227,24 @@ def _register_dense() -> None:
 
 
 _register_dense()
+
+
+# --- tabular backbones for the recommendation benchmarks (ntlab.models.tabular) -----------
+
+
+def _register_tabular() -> None:
+    """`esmm` and `mmoe`: embeddings of categorical and numerical columns; each carries the
+    towers its tasks get (`task_head(outputs)`)."""
+    from ntlab.catalog import TABULAR_BACKBONES
+    from ntlab.models.tabular import build_tabular
+
+    for name in TABULAR_BACKBONES:
+
+        def build(name=name, **kwargs: object) -> nn.Module:
+            return build_tabular(name, **kwargs)
+
+        build.__doc__ = build_tabular.__doc__
+        BACKBONES.register(name)(build)
+
+
+_register_tabular()

@@ -84,7 +84,7 @@ def test_pairwise_keeps_its_own_domains_option_in_its_first_panel():
         ("--select", "[last|best-val]"),
         ("--loss-reduction", "[sum|mean]"),
         ("--merge-heads", "[all|shared]"),
-        ("--benchmark", "[digits|imagelist|domainnet|scenes|nyuv2|ssl]"),
+        ("--benchmark", "[digits|imagelist|domainnet|scenes|nyuv2|ssl|markets|aliexpress]"),
         ("--preset", "[quick|default|paper|nyuv2-paper|ssl-paper]"),
         ("--format", "[png|svg]"),
         ("--method -m", "METHOD"),

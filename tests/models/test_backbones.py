@@ -10,12 +10,37 @@ from ntlab.models.backbones import load_weights
 from ntlab.tasks import segmentation_task
 
 DENSE = ("fcn", "resnet50-dilated")  # feature maps; their heads upsample to the input
+TABULAR = ("esmm", "mmoe")  # rows of categorical indices and numericals; towers of their own
+TABULAR_INPUTS = {"categorical": [5] * 16, "numerical": 63}
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+def build(name: str, **kwargs):
+    if name in TABULAR:
+        return BACKBONES.get(name)(width=4, inputs=TABULAR_INPUTS, input_shape=(79,), **kwargs)
+    return BACKBONES.get(name)(image_size=16, **kwargs)
+
+
+def test_tabular_backbone_contract():
+    from ntlab.ctr import ctcvr_task, ctr_task
+
+    for name in TABULAR:
+        torch.manual_seed(0)
+        backbone = build(name)
+        model = MultiTaskModel(backbone, {"a": ctr_task(), "b": ctcvr_task()}, (79,))
+        x = torch.cat([torch.randint(0, 5, (4, 16)).float(), torch.randn(4, 63)], 1)
+        feats = model.features(x)
+        assert feats.shape == (4, backbone.out_features)
+        out = model.logits(feats, 0), model.logits(feats, 1)
+        assert out[0].shape == (4, 1) and out[1].shape == (4, 2)
+        (out[0].sum() + out[1].sum()).backward()
+        for pname, p in model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", [n for n in BACKBONES.names() if n not in TABULAR])
 def test_backbone_contract(name):
     torch.manual_seed(0)
-    backbone = BACKBONES.get(name)(image_size=16)
+    backbone = build(name)
     dense = name in DENSE
     tasks = {"a": segmentation_task(10), "b": segmentation_task(7)} if dense else {"a": 10, "b": 7}
     model = MultiTaskModel(backbone, tasks, (3, 16, 16))
@@ -36,15 +61,15 @@ def test_backbone_contract(name):
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_local_weights_round_trip_and_mismatch(name, tmp_path):
     torch.manual_seed(1)
-    source = BACKBONES.get(name)(image_size=16)
+    source = build(name)
     path = tmp_path / "w.pt"
     torch.save(source.state_dict(), path)
-    loaded = BACKBONES.get(name)(image_size=16, weights=path)
+    loaded = build(name, weights=path)
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     torch.save({"something.else": torch.zeros(3)}, path)
     with pytest.raises(NtlabError, match="does not match the backbone"):
-        BACKBONES.get(name)(image_size=16, weights=path)
+        build(name, weights=path)
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
