@@ -120,7 +120,7 @@ Base = Annotated[
 Labels = Annotated[
     int | None,
     typer.Option(
-        help="ssl: training images that keep their labels (class balanced) [default: 250]."
+        help="ssl: training images that keep their labels (class balanced) [default: 100]."
     ),
 ]
 SkipBadImages = Annotated[

@@ -48,7 +48,7 @@ from ntlab.errors import NtlabError, unknown_name
 FORMAT_VERSION = 1
 BASES = ("fashion", "mnist")
 DEFAULT_BASE = "fashion"
-DEFAULT_LABELS = 250  # README, "Calibration of `ssl`"
+DEFAULT_LABELS = 100  # README, "Calibration of `ssl`": where the auxiliary tasks matter most
 VAL = 500  # labelled validation images, taken from the training images
 AUX_TEST = 1000  # the auxiliary tasks' test images: the first of the test set
 VIEWS = 2
