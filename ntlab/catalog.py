@@ -19,9 +19,10 @@ BACKBONE_NAMES = (
 )  # fmt: skip
 # the backbones of the tabular recommendation benchmarks (markets, aliexpress), and theirs only
 TABULAR_BACKBONES = ("esmm", "mmoe")
-DATA_OPTIONS = (
-    "root", "domains", "image_size", "skip_bad_images", "workers", "decode", "base", "labels",
-)  # fmt: skip
+# The data options of a run: the image lists' (what a benchmark that declares no `options`
+# takes), then ssl's own
+IMAGE_LIST_OPTIONS = ("root", "domains", "image_size", "skip_bad_images", "workers", "decode")
+DATA_OPTIONS = (*IMAGE_LIST_OPTIONS, "base", "labels")
 
 # Choices of options (each checked by the parser, and again by the core for --config values)
 OPTIMIZERS = ("adam", "sgd")

@@ -309,9 +309,9 @@ def merge_op_fields(opts: dict[str, Any]) -> dict[str, Any]:
 def data_options(opts: dict[str, Any], bench_name: str) -> dict[str, Any]:
     """The benchmark's data options from resolved command options (those it accepts)."""
     from ntlab.data import BENCHMARKS
-    from ntlab.data.benchmark import DATA_OPTIONS
+    from ntlab.data.benchmark import IMAGE_LIST_OPTIONS
 
-    accepted = getattr(BENCHMARKS.get(bench_name), "options", DATA_OPTIONS)
+    accepted = getattr(BENCHMARKS.get(bench_name), "options", IMAGE_LIST_OPTIONS)
     values = {
         "root": str(opts["root"]) if opts.get("root") is not None else None,
         "domains": _domain_list(opts.get("domains")),

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from ntlab.catalog import DATA_OPTIONS  # noqa: F401  (re-exported)
+from ntlab.catalog import DATA_OPTIONS, IMAGE_LIST_OPTIONS  # noqa: F401  (re-exported)
 from ntlab.errors import NtlabError
 from ntlab.registry import Registry
 from ntlab.tasks import TaskSpec, classification_task
@@ -81,7 +81,7 @@ def get_benchmark(name: str, **options: object) -> Benchmark:
     """
     cls = BENCHMARKS.get(name)
     given = {k: v for k, v in options.items() if v not in (None, False)}
-    accepted = getattr(cls, "options", DATA_OPTIONS)
+    accepted = getattr(cls, "options", IMAGE_LIST_OPTIONS)
     extra = [k for k in given if k not in accepted]
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ntlab.catalog import DECODERS
+from ntlab.catalog import DECODERS, IMAGE_LIST_OPTIONS
 from ntlab.data.benchmark import BENCHMARKS, TaskData
 from ntlab.data.files import DEFAULT_SIZE, ImageFiles, SkipLog, default_workers, given_root
 from ntlab.errors import NtlabError, unknown_name
@@ -162,6 +162,7 @@ class ImageListBenchmark:
     name = "imagelist"
     description = "image lists under --root (Office-31, Office-Home, PACS, VisDA, …)"
     env = "NTLAB_IMAGELIST"
+    options: tuple[str, ...] = IMAGE_LIST_OPTIONS
     known_domains: tuple[str, ...] | None = None
     classes: int | None = None  # fixed class count (labels are checked against it)
 

@@ -145,6 +145,7 @@ quiet = false
 format = "svg"
 """
 LEFT_OUT = {"config", "root", "image_size", "workers", "decode", "weights", "ray_address"}
+LEFT_OUT |= {"base", "labels"}  # ssl's own: digits refuses them
 
 
 def test_a_full_forkmerge_toml_runs_alone_and_its_recorded_command_reruns_it(tiny_digits, tmp_path):
