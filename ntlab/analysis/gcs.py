@@ -85,7 +85,8 @@ def gcs_table(
     """(one row per (batch, λ): gcs, tg, tg_loss, val_score, val_loss, aux_kind; per λ the
     validation-image part of the standard error of its mean TG: {"tg": …, "tg_loss": …}).
 
-    `tg` is the paper's TG in validation accuracy points; `tg_loss` the same comparison in
+    `tg` is the paper's TG in validation accuracy points (`val_score` is the primary metric:
+    accuracy, or the error of a classifier scored by it); `tg_loss` the same comparison in
     validation loss, L̂(θ(0)) − L̂(θ(λ)) (> 0 helps), which resolves effects smaller than one
     validation image.
     """
@@ -137,6 +138,8 @@ def gcs_table(
                 diff_correct += (correct.double() - correct[zero].double()).cpu()
                 diff_loss += (losses[zero].double() - losses.double()).cpu()
                 acc = (correct.double().mean(1) * 100).tolist()
+                if spec.primary == "error":  # the primary metric, turned below by its direction
+                    acc = [100.0 - a for a in acc]
                 loss = losses.double().mean(1).tolist()
             else:  # the primary metric in its direction; no per-image parts
                 acc, loss = one_step_scores(model, head, spec, stacked, x_val, y_val)

@@ -168,3 +168,28 @@ def test_wrn_28_2_is_the_paper_s_backbone_on_grey_images():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 128) and model.out_features == 128
     with pytest.raises(NtlabError, match="RGB"):
         BACKBONES.get("resnet18")(input_shape=(1, 28, 28))
+
+
+def test_gcs_of_an_error_scored_target_is_the_accuracy_gain_and_val_score_the_error():
+    from ntlab.analysis.gcs import gcs_table
+    from ntlab.config import GcsOptions
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(60, 1, 8, 8, generator=g) * 255).byte()
+    y = torch.arange(60) % 3
+    tables = []
+    for primary in ("acc", "error"):
+        spec = classification_task(3, primary)
+        data = {
+            "t": TaskData("t", 3, {"train": (x, y), "val": (x, y)}, spec),
+            "a": TaskData("a", 3, {"train": (x.flip(-1), y)}, classification_task(3)),
+        }
+        torch.manual_seed(0)
+        backbone = BACKBONES.get("cnn")(image_size=8, width=4, input_shape=(1, 8, 8))
+        model = MultiTaskModel(backbone, {"t": spec, "a": data["a"].spec})
+        opts = GcsOptions(lams=(0.0, 1.0, 8.0), batches=2, eta=0.5, batch_size=16)
+        tables.append(gcs_table(model, data, "t", ["a"], opts)[0])
+    acc, err = tables
+    assert acc["tg"].abs().sum() > 0  # the steps change what the model gets right
+    assert err["tg"].tolist() == pytest.approx(acc["tg"].tolist())
+    assert err["val_score"].tolist() == pytest.approx((100 - acc["val_score"]).tolist())
