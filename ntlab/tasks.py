@@ -89,8 +89,13 @@ class TaskSpec:
     views: int = 1
 
     def __post_init__(self) -> None:
-        if self.views < 1:
-            raise NtlabError(f"a task has at least 1 view per sample, got {self.views}")
+        if type(self.views) is not int or self.views < 1:
+            raise NtlabError(f"a task has a whole number ≥ 1 of views per sample, got {self.views}")
+        if self.views > 1 and self.kind != CUSTOM:
+            raise NtlabError(
+                f"only a custom task takes several views per sample ({self.kind} losses and "
+                "metrics read one output per sample)"
+            )
         for name in self.delta_m_metrics or ():
             if name not in self.metrics:
                 raise NtlabError(f"Δm metric {name!r} is not among the task's metrics")
@@ -115,16 +120,23 @@ class TaskSpec:
         return self.kind == CLASSIFICATION
 
 
-def flat_views(x: torch.Tensor) -> torch.Tensor:
-    """Inputs with views ([B, V, C, H, W]) as the backbone takes them: [B·V, C, H, W] (the
-    views of a sample adjacent); other inputs unchanged."""
-    return x.flatten(0, 1) if x.dim() == 5 else x
+def flat_views(x: torch.Tensor, views: int) -> torch.Tensor:
+    """Inputs of a task with `views` > 1 ([B, V, C, H, W]) as the backbone takes them:
+    [B·V, C, H, W], the views of a sample adjacent; other inputs unchanged (whatever their
+    rank: a volume [B, C, D, H, W] is not views)."""
+    if views <= 1:
+        return x
+    if x.dim() < 3 or x.shape[1] != views:
+        raise NtlabError(
+            f"inputs of a task with {views} views are [B, {views}, …], got {list(x.shape)}"
+        )
+    return x.flatten(0, 1)
 
 
-def per_sample(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Outputs of `flat_views(x)` regrouped per sample: [B·V, ...] → [B, V, ...] where `x`
-    has views; unchanged otherwise (what a task's evaluator reads)."""
-    return out.view(len(x), x.shape[1], *out.shape[1:]) if x.dim() == 5 else out
+def per_sample(out: torch.Tensor, x: torch.Tensor, views: int) -> torch.Tensor:
+    """Outputs of `flat_views(x, views)` regrouped per sample: [B·V, ...] → [B, V, ...]
+    where `views` > 1; unchanged otherwise (what a task's evaluator reads)."""
+    return out.view(len(x), views, *out.shape[1:]) if views > 1 else out
 
 
 def orient(value: float, higher_is_better: bool) -> float:

@@ -169,7 +169,7 @@ class Measurer:
         `backbone` (names without the `backbone.` prefix) when given."""
         out = []
         for (x, y), h, spec in zip(self.held, self.heads, self.specs):
-            x = flat_views(x)  # a task with views: its loss reads the [n·V] outputs
+            x = flat_views(x, spec.views)  # a task with views: its loss reads [n·V] outputs
             feats = model.backbone(x) if backbone is None else functional_call(
                 model.backbone, backbone, (x,), strict=False
             )  # fmt: skip
@@ -178,7 +178,10 @@ class Measurer:
 
     @torch.no_grad()
     def _features(self, model: MultiTaskModel) -> list[torch.Tensor]:
-        return [_pooled(model.backbone(flat_views(x))).double() for x, _ in self.held]
+        return [
+            _pooled(model.backbone(flat_views(x, spec.views))).double()
+            for (x, _), spec in zip(self.held, self.specs)
+        ]
 
     def measure(
         self,

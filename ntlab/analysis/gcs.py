@@ -264,9 +264,9 @@ def one_step_scores(
             out = functional_call(
                 model.heads[head],
                 head_params,
-                (functional_call(model.backbone, backbone, (flat_views(xs),)),),
+                (functional_call(model.backbone, backbone, (flat_views(xs, spec.views),)),),
             )
-            meters[i].update(per_sample(out, xs), ys)
+            meters[i].update(per_sample(out, xs, spec.views), ys)
             totals[i] += float(spec.loss(out, ys)) * len(ys)
     model.train(was_training)
     return [m.compute()[spec.primary] for m in meters], [t / len(y) for t in totals]

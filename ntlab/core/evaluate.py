@@ -47,7 +47,7 @@ def for_each_chunk(
             with model.autocast():
                 out = model.logits(model.features(images), head)
             consume(
-                per_sample(out, images).float(), ys
+                per_sample(out, images, model.specs[head].views).float(), ys
             )  # views: [b, V, ...]  # metrics in fp32 (a no-op for fp32 models)
     finally:
         model.train(was_training)

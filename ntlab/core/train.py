@@ -79,13 +79,14 @@ def attach_sources(
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, head index per sample
 
 
-def batch_inputs(x) -> torch.Tensor:
-    """A batch's inputs as one tensor of backbone samples: views flattened ([B, V, C, H, W]
-    → [B·V, C, H, W]), and a mixture of tasks whose inputs differ in shape (a tuple, task
-    by task) concatenated so."""
+def batch_inputs(x, views: list[int]) -> torch.Tensor:
+    """A batch's inputs as one tensor of backbone samples: the views of a task with several
+    (`views`: each of the batch's tasks', in order) flattened ([B, V, C, H, W] → [B·V, C, H,
+    W]), and a mixture of tasks whose inputs differ in shape (a tuple, task by task)
+    concatenated so."""
     if isinstance(x, tuple):
-        return torch.cat([flat_views(part) for part in x])
-    return flat_views(x)
+        return torch.cat([flat_views(part, v) for part, v in zip(x, views)])
+    return flat_views(x, max(views))
 
 
 def term_losses(
@@ -107,7 +108,7 @@ def term_losses(
     give the same losses. Either way the losses are computed from the one concatenated
     `features` tensor, which gradient-balancing rules differentiate through.
     """
-    inputs = [batch_inputs(b[0]) for b in batches]
+    inputs = [batch_inputs(b[0], [model.specs[i].views for i in h]) for b, h in zip(batches, heads)]
     with model.autocast() if amp else contextlib.nullcontext():
         if per_term and len(batches) > 1:
             features = torch.cat([model.train_features(to_float(x)) for x in inputs])

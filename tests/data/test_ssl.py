@@ -193,3 +193,26 @@ def test_gcs_of_an_error_scored_target_is_the_accuracy_gain_and_val_score_the_er
     assert acc["tg"].abs().sum() > 0  # the steps change what the model gets right
     assert err["tg"].tolist() == pytest.approx(acc["tg"].tolist())
     assert err["val_score"].tolist() == pytest.approx((100 - acc["val_score"]).tolist())
+
+
+def test_five_dimensional_inputs_without_views_reach_the_backbone_whole():
+    """A volume [B, C, D, H, W] is not views: only a task that declares views is flattened."""
+    from torch import nn
+
+    from ntlab.core.evaluate import evaluate_on
+
+    class Volumes(nn.Sequential):
+        def __init__(self) -> None:
+            super().__init__(nn.Conv3d(1, 4, 3, padding=1), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+            self.out_features = 4
+
+    spec = classification_task(3)
+    model = MultiTaskModel(Volumes(), {"t": spec})
+    x, y = torch.rand(6, 1, 4, 8, 8), torch.arange(6) % 3
+    (loss,), _ = term_losses(model, [(x, y, torch.zeros(6, dtype=torch.long))], [[0]])
+    assert torch.isfinite(loss)
+    assert set(evaluate_on(model, "t", spec, x, y)[0]) >= {"acc", "loss"}
+    with pytest.raises(NtlabError, match="only a custom task"):
+        from dataclasses import replace
+
+        replace(spec, views=2)
