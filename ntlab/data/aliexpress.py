@@ -40,8 +40,9 @@ Cache
 -----
 Parsing is the slow part (pandas with explicit dtypes; real AliExpress has millions of
 rows a country). The encoded tensors are kept in NTLAB_HOME/datasets/parsed/ under a key
-of the loader's version, the root's path and each file's size and mtime (ns): changed
-files are parsed (and checked) again; only the latest parse of a root is kept.
+of the loader's version and source, the root's path and each file's size and mtime (ns):
+changed files (or a changed loader) are parsed (and checked) again; only the latest parse of
+a root is kept.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def _first_bad(path: Path) -> NtlabError:
     for order, col in enumerate(COLUMNS[1:]):
         values = text[col].str.strip()
         if col in CATEGORICAL:
-            bad = ~values.str.fullmatch(r"[+-]?\d+(\.0*)?")
-            why = "not an integer"
+            integer = values.str.fullmatch(r"[+-]?\d+(\.0*)?")
+            number = pd.to_numeric(values.where(integer, "0"), errors="coerce").to_numpy(float)
+            big = ~(np.abs(number) < 2.0**63)  # what int64 cannot hold
+            bad = ~integer | big
+            why = "not an integer" if not big.any() else "not an integer within ±2⁶³"
         else:
             number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
             bad = ~np.isfinite(number)
@@ -224,8 +228,10 @@ def encode(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Marke
     train_cat = np.concatenate([parts[cc][0][: sizes[cc]["train"]] for cc in parts])
     train_num = np.concatenate([parts[cc][1][: sizes[cc]["train"]] for cc in parts])
     seen = [np.unique(train_cat[:, f]) for f in range(train_cat.shape[1])]
-    mean = train_num.mean(0)
-    std = train_num.std(0)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+        mean = train_num.mean(0)
+        std = train_num.std(0)
+    _check_scale(~(np.isfinite(mean) & np.isfinite(std)), "its training values' mean or spread")
     std[~(std > 1e-12)] = 1.0
     x, y = {}, {}
     for cc, (cat, num, labels) in parts.items():
@@ -233,7 +239,10 @@ def encode(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Marke
         for f, values in enumerate(seen):
             pos = np.searchsorted(values, cat[:, f]).clip(max=len(values) - 1)
             index[:, f] = np.where(values[pos] == cat[:, f], pos + 1, 0)
-        rows = np.concatenate([index, ((num - mean) / std).astype(np.float32)], 1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = ((num - mean) / std).astype(np.float32)
+        _check_scale(~np.isfinite(scaled).all(0), f"a standardised value in {cc}")
+        rows = np.concatenate([index, scaled], 1)
         bounds = np.cumsum([0] + [sizes[cc][s] for s in SPLITS])
         target = labels.astype(np.float32)
         cuts = list(zip(SPLITS, bounds, bounds[1:]))
@@ -243,6 +252,21 @@ def encode(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Marke
     if max(vocab) > MAX_INDEX:
         raise NtlabError(f"a categorical field has {max(vocab)} values, more than {MAX_INDEX}")
     return MarketData(x, y, vocab)
+
+
+def _check_scale(bad: np.ndarray, what: str) -> None:
+    """Numerical values so large that standardising them overflows are bad input."""
+    if bad.any():
+        column = NUMERICAL[int(np.flatnonzero(bad)[0])]
+        raise NtlabError(
+            f"{column}: {what} is not a finite float (its values are too large to "
+            "standardise); rescale that column in the CSV files"
+        )
+
+
+def _code_digest() -> str:
+    """This loader's source: a parse cached by other code is parsed again."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def _cache_path(root: Path, key: str) -> Path:
@@ -276,7 +300,8 @@ def load_market_tree(root: Path, cache: bool = True) -> MarketData:
     """Every country of the tree at `root`, read, checked and encoded (cached)."""
     root = Path(root)
     key = files_fingerprint(root)
-    path = _cache_path(root, key)
+    code = hashlib.sha256(f"{key}:{_code_digest()}".encode()).hexdigest()[:20]
+    path = _cache_path(root, code)
     data = _load_cached(path) if cache else None
     if data is not None:
         return data

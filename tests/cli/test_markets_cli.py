@@ -119,6 +119,8 @@ BAD = {
                        1, "no column 'numerical_7'"),
     "non-integer categorical": ("ES", "train.csv", _set("categorical_3", 5, "abc"), 7,
                                 "categorical_3 is 'abc', not an integer"),
+    "categorical beyond int64": ("NL", "train.csv", _set("categorical_3", 5, "9" * 20),
+                                 7, "not an integer within ±2⁶³"),
     "fractional categorical": ("ES", "test.csv", _set("categorical_16", 0, "2.5"), 2,
                                "categorical_16 is '2.5', not an integer"),
     "nan numerical": ("US", "train.csv", _set("numerical_10", 9, "nan"), 11,
@@ -153,6 +155,17 @@ def test_bad_input_ends_the_command_with_one_line_naming_file_and_line(case, tmp
     assert f"{path}{f':{line}' if line else ''}: " in error, error
     assert message in error, error
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_numericals_too_large_to_standardise_are_refused_by_column(tmp_path):
+    root = write_tree(tmp_path / "ax")
+    _set("numerical_5", 3, "1e307")(ax.folder(root, "ES") / "train.csv")
+    result = invoke(
+        "train", "--benchmark", "aliexpress", "--root", root, "--target", "us_ctr", *TINY,
+        "--out", tmp_path / "run",
+    )  # fmt: skip
+    error = one_line_error(result)
+    assert "numerical_5" in error and "too large to standardise" in error, error
 
 
 def test_a_test_split_without_conversions_in_a_fold_is_refused(tmp_path):

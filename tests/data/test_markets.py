@@ -77,6 +77,19 @@ def test_the_tree_is_split_90_5_5_in_file_order_with_shared_train_vocabularies(t
     assert torch.equal(again.x["ES"]["val"], data.x["ES"]["val"]) and again.vocab == data.vocab
 
 
+def test_the_parse_cache_is_read_only_by_the_loader_that_wrote_it(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "ax")
+    reads = []
+    real = ax.read_market_file
+    monkeypatch.setattr(ax, "read_market_file", lambda p: reads.append(p) or real(p))
+    ax.load_market_tree(root)
+    ax.load_market_tree(root)
+    assert len(reads) == 8  # parsed once, then from the cache
+    monkeypatch.setattr(ax, "_code_digest", lambda: "another loader")
+    ax.load_market_tree(root)
+    assert len(reads) == 16  # a changed loader parses again
+
+
 def test_a_fold_without_conversions_is_refused_at_load_time(tmp_path):
     root = write_tree(tmp_path / "ax")
     data = ax.load_market_tree(root)
