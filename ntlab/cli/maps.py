@@ -543,7 +543,8 @@ def ternary_command(ctx: typer.Context, values: dict) -> None:
             )
         else:
             if not opts["aux"]:
-                raise NtlabError("--aux needs two auxiliary domains, e.g. --aux mnist,syn")
+                others = [t for t in tasks if t != opts["target"]][:2]
+                raise NtlabError(f"--aux needs two auxiliary tasks, e.g. --aux {','.join(others)}")
             aux = [a.strip() for a in opts["aux"].split(",") if a.strip()]
             if len(aux) != 2:
                 raise NtlabError(f"--aux needs exactly two auxiliary domains, got {len(aux)}")

@@ -171,8 +171,8 @@ def split_indices(labels: np.ndarray, n_labels: int, val: int = VAL) -> dict[str
     short = [c for c in range(10) if counts[c] < want[c]]
     if short:
         raise NtlabError(
-            f"--labels {n_labels} needs {want[short[0]]} images of class {short[0]}; "
-            f"the training files have {counts[short[0]]}"
+            f"--labels {n_labels} needs {want[short[0]]} images of class {short[0]}; the "
+            f"training files have {counts[short[0]]} besides the {val} validation images"
         )
     labelled = rest[rank < want[classes]]
     return {"val": perm[:val], "labelled": np.sort(labelled), "unlabelled": np.sort(rest)}
