@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,23 @@ def short_reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = text.split(". This is an internal")[0].removeprefix("PytorchStreamReader ")
     return text or type(exc).__name__
+
+
+@contextlib.contextmanager
+def building_folder(root: Path, name: str) -> Iterator[Path]:
+    """A fresh folder beside `root` to build a data set in. When the block ends without an
+    error the build replaces `root` in two renames (readers see the old build or the new
+    one, never half of one); either way nothing temporary is left."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{name}-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = root.parent / f".{name}-old-{os.getpid()}-{time.time_ns()}"
+        if root.exists():
+            root.rename(old)
+        tmp.rename(root)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -152,7 +152,12 @@ def _prepare_scenes(seed, train, val, test, segment_labels, mnist_dir, verify, f
             f"on {cfg.segment_labelled} of {cfg.train} training images)…"
         )
     root = prepare_scenes(cfg, mnist_dir, verify, force)
-    after = read_scenes_manifest(root)
+    _say_built(root, before, read_scenes_manifest(root), quiet)
+
+
+def _say_built(root: Path, before: dict | None, after: dict | None, quiet: bool) -> None:
+    """Where the data is, and whether it was built now or an identical build was kept (the
+    manifests' build times before and after)."""
     same = before is not None and after is not None and before.get("built") == after.get("built")
     if quiet:
         console.print(str(root))
@@ -171,12 +176,7 @@ def _prepare_markets(seed: int, force: bool, quiet: bool) -> None:
             "4 synthetic countries)…"
         )
     root = prepare_markets(cfg, force)
-    after = read_markets_manifest(root)
-    same = before is not None and after is not None and before.get("built") == after.get("built")
-    if quiet:
-        console.print(str(root))
-    else:
-        console.print(f"{'already prepared, identical' if same else 'built'}: {root}")
+    _say_built(root, before, read_markets_manifest(root), quiet)
 
 
 @app.command("list")

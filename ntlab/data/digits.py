@@ -8,8 +8,6 @@ Each domain is built on a 28×28 canvas and then resized to the stored resolutio
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -25,6 +23,7 @@ from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir, downloads_dir
+from ntlab.storage import building_folder
 
 CANVAS = 28
 MNIST_DOMAINS = ("mnist", "mnistm", "permlo")  # disjoint slices of the MNIST files
@@ -386,18 +385,8 @@ def prepare_digits(
         except NtlabError as exc:  # a damaged build is rebuilt, and said so
             print(f"note: {str(exc).split('; run `', 1)[0]}; rebuilding it", file=sys.stderr)
     data = build_digits(cfg, mnist_dir, verify_mnist, progress)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".digits-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
+    with building_folder(root, "digits") as tmp:
         _write_build(tmp, cfg, data)
-        old = root.parent / f".digits-old-{os.getpid()}-{time.time_ns()}"
-        if root.exists():
-            root.rename(old)
-        tmp.rename(root)  # readers see the old build or the new one, never half of one
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root, True
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from ntlab.data import aliexpress as ax
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir
+from ntlab.storage import building_folder
 
 FORMAT_VERSION = 1
 MARKET_ROWS = 32000  # impressions per country
@@ -193,10 +192,7 @@ def prepare_markets(cfg: MarketsConfig | None = None, force: bool = False) -> Pa
         and _intact(root, manifest)
     ):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".markets-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
+    with building_folder(root, "markets") as tmp:
         counts = {}
         for cc in ax.COUNTRIES:
             data = generate_market(cfg, cc)
@@ -219,13 +215,6 @@ def prepare_markets(cfg: MarketsConfig | None = None, force: bool = False) -> Pa
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        old = root.parent / f".markets-old-{os.getpid()}-{time.time_ns()}"
-        if root.exists():
-            root.rename(old)
-        tmp.rename(root)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

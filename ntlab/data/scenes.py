@@ -43,8 +43,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
+from ntlab.storage import building_folder
 
 FORMAT_VERSION = 3  # 2: the calibrated geometry and the depth cueing; 3: scarce segment labels
 SLOTS = 3  # at most three digits per image
@@ -480,16 +479,6 @@ def prepare_scenes(
         and _intact(root, manifest)
     ):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".scenes-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
+    with building_folder(root, "scenes") as tmp:
         _write_splits(tmp, cfg, mnist, digest)
-        old = root.parent / f".scenes-old-{os.getpid()}-{time.time_ns()}"
-        if root.exists():
-            root.rename(old)
-        tmp.rename(root)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
