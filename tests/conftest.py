@@ -16,6 +16,12 @@ from ntlab.data.digits import DigitsConfig, prepare_digits
 from ntlab.data.mnist import write_idx  # noqa: F401  (the tests' IDX writer)
 from ntlab.data.mnist import write_stand_in_mnist as make_fake_mnist
 
+# The CLI's rich consoles (ntlab.cli.common, imported by the test modules after this file) keep
+# a COLUMNS they find when made, and pytest-xdist's workers start with COLUMNS=80. Tests that
+# read wide tables set COLUMNS for each call instead.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 TINY_TRAIN = {"mnist": 60, "optdigits": 60, "syn": 60, "mnistm": 60, "permlo": 80}
 TINY = DigitsConfig(seed=0, size=16, train=TINY_TRAIN, val=50, test=60)
 

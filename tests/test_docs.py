@@ -87,3 +87,12 @@ def test_the_license_file_matches_pyproject():
     assert "Permission is hereby granted, free of charge" in license_text
     author = project["authors"][0]["name"]
     assert re.search(rf"Copyright \(c\) \d{{4}} {re.escape(author)}", license_text)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Set up and run the test suite", 1)[1].split("```bash\n", 1)[1]
+    command = block.split("\n", 1)[0]
+    assert "pytest" in command
+    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
+    assert lines[-1] == command
