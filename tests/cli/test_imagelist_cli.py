@@ -182,6 +182,7 @@ def one_line_error(result, *texts: str) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output
+    assert result.stderr.strip() == lines[0]  # on stderr
     for text in texts:
         assert text in lines[0], lines[0]
     return lines[0]

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from ntlab.cli import app
 from ntlab.data import aliexpress as ax
+from tests.cli.test_imagelist_cli import one_line_error
 from tests.data.test_markets import write_tree
 
 runner = CliRunner()
@@ -25,13 +26,6 @@ def invoke(*args, env=None):
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     return write_tree(tmp_path_factory.mktemp("aliexpress") / "data")
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 def test_train_ew_on_aliexpress_reports_auc_logloss_and_a_folded_tg(tree, tmp_path):
