@@ -86,6 +86,15 @@ def short_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def sizes_match(root: Path, sizes: dict[str, int]) -> bool:
+    """Whether every file named in `sizes` (relative to `root`) is there with the size its
+    build recorded: the cheap check that an existing data build may be reused."""
+    return all(
+        (root / rel).is_file() and (root / rel).stat().st_size == size
+        for rel, size in sizes.items()
+    )
+
+
 @contextlib.contextmanager
 def building_folder(root: Path, name: str) -> Iterator[Path]:
     """A fresh folder beside `root` to build a data set in. When the block ends without an

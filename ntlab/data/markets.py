@@ -41,7 +41,7 @@ from ntlab.data import aliexpress as ax
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir
-from ntlab.storage import building_folder
+from ntlab.storage import building_folder, sizes_match
 
 FORMAT_VERSION = 1
 MARKET_ROWS = 32000  # impressions per country
@@ -169,11 +169,7 @@ def read_markets_manifest(root: Path | None = None) -> dict | None:
 
 
 def _intact(root: Path, manifest: dict) -> bool:
-    for rel, size in manifest["files"].items():
-        path = root / rel
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+    return sizes_match(root, manifest["files"])
 
 
 def prepare_markets(cfg: MarketsConfig | None = None, force: bool = False) -> Path:

@@ -55,7 +55,7 @@ from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
-from ntlab.storage import building_folder
+from ntlab.storage import building_folder, sizes_match
 
 FORMAT_VERSION = 3  # 2: the calibrated geometry and the depth cueing; 3: scarce segment labels
 SLOTS = 3  # at most three digits per image
@@ -412,11 +412,9 @@ def read_scenes_manifest(root: Path | None = None) -> dict | None:
 
 
 def _intact(root: Path, manifest: dict) -> bool:
-    for entry in manifest["splits"].values():
-        file = root / str(entry.get("file"))
-        if not file.is_file() or file.stat().st_size != entry.get("bytes"):
-            return False
-    return True
+    return sizes_match(
+        root, {str(e.get("file")): e.get("bytes") for e in manifest["splits"].values()}
+    )
 
 
 def _write_splits(folder: Path, cfg: ScenesConfig, mnist: tuple, mnist_digest: str) -> None:
