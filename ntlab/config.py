@@ -293,19 +293,29 @@ def validate(cfg: TrainConfig) -> None:
         )
 
 
+# Why `--compile captured` refuses a training: said alike whether the config tells it (here,
+# before any data loads) or the training's objects do (`ntlab.core.captured.refusal`).
+CAPTURE_REFUSALS = {
+    "cpu": "it records CUDA graphs, and this training runs on the CPU; use --compile default",
+    "fp16": "fp16's loss scaler checks for infinities on the host; use --precision bf16",
+    "optimizer": "only Adam's update is captured; use --optimizer adam",
+    "files": "image files are decoded per batch; use --compile default",
+}
+
+
 def check_capturable(cfg: TrainConfig) -> None:
     """What `--compile captured` needs that the config tells (`ntlab.core.captured`)."""
     why = None
     if resolve_device(cfg.device).type != "cuda":
-        why = "it records CUDA graphs, and this training runs on the CPU; use --compile default"
+        why = CAPTURE_REFUSALS["cpu"]
     elif cfg.method not in FP16_METHODS:
         why = f"{cfg.method} is not a static weighting (stl, ew, fixed, forkmerge)"
     elif cfg.precision == "fp16":
-        why = "fp16's loss scaler checks for infinities on the host; use --precision bf16"
+        why = CAPTURE_REFUSALS["fp16"]
     elif cfg.optimizer != "adam":
-        why = "only Adam's update is captured; use --optimizer adam"
+        why = CAPTURE_REFUSALS["optimizer"]
     elif cfg.benchmark in ("imagelist", "domainnet"):
-        why = "image files are decoded per batch; use --compile default"
+        why = CAPTURE_REFUSALS["files"]
     if why:
         raise NtlabError(f"--compile captured cannot run this training: {why}")
 

@@ -28,6 +28,7 @@ import threading
 
 import torch
 
+from ntlab.config import CAPTURE_REFUSALS as WHY
 from ntlab.data.files import ImageFiles
 from ntlab.errors import NtlabError
 
@@ -41,17 +42,17 @@ def refusal(state, sources, static: bool) -> str | None:
     """Why this training cannot be captured, in one phrase (None: it can)."""
     device = next(state.model.parameters()).device
     if device.type != "cuda":
-        return "it records CUDA graphs, and this training runs on the CPU"
+        return WHY["cpu"]
     if not static:
         return "only the static weightings (stl, ew, fixed, ForkMerge) are captured"
     if state.scaler is not None:
-        return "fp16's loss scaler checks for infinities on the host; use bf16"
+        return WHY["fp16"]
     if not isinstance(state.optimizer, torch.optim.Adam):
-        return "only Adam's update is captured; use --optimizer adam"
+        return WHY["optimizer"]
     model = state.model
     for src in sources:
         if isinstance(src.x, ImageFiles):
-            return "image files are decoded per batch; use --compile default"
+            return WHY["files"]
         if src.parts is not None:
             return "a mixture of tasks whose inputs or targets differ in shape has varying shapes"
         heads = src.head.unique().tolist()
