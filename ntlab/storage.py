@@ -86,6 +86,26 @@ def short_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def prepared_manifest(manifest: dict | None, name: str, root: Path, version: int) -> dict:
+    """A generated benchmark's manifest as its loader needs it: there, and of the format this
+    ntlab reads (`ntlab data prepare NAME` builds it, or rebuilds one of another format)."""
+    if manifest is None:
+        raise NtlabError(f"the {name} benchmark is not prepared; run `ntlab data prepare {name}`")
+    if manifest.get("format") != version:
+        raise NtlabError(
+            f"the {name} in {root} were built by another version of ntlab (format "
+            f"{manifest.get('format')}, this one reads {version}); "
+            f"run `ntlab data prepare {name}` to rebuild them"
+        )
+    return manifest
+
+
+def same_build(manifest: dict | None, **expected: Any) -> bool:
+    """Whether an existing build's manifest records every one of these values (the format,
+    the config's fingerprint...): with `sizes_match`, whether `prepare` may reuse it."""
+    return manifest is not None and all(manifest.get(k) == v for k, v in expected.items())
+
+
 def sizes_match(root: Path, sizes: dict[str, int]) -> bool:
     """Whether every file named in `sizes` (relative to `root`) is there with the size its
     build recorded: the cheap check that an existing data build may be reused."""

@@ -20,6 +20,7 @@ import torch
 
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.errors import NtlabError, unknown_name
+from ntlab.storage import prepared_manifest
 from ntlab.tasks import TaskSpec, depth_task, normal_task, segmentation_task
 
 
@@ -71,17 +72,9 @@ class ScenesBenchmark:
     def manifest(self) -> dict:
         from ntlab.data.scenes import FORMAT_VERSION, read_scenes_manifest
 
-        manifest = read_scenes_manifest(self.root)
-        if manifest is None:
-            raise NtlabError(
-                "the scenes benchmark is not prepared; run `ntlab data prepare scenes`"
-            )
-        if manifest.get("format") != FORMAT_VERSION:
-            raise NtlabError(
-                f"the scenes in {self.root} were built by another version of ntlab (format "
-                f"{manifest.get('format')}, this one reads {FORMAT_VERSION}); "
-                "run `ntlab data prepare scenes` to rebuild them"
-            )
+        manifest = prepared_manifest(
+            read_scenes_manifest(self.root), "scenes", self.root, FORMAT_VERSION
+        )
         labelled = manifest.get("segment_labelled")
         if type(labelled) is not int or labelled < 1:
             raise NtlabError(

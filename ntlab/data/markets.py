@@ -41,7 +41,7 @@ from ntlab.data import aliexpress as ax
 from ntlab.data.benchmark import BENCHMARKS, SPLITS, TaskData
 from ntlab.errors import NtlabError, unknown_name
 from ntlab.paths import datasets_dir
-from ntlab.storage import building_folder, sizes_match
+from ntlab.storage import building_folder, prepared_manifest, same_build, sizes_match
 
 FORMAT_VERSION = 1
 MARKET_ROWS = 32000  # impressions per country
@@ -180,13 +180,8 @@ def prepare_markets(cfg: MarketsConfig | None = None, force: bool = False) -> Pa
     cfg.validate()
     root = markets_root()
     manifest = read_markets_manifest(root)
-    if (
-        not force
-        and manifest is not None
-        and manifest.get("format") == FORMAT_VERSION
-        and manifest.get("config_fingerprint") == config_fingerprint(cfg)
-        and _intact(root, manifest)
-    ):
+    expected = {"format": FORMAT_VERSION, "config_fingerprint": config_fingerprint(cfg)}
+    if not force and same_build(manifest, **expected) and _intact(root, manifest):
         return root
     with building_folder(root, "markets") as tmp:
         counts = {}
@@ -282,17 +277,7 @@ class MarketsBenchmark:
 
     def manifest(self) -> dict:
         manifest = read_markets_manifest(self.root)
-        if manifest is None:
-            raise NtlabError(
-                "the markets benchmark is not prepared; run `ntlab data prepare markets`"
-            )
-        if manifest.get("format") != FORMAT_VERSION:
-            raise NtlabError(
-                f"the markets in {self.root} were built by another version of ntlab (format "
-                f"{manifest.get('format')}, this one reads {FORMAT_VERSION}); "
-                "run `ntlab data prepare markets --force` to rebuild them"
-            )
-        return manifest
+        return prepared_manifest(manifest, "markets", self.root, FORMAT_VERSION)
 
     def fingerprint(self) -> str:
         return f"{self.manifest()['fingerprint']}-loader{ax.LOADER_VERSION}"

@@ -55,7 +55,7 @@ from ntlab.data.mnist import file_digest, load_mnist
 from ntlab.data.sampler import seeded_generator
 from ntlab.errors import NtlabError
 from ntlab.paths import datasets_dir, downloads_dir
-from ntlab.storage import building_folder, sizes_match
+from ntlab.storage import building_folder, same_build, sizes_match
 
 FORMAT_VERSION = 3  # 2: the calibrated geometry and the depth cueing; 3: scarce segment labels
 SLOTS = 3  # at most three digits per image
@@ -468,14 +468,12 @@ def prepare_scenes(
     digest = _mnist_digest(mnist)
     root = scenes_root()
     manifest = read_scenes_manifest(root)
-    if (
-        not force
-        and manifest is not None
-        and manifest.get("format") == FORMAT_VERSION
-        and manifest.get("segment_labelled") == cfg.segment_labelled
-        and manifest.get("config_fingerprint") == config_fingerprint(cfg, digest)
-        and _intact(root, manifest)
-    ):
+    expected = {
+        "format": FORMAT_VERSION,
+        "segment_labelled": cfg.segment_labelled,
+        "config_fingerprint": config_fingerprint(cfg, digest),
+    }
+    if not force and same_build(manifest, **expected) and _intact(root, manifest):
         return root
     with building_folder(root, "scenes") as tmp:
         _write_splits(tmp, cfg, mnist, digest)
