@@ -336,19 +336,10 @@ METRIC_LABELS = {
     "within_11.25": "≤ 11.25°", "within_22.5": "≤ 22.5°", "within_30": "≤ 30°",
     "auc": "AUC", "logloss": "logloss", "ctr_auc": "CTR AUC",
 }  # fmt: skip
-PERCENT_METRICS = frozenset(
-    {
-        "acc",
-        "error",
-        "miou",
-        "pixel_acc",
-        "within_11.25",
-        "within_22.5",
-        "within_30",
-        "auc",
-        "ctr_auc",
-    }  # fmt: skip
-)
+PERCENT_METRICS = frozenset({
+    "acc", "error", "miou", "pixel_acc", "within_11.25", "within_22.5", "within_30", "auc",
+    "ctr_auc",
+})  # fmt: skip
 
 
 def metric_label(metric: str | None) -> str:

@@ -16,7 +16,7 @@ from ntlab.data.benchmark import TaskData
 from ntlab.data.files import Images, labelled_chunks
 from ntlab.metrics import accuracy, confidence_score_discrepancy, pack_correct
 from ntlab.models.multitask import MultiTaskModel
-from ntlab.tasks import FOLDS, FoldedEvaluator, TaskSpec, orient, per_sample
+from ntlab.tasks import FOLDS, FoldedEvaluator, TaskSpec, flat_views, orient, per_sample
 
 CHUNK = 4096  # inputs per forward pass (classification)
 DENSE_CHUNK = 256
@@ -42,13 +42,13 @@ def for_each_chunk(
     was_training = model.training
     model.eval()
     head = model.head_index(task)
+    views = model.specs[head].views
     try:
         for images, ys in labelled_chunks(x, y, chunk):
             with model.autocast():
-                out = model.logits(model.features(images), head)
-            consume(
-                per_sample(out, images, model.specs[head].views).float(), ys
-            )  # views: [b, V, ...]  # metrics in fp32 (a no-op for fp32 models)
+                out = model.logits(model.features(flat_views(images, views)), head)
+            # outputs per sample ([b, V, ...] for views); metrics in fp32 (no-op for fp32 models)
+            consume(per_sample(out, images, views).float(), ys)
     finally:
         model.train(was_training)
 

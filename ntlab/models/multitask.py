@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntlab.tasks import TaskSpec, build_head, classification_task, flat_views
+from ntlab.tasks import TaskSpec, build_head, classification_task
 
 
 class MultiTaskModel(nn.Module):
@@ -42,9 +42,6 @@ class MultiTaskModel(nn.Module):
             for spec in tasks.values()
         ]
         self.heads = nn.ModuleList(build_head(s, backbone, input_shape) for s in self.specs)
-        # the most views a task's samples carry: inputs [B, V, …] of such a task are
-        # flattened to V·B samples before the backbone (`ntlab.tasks.flat_views`)
-        self.max_views = max(s.views for s in self.specs)
         # one stacked matmul routes a mixed batch when every head is the same linear layer
         self._linear_ce = all(
             s.is_classification and s.head is None and s.loss is F.cross_entropy for s in self.specs
@@ -57,7 +54,8 @@ class MultiTaskModel(nn.Module):
         return self.specs[self.head_index(task)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's output, eager (evaluation, and the gradient measurements)."""
+        """The backbone's output, eager (evaluation, and the gradient measurements); a task's
+        views are flattened to samples before (`ntlab.tasks.flat_views`)."""
         return self.backbone(self._layout(x))
 
     def train_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +70,6 @@ class MultiTaskModel(nn.Module):
         return backbone(self._layout(x))
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        if self.max_views > 1 and x.dim() == 5:  # a task with views: [B, V, C, H, W]
-            x = flat_views(x, x.shape[1])
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x

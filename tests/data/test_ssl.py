@@ -25,7 +25,7 @@ from ntlab.data.ssl import (
 from ntlab.errors import NtlabError
 from ntlab.models import BACKBONES
 from ntlab.models.multitask import MultiTaskModel
-from ntlab.tasks import classification_task
+from ntlab.tasks import classification_task, flat_views
 
 
 def test_split_is_fixed_disjoint_and_class_balanced():
@@ -120,7 +120,7 @@ def test_a_mixture_of_tasks_with_and_without_views_is_each_task_s_loss_by_its_sa
     (mixed,), _ = term_losses(model, [(x, ys, heads)], [[0, 1]])
     n_rot = int((heads == 0).sum())
     rot = F.cross_entropy(model.logits(model.features(to_float(x[0])), 0), ys[0])
-    ex = info_nce(model.logits(model.features(to_float(x[1])), 1), ys[1])
+    ex = info_nce(model.logits(model.features(flat_views(to_float(x[1]), 2)), 1), ys[1])
     want = (rot * n_rot + ex * (16 - n_rot)) / 16
     assert mixed.item() == pytest.approx(want.item(), rel=1e-5)
 
