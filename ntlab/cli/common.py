@@ -78,9 +78,9 @@ def _fail(run: RunDir | None, error: str) -> None:
         run.fail(error)
     except NtlabError:  # a full disk: the run's own error is the one to report
         return
-    from ntlab.report.page import write_run_report
+    try:  # the import too: a SIGTERM (torchrun's) may have broken a module mid-import
+        from ntlab.report.page import write_run_report
 
-    try:
         write_run_report(run.path)
     except Exception:  # noqa: BLE001 - the run's own error is the one to report
         pass
